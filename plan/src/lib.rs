@@ -1,0 +1,3 @@
+pub mod instruction;
+pub mod shell;
+pub mod syntax;
