@@ -208,9 +208,7 @@ fn parse_kind(node: &Node) -> Result<Kind> {
             let words = words(node);
             let name = match words.as_slice() {
                 [_] => None,
-                [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => {
-                    Some(stage_name(name)?)
-                }
+                [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => Some(stage_name(name)?),
                 _ => return Err("FROM requires either one or three arguments".into()),
             };
             Kind::From(From {
@@ -571,9 +569,9 @@ fn healthcheck(node: &Node, flags: &mut Flags) -> Result<Healthcheck> {
         }
         "CMD" => match &**command {
             Args::Text(t) if !t.is_empty() => vec!["CMD-SHELL".to_string(), t.clone()],
-            Args::Json(v) if !v.is_empty() => {
-                std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect()
-            }
+            Args::Json(v) if !v.is_empty() => std::iter::once("CMD".to_string())
+                .chain(v.iter().cloned())
+                .collect(),
             _ => return Err("Missing command after HEALTHCHECK CMD".into()),
         },
         other => return Err(format!("Unknown type {other:?} in HEALTHCHECK (try CMD)")),
@@ -582,9 +580,8 @@ fn healthcheck(node: &Node, flags: &mut Flags) -> Result<Healthcheck> {
         flags
             .string(name)
             .map(|v| {
-                let ns = parse_go_duration(&v).ok_or_else(|| {
-                    format!("invalid duration {v:?} for HEALTHCHECK --{name}")
-                })?;
+                let ns = parse_go_duration(&v)
+                    .ok_or_else(|| format!("invalid duration {v:?} for HEALTHCHECK --{name}"))?;
                 if ns != 0 && ns < 1_000_000 {
                     return Err(format!("{name} {v:?} cannot be less than 1ms"));
                 }
@@ -683,7 +680,10 @@ mod tests {
     fn flags_are_checked_per_instruction() {
         assert_eq!(error("RUN --boo=1 true"), "unknown flag: --boo");
         assert_eq!(error("COPY --from a b"), "missing a value on flag: from");
-        assert_eq!(error("COPY --from=a --from=b x y"), "duplicate flag specified: from");
+        assert_eq!(
+            error("COPY --from=a --from=b x y"),
+            "duplicate flag specified: from"
+        );
         assert!(error("COPY --link=maybe a b").contains("expecting boolean"));
         assert_eq!(error("ENV --x=1 A=b"), "unknown flag: --x");
         assert!(error("COPY --checksum=sha256:0 a b").contains("unknown flag"));
@@ -711,7 +711,10 @@ mod tests {
     #[test]
     fn argument_counts_and_forms() {
         assert!(error("COPY a").contains("COPY requires at least two arguments"));
-        assert_eq!(error("SHELL /bin/sh -c"), "SHELL requires the arguments to be in JSON form");
+        assert_eq!(
+            error("SHELL /bin/sh -c"),
+            "SHELL requires the arguments to be in JSON form"
+        );
         assert_eq!(error("USER"), "USER requires exactly one argument");
         assert_eq!(error("EXPOSE"), "EXPOSE requires at least one argument");
         assert_eq!(error("ENV"), "ENV requires at least one argument");

@@ -1,3 +1,16 @@
+//! The Dockerfile front end and the build plan of Stagecoach.
+//!
+//! Pure: no I/O, no async, no Kubernetes. The source pod calls [`plan`] and writes the
+//! [`Plan`] to the workspace; the operator, the stage pods and the assemble pod read it.
+//! Pipeline: [`syntax`] (BuildKit-compatible parser) → [`instruction`] (typed
+//! instructions) → [`planner`] (stages, scopes, graph, waves) → [`contract`].
+
+pub mod contract;
 pub mod instruction;
+pub mod planner;
+pub mod scope;
 pub mod shell;
 pub mod syntax;
+
+pub use contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Stage};
+pub use planner::{PlanError, PlanOptions, plan};

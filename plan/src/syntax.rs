@@ -117,13 +117,13 @@ pub fn parse(src: &str) -> Result<Dockerfile, SyntaxError> {
 
     while let Some(raw) = lines.next() {
         let line = trim_newline(raw).trim_start_matches(is_space);
-        if let Some(d) = directives.scan(line, line_no + 1)? {
-            if d.name == "escape" {
-                escape = parse_escape(&d.value).map_err(|message| SyntaxError {
-                    line: line_no + 1,
-                    message,
-                })?;
-            }
+        if let Some(d) = directives.scan(line, line_no + 1)?
+            && d.name == "escape"
+        {
+            escape = parse_escape(&d.value).map_err(|message| SyntaxError {
+                line: line_no + 1,
+                message,
+            })?;
         }
         line_no += 1;
         let start_line = line_no;
@@ -418,12 +418,9 @@ pub(crate) fn split_words(rest: &str, escape: char) -> Vec<String> {
                     blank_ok = true;
                 }
                 if c == escape {
-                    match chars.next() {
-                        Some(next) => {
-                            word.push(c);
-                            word.push(next);
-                        }
-                        None => {}
+                    if let Some(next) = chars.next() {
+                        word.push(c);
+                        word.push(next);
                     }
                     continue;
                 }
@@ -457,7 +454,12 @@ fn whitespace_words(rest: &str) -> Args {
     if rest.is_empty() {
         return Args::Empty;
     }
-    Args::Words(rest.split(is_split_space).map(str::to_string).collect())
+    Args::Words(
+        rest.split(is_split_space)
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 enum JsonParse {
@@ -477,8 +479,10 @@ fn parse_json(rest: &str) -> Result<JsonParse, String> {
         .into_iter()
         .map(|v| match v {
             serde_json::Value::String(s) => Ok(s),
-            _ => Err("when using JSON array syntax, arrays must be comprised of strings only"
-                .to_string()),
+            _ => Err(
+                "when using JSON array syntax, arrays must be comprised of strings only"
+                    .to_string(),
+            ),
         })
         .collect::<Result<_, _>>()
         .map(JsonParse::Array)
@@ -801,8 +805,14 @@ mod tests {
             })
             .collect();
         assert_eq!(ranges, expected);
-        assert_eq!(ranges.first().map(|r| r.0), spec["ast_start_line"].as_u64().map(|v| v as usize));
-        assert_eq!(ranges.last().map(|r| r.1), spec["ast_end_line"].as_u64().map(|v| v as usize));
+        assert_eq!(
+            ranges.first().map(|r| r.0),
+            spec["ast_start_line"].as_u64().map(|v| v as usize)
+        );
+        assert_eq!(
+            ranges.last().map(|r| r.1),
+            spec["ast_end_line"].as_u64().map(|v| v as usize)
+        );
     }
 
     #[test]
@@ -823,7 +833,10 @@ mod tests {
         assert_eq!(copy.heredocs.len(), 2);
         assert!(!copy.heredocs[0].expand && copy.heredocs[1].expand);
         assert_eq!(copy.heredocs[1].content, "b\n");
-        assert!(df.instructions[3].heredocs.is_empty(), "exec form takes no heredoc");
+        assert!(
+            df.instructions[3].heredocs.is_empty(),
+            "exec form takes no heredoc"
+        );
     }
 
     #[test]

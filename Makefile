@@ -1,0 +1,32 @@
+# Stagecoach: the two commands are `make demo` and `make test` (see README.md).
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: test deps fmt-check clippy unit builder-static bench-plan
+
+## test: install what the tests need, then run every check
+test: deps fmt-check clippy unit
+
+## deps: install the tools the checks need (idempotent)
+deps:
+	./scripts/install-deps.sh
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+## builder-static: the fully static stagecoach-builder for build pods
+builder-static:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --locked \
+		-p stagecoach-builder --target x86_64-unknown-linux-gnu
+	@echo target/x86_64-unknown-linux-gnu/release/stagecoach-builder
+
+## bench-plan: time planning a generated 500-stage Dockerfile
+bench-plan:
+	$(CARGO) bench -p stagecoach-plan --bench plan

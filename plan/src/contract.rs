@@ -1,0 +1,259 @@
+//! The plan contract: what the source pod writes to `/workspace/plan.json` and what the
+//! operator, every stage pod and the assemble pod read. Versioned: a reader refuses a
+//! plan whose `version` it does not know instead of misreading it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::instruction::Instruction;
+
+/// The contract version this crate writes and reads.
+pub const PLAN_VERSION: &str = "stagecoach.dev/plan/v1";
+
+/// Everything a build needs to know about the Dockerfile, after planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub version: String,
+    /// The Dockerfile's name as error messages show it (`Dockerfile`, `build/Dockerfile.prod`).
+    pub dockerfile: String,
+    /// The escape character in force (`# escape=`), needed to expand words later.
+    pub escape: char,
+    /// The `# syntax=` directive, if any (recorded; Stagecoach has one front end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syntax: Option<String>,
+    pub platform: Platform,
+    /// Build arguments the user passed.
+    pub build_args: BTreeMap<String, String>,
+    /// ARGs in the global scope (before the first FROM) with their values after build
+    /// args, plus the automatic platform args. Stages see them only when they re-declare them.
+    pub global_args: Vec<Variable>,
+    /// The id of the stage the build produces.
+    pub target: String,
+    /// Stages the target needs, in Dockerfile order, then image sources.
+    pub stages: Vec<Stage>,
+    /// Pods in start order: every pod of a wave can run at the same time once the
+    /// previous waves are done. Each entry is the id of the stage whose pod it is.
+    pub waves: Vec<Vec<String>>,
+    /// Stages of the Dockerfile the target does not need; never run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+}
+
+/// A name and value, in order (ARG and ENV scopes are ordered lists, last one wins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variable {
+    pub name: String,
+    pub value: String,
+}
+
+/// `os/architecture[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// One stage of the build: a Dockerfile stage, or an image named by `COPY --from` /
+/// `RUN --mount=from=` that must provide files (planned as a stage without instructions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// Stable key for pods and workspace directories: the stage name, `stage-<index>`
+    /// for unnamed stages, `image-<n>` for image sources.
+    pub id: String,
+    /// The `AS` name, lower case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Position among the Dockerfile's stages; none for image sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// Line of the FROM (or of the first instruction naming the image source).
+    pub line: usize,
+    pub base: Base,
+    /// `FROM --platform`, expanded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The instructions after FROM. Words that may depend on the base image's environment
+    /// are left unexpanded; the stage pod expands them with [`crate::scope::Scope`].
+    pub instructions: Vec<Instruction>,
+    /// Stage ids whose results this stage reads (its base stage, COPY/mount sources).
+    pub depends_on: Vec<String>,
+    /// Paths (glob patterns, expanded) that later stages copy from this stage; `/` when a
+    /// reader's path depends on values only known at build time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<String>,
+    /// Whether a later stage builds on this stage's whole filesystem (`FROM <stage>`) or
+    /// it is the target; if not, only its exports are needed.
+    pub needs_filesystem: bool,
+    pub execution: Execution,
+}
+
+/// What a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Base {
+    /// `FROM scratch`: an empty filesystem.
+    Scratch,
+    /// A registry image, normalised the way Docker does; the source pod fills the digest.
+    Image {
+        reference: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+    },
+    /// `FROM <stage>`: the result of an earlier stage.
+    Stage { id: String },
+}
+
+/// Where a stage's instructions run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Execution {
+    /// In a pod of its own; `runs` lists the stages that pod executes in order (fused
+    /// ancestors first, this stage last).
+    Pod { runs: Vec<String> },
+    /// Inside the pod of a later stage that continues from it and is its only user.
+    Fused { pod: String },
+    /// The target stage only copies and sets metadata: the assemble pod builds its layers
+    /// from the other stages' exports, no stage pod is needed.
+    Assemble,
+    /// No instructions and nothing to export: the stage is its base as it is (a named
+    /// image that later stages build `FROM`), so there is nothing to run.
+    Nothing,
+}
+
+impl Plan {
+    /// The stage with this id.
+    pub fn stage(&self, id: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.id == id)
+    }
+
+    /// Reads a plan from JSON, refusing versions this crate does not know.
+    pub fn from_json(json: &str) -> Result<Plan, ContractError> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: String,
+        }
+        let versioned: Versioned = serde_json::from_str(json).map_err(ContractError::Json)?;
+        if versioned.version != PLAN_VERSION {
+            return Err(ContractError::Version(versioned.version));
+        }
+        serde_json::from_str(json).map_err(ContractError::Json)
+    }
+
+    /// The plan as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan always serialises")
+    }
+}
+
+/// A plan that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("plan is not valid JSON for this version")]
+    Json(#[source] serde_json::Error),
+    #[error("plan version {0:?} is not {PLAN_VERSION:?}")]
+    Version(String),
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    /// Parses `os/arch[/variant]`, lower-cased as containerd normalises it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = || format!("invalid platform {s:?}: want os/architecture[/variant]");
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad());
+        }
+        match parts.as_slice() {
+            [os, arch] => Ok(Platform {
+                os: os.to_ascii_lowercase(),
+                architecture: arch.to_ascii_lowercase(),
+                variant: None,
+            }),
+            [os, arch, variant] => Ok(Platform {
+                os: os.to_ascii_lowercase(),
+                architecture: arch.to_ascii_lowercase(),
+                variant: Some(variant.to_ascii_lowercase()),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+}
+
+impl Plan {
+    /// The plan for people: stages with their bases, what each waits for, and the waves.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "plan for {} (target {}, platform {})\n",
+            self.dockerfile, self.target, self.platform
+        );
+        out.push_str("stages:\n");
+        for s in &self.stages {
+            let base = match &s.base {
+                Base::Scratch => "scratch".to_string(),
+                Base::Image { reference, digest } => match digest {
+                    Some(d) => format!("{reference}@{d}"),
+                    None => reference.clone(),
+                },
+                Base::Stage { id } => format!("stage {id}"),
+            };
+            let runs = match &s.execution {
+                Execution::Pod { runs } if runs.len() > 1 => {
+                    format!("pod running {}", runs.join(" → "))
+                }
+                Execution::Pod { .. } => "pod".to_string(),
+                Execution::Fused { pod } => format!("fused into pod {pod}"),
+                Execution::Assemble => "assembled, no pod".to_string(),
+                Execution::Nothing => "nothing to run".to_string(),
+            };
+            out.push_str(&format!(
+                "  {:<20} from {base} ({} instructions, {runs})\n",
+                s.id,
+                s.instructions.len()
+            ));
+            if !s.depends_on.is_empty() {
+                out.push_str(&format!(
+                    "  {:<20}   waits for {}\n",
+                    "",
+                    s.depends_on.join(", ")
+                ));
+            }
+            if !s.exports.is_empty() {
+                out.push_str(&format!("  {:<20}   exports {}\n", "", s.exports.join(" ")));
+            }
+        }
+        out.push_str("waves:\n");
+        for (n, wave) in self.waves.iter().enumerate() {
+            out.push_str(&format!("  {}: {}\n", n + 1, wave.join(", ")));
+        }
+        if !self.pruned.is_empty() {
+            out.push_str(&format!("pruned: {}\n", self.pruned.join(", ")));
+        }
+        out
+    }
+}
