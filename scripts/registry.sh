@@ -44,6 +44,13 @@ our_pid() {
   echo "$pid"
 }
 
+# The process just started is alive (a zombie counts as gone).
+starting() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
 start() {
   local pid
   command -v docker-registry >/dev/null || die "docker-registry not found: run scripts/install-deps.sh"
@@ -84,7 +91,9 @@ YAML
 
   local deadline=$((SECONDS + wait_s))
   until answers; do
-    if ! our_pid >/dev/null; then
+    # Not our_pid: until setsid and env have exec'd, the process is not yet called
+    # docker-registry.
+    if ! starting "$(<"$pidfile")"; then
       tail -n 20 "$log" >&2 || true
       rm -f "$pidfile"
       die "docker-registry exited during start-up; log: $log"

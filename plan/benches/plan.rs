@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use stagecoach_plan::{PlanOptions, plan};
 
 /// 500 stages: a chain of bases, fan-out of builders that copy from earlier ones, ARGs,
-/// ENV expansion, cache mounts and a final stage that copies from the last 50.
+/// ENV expansion, cache mounts and a final stage that copies from all of them.
 fn generated_dockerfile(stages: usize) -> String {
     let mut df =
         String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:12\nARG VERSION=1.0\n");
@@ -26,7 +26,7 @@ fn generated_dockerfile(stages: usize) -> String {
         );
     }
     df += "FROM scratch\n";
-    for i in stages - 51..stages - 1 {
+    for i in 1..stages - 1 {
         df += &format!("COPY --from=s{i} /out/s{i} /out/s{i}\n");
     }
     df

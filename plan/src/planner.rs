@@ -724,3 +724,204 @@ fn waves(stages: &[Stage]) -> Vec<Vec<String>> {
     }
     waves
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(src: &str) -> Plan {
+        plan(src, &PlanOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn error_of(src: &str) -> String {
+        plan(src, &PlanOptions::default())
+            .expect_err("must fail")
+            .to_string()
+    }
+
+    fn with_target(src: &str, target: &str) -> Result<Plan> {
+        plan(
+            src,
+            &PlanOptions {
+                target: Some(target.into()),
+                ..PlanOptions::default()
+            },
+        )
+    }
+
+    fn stage<'a>(plan: &'a Plan, id: &str) -> &'a Stage {
+        plan.stage(id).unwrap_or_else(|| panic!("no stage {id}"))
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let cases = [
+            ("FROM a\nCOPY --from=buidler:: x /\n", "Dockerfile:2: COPY --from=buidler::: no stage or image named \"buidler::\""),
+            ("FROM a AS x\nFROM b\nCOPY --from=7 f /\n", "Dockerfile:3: COPY --from=7: invalid stage index 7, the Dockerfile has 2 stages"),
+            ("FROM a AS x\nFROM b AS X\n", "Dockerfile:2: duplicate stage name \"x\", first defined on line 1"),
+            ("FROM ${NOPE}\n", "Dockerfile:1: base name (${NOPE}) should not be blank"),
+            ("FROM a\nRUN <<EOF\nno end\n", "Dockerfile:2: unterminated heredoc \"EOF\""),
+            ("", "Dockerfile:1: file with no instructions"),
+            ("ARG x\n", "Dockerfile: dockerfile contains no stages to build"),
+            ("RUN true\nFROM a\n", "Dockerfile:1: RUN before the first FROM: only ARG may come before FROM"),
+            ("FROM a\nCOPY --chmod 1 /\n", "Dockerfile:2: missing a value on flag: chmod"),
+            ("FROM UPPER:case\n", "Dockerfile:1: invalid image reference \"UPPER:case\": invalid reference format"),
+            ("FROM a\nRUN --mount=type=nope true\n", "Dockerfile:2: --mount: unsupported mount type \"nope\""),
+            ("FROM a AS one\nCOPY --from=two x /\nFROM b AS two\nCOPY --from=one y /\n", "Dockerfile:1: circular dependency detected on stage: one"),
+        ];
+        for (src, want) in cases {
+            let got = error_of(src);
+            assert!(got.starts_with(want), "{src:?}\n got: {got}\nwant: {want}");
+        }
+        let err = with_target("FROM a AS x\n", "nosuch").expect_err("target");
+        assert_eq!(err.to_string(), "Dockerfile: target stage \"nosuch\" could not be found");
+    }
+
+    #[test]
+    fn independent_stages_share_a_wave() {
+        let p = plan_of(
+            "FROM busybox AS a\nRUN touch /a\nFROM busybox AS b\nRUN touch /b\n\
+             FROM busybox AS c\nRUN touch /c\n\
+             FROM scratch\nCOPY --from=a /a /\nCOPY --from=b /b /\nCOPY --from=c /c /\n",
+        );
+        assert_eq!(p.waves, [["a", "b", "c"]]);
+        assert_eq!(stage(&p, "stage-3").execution, Execution::Assemble);
+        assert_eq!(stage(&p, "stage-3").depends_on, ["a", "b", "c"]);
+        assert_eq!(stage(&p, "a").exports, ["/a"]);
+        assert!(!stage(&p, "a").needs_filesystem);
+    }
+
+    #[test]
+    fn linear_chains_fuse_and_shared_parents_do_not() {
+        let p = plan_of(
+            "FROM busybox AS deps\nRUN touch /d\nFROM deps AS build\nRUN touch /b\n\
+             FROM busybox\nRUN true\nCOPY --from=build /b /\n",
+        );
+        assert_eq!(stage(&p, "deps").execution, Execution::Fused { pod: "build".into() });
+        assert_eq!(
+            stage(&p, "build").execution,
+            Execution::Pod { runs: vec!["deps".into(), "build".into()] }
+        );
+        assert_eq!(p.waves, [vec!["build"], vec!["stage-2"]]);
+        assert!(stage(&p, "deps").needs_filesystem);
+
+        let p = plan_of(
+            "FROM busybox AS base\nRUN touch /x\nFROM base AS one\nRUN true\n\
+             FROM base AS two\nRUN true\nFROM scratch\nCOPY --from=one / /1\nCOPY --from=two / /2\n",
+        );
+        assert_eq!(stage(&p, "base").execution, Execution::Pod { runs: vec!["base".into()] });
+        assert_eq!(p.waves, [vec!["base"], vec!["one", "two"]]);
+    }
+
+    #[test]
+    fn target_prunes_what_it_does_not_need() {
+        let src = "FROM busybox AS base\nRUN true\nFROM base AS test\nRUN false\n\
+                   FROM base AS release\nRUN true\nFROM release\nRUN exit 3\n";
+        let p = with_target(src, "Release").expect("plans");
+        assert_eq!(p.target, "release");
+        assert_eq!(p.pruned, ["test", "stage-3"]);
+        assert_eq!(p.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["base", "release"]);
+    }
+
+    #[test]
+    fn images_named_by_from_are_export_stages() {
+        let p = plan_of(
+            "FROM busybox AS build\nRUN --mount=from=golang:1.22,source=/usr/local/go,target=/go true\n\
+             FROM scratch\nCOPY --from=busybox:1.36 /bin/busybox /bin/\nCOPY --from=golang:1.22 /etc/os-release /\n\
+             COPY --from=build /x /\n",
+        );
+        let golang = stage(&p, "image-0");
+        assert_eq!(
+            golang.base,
+            Base::Image { reference: "docker.io/library/golang:1.22".into(), digest: None }
+        );
+        assert_eq!(golang.exports, ["/etc/os-release", "/usr/local/go"]);
+        assert_eq!(stage(&p, "image-1").exports, ["/bin/busybox"]);
+        assert_eq!(stage(&p, "build").depends_on, ["image-0"]);
+        assert_eq!(p.waves, [vec!["image-0", "image-1"], vec!["build"]]);
+    }
+
+    #[test]
+    fn a_stage_named_like_an_image_wins() {
+        let p = plan_of("FROM busybox AS golang\nRUN true\nFROM scratch\nCOPY --from=golang /x /\n");
+        assert_eq!(stage(&p, "stage-1").depends_on, ["golang"]);
+        assert!(p.stage("image-0").is_none());
+    }
+
+    #[test]
+    fn from_expands_global_args_and_build_args() {
+        let src = "ARG TAG=1.0\nARG IMG=registry.example:5000/team/app\nFROM ${IMG}:${TAG} AS a\n\
+                   FROM --platform=$BUILDPLATFORM a\nRUN true\n";
+        let p = plan(
+            src,
+            &PlanOptions {
+                build_args: BTreeMap::from([("TAG".into(), "2.0".into())]),
+                ..PlanOptions::default()
+            },
+        )
+        .expect("plans");
+        assert_eq!(
+            stage(&p, "a").base,
+            Base::Image { reference: "registry.example:5000/team/app:2.0".into(), digest: None }
+        );
+        assert_eq!(stage(&p, "stage-1").platform.as_deref(), Some("linux/amd64"));
+    }
+
+    #[test]
+    fn global_args_are_invisible_in_stages_until_redeclared() {
+        // The COPY --from path shows what the stage sees.
+        let p = plan_of(
+            "ARG DIR=/out\nFROM scratch AS a\nCOPY f /f\n\
+             FROM scratch AS b\nCOPY --from=a $DIR/x /\nARG DIR\nCOPY --from=a $DIR/y /\n",
+        );
+        assert_eq!(stage(&p, "a").exports, ["/out/y", "/x"]);
+    }
+
+    #[test]
+    fn paths_that_may_read_the_base_environment_export_everything() {
+        let p = plan_of(
+            "FROM busybox AS a\nRUN true\nFROM busybox\nENV D=${HOME}/x\nCOPY --from=a $D /\nRUN true\n",
+        );
+        assert_eq!(stage(&p, "a").exports, ["/"]);
+        let p = plan_of(
+            "FROM busybox AS a\nRUN true\nFROM busybox\nARG D=/opt\nENV E=$D/x\nCOPY --from=a $E /\nRUN true\n",
+        );
+        assert_eq!(stage(&p, "a").exports, ["/opt/x"], "ARG and ENV of the Dockerfile are known");
+    }
+
+    #[test]
+    fn env_and_args_flow_into_child_stages() {
+        let p = plan_of(
+            "FROM scratch AS a\nENV P=/p\nARG Q=/q\nFROM a AS b\nCOPY x /\n\
+             FROM busybox\nCOPY --from=b $P $Q /\nRUN true\n",
+        );
+        // ENV P is not visible in the unrelated last stage; the paths fall back to `/`.
+        assert_eq!(stage(&p, "b").exports, ["/"]);
+        let p = with_target(
+            "FROM scratch AS a\nENV P=/p\nFROM a AS b\nCOPY --from=c $P /\nFROM scratch AS c\nCOPY x /x\n",
+            "b",
+        )
+        .expect("plans");
+        assert_eq!(stage(&p, "c").exports, ["/p"], "ENV of the parent stage is seen");
+    }
+
+    #[test]
+    fn target_stage_arg_and_automatic_platform_args() {
+        let src = "FROM scratch AS base\nARG TARGETSTAGE\nARG TARGETARCH\nCOPY x /\n\
+                   FROM scratch AS foo\nCOPY --from=base /x$TARGETSTAGE /\nARG TARGETSTAGE\nCOPY --from=base /y$TARGETSTAGE-$TARGETARCH /\n";
+        let p = with_target(src, "foo").expect("plans");
+        // Only re-declared automatic args are seen inside a stage.
+        assert_eq!(stage(&p, "base").exports, ["/x", "/yfoo-"]);
+        let names: Vec<&str> = p.global_args.iter().map(|v| v.name.as_str()).collect();
+        assert!(names.contains(&"TARGETPLATFORM") && names.contains(&"BUILDARCH"));
+    }
+
+    #[test]
+    fn plan_round_trips_through_json_and_refuses_other_versions() {
+        let p = plan_of("FROM busybox AS a\nRUN <<EOF\necho hi\nEOF\nFROM scratch\nCOPY --from=a / /\n");
+        let json = p.to_json();
+        assert_eq!(Plan::from_json(&json).expect("reads"), p);
+        let other = json.replace(PLAN_VERSION, "stagecoach.dev/plan/v0");
+        assert!(Plan::from_json(&other).is_err());
+    }
+}
