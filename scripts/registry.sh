@@ -100,7 +100,10 @@ YAML
     fi
     if ((SECONDS >= deadline)); then
       tail -n 20 "$log" >&2 || true
-      die "no answer from $url after ${wait_s}s (pid $(<"$pidfile"), log: $log)"
+      # Do not leave a half-started registry holding the address.
+      kill "$(<"$pidfile")" 2>/dev/null || true
+      rm -f "$pidfile"
+      die "no answer from $url after ${wait_s}s, stopped it; log: $log"
     fi
     sleep 0.2
   done
