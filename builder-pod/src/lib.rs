@@ -1,4 +1,9 @@
 //! The build-pod side of Stagecoach: everything `stagecoach-builder` does inside a pod.
 
+pub mod copy;
+pub mod image_config;
 pub mod layer;
+pub mod pattern;
+pub mod rootfs;
 pub mod snapshot;
+pub mod users;
