@@ -1,9 +1,12 @@
 //! The build-pod side of Stagecoach: everything `stagecoach-builder` does inside a pod.
 
 pub mod copy;
+pub mod export;
 pub mod image_config;
 pub mod layer;
 pub mod pattern;
 pub mod rootfs;
+pub mod run;
 pub mod snapshot;
 pub mod users;
+pub mod workspace;

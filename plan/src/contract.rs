@@ -82,6 +82,9 @@ pub struct Stage {
     pub instructions: Vec<Instruction>,
     /// Stage ids whose results this stage reads (its base stage, COPY/mount sources).
     pub depends_on: Vec<String>,
+    /// What each `COPY --from` / `RUN --mount=from=` of this stage reads, resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<Read>,
     /// Paths (glob patterns, expanded) that later stages copy from this stage; `/` when a
     /// reader's path depends on values only known at build time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -90,6 +93,27 @@ pub struct Stage {
     /// it is the target; if not, only its exports are needed.
     pub needs_filesystem: bool,
     pub execution: Execution,
+}
+
+/// A `--from` of one instruction, resolved to the stage (or image source) it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Read {
+    /// Line of the instruction.
+    pub line: usize,
+    /// The `--from` value, expanded.
+    pub from: String,
+    /// The id of the stage whose export is read.
+    pub stage: String,
+}
+
+impl Stage {
+    /// The stage a `--from` of the instruction on `line` reads.
+    pub fn read(&self, line: usize, from: &str) -> Option<&str> {
+        self.reads
+            .iter()
+            .find(|r| r.line == line && r.from == from)
+            .map(|r| r.stage.as_str())
+    }
 }
 
 /// What a stage starts from.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use oci_spec::distribution::Reference;
 
-use crate::contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Stage, Variable};
+use crate::contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Read, Stage, Variable};
 use crate::instruction::{self, Instruction, Kind};
 use crate::scope::{self, Expansion, Scope};
 use crate::shell::Lexer;
@@ -65,8 +65,8 @@ struct Draft {
     instructions: Vec<Instruction>,
     /// Other stages this one reads: its FROM parent, `--from` stages.
     stage_reads: Vec<StageRead>,
-    /// Images read with `--from=<image>`: (normalised reference, paths, line).
-    image_reads: Vec<(String, Vec<String>, usize)>,
+    /// Images read with `--from=<image>`: (normalised reference, paths, line, value).
+    image_reads: Vec<(String, Vec<String>, usize, String)>,
     /// Whether the environment is fully known at plan time (the chain starts at scratch).
     env_known: bool,
     /// Variables whose values may differ at build time (they read the base image's env).
@@ -79,6 +79,8 @@ struct StageRead {
     stage: usize,
     /// None for `FROM <stage>`.
     paths: Option<Vec<String>>,
+    /// The instruction's line and its `--from` value (expanded), for the contract.
+    origin: (usize, String),
 }
 
 /// Plans a Dockerfile.
@@ -212,7 +214,11 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
             platform,
             instructions: Vec::new(),
             stage_reads: parent
-                .map(|stage| StageRead { stage, paths: None })
+                .map(|stage| StageRead {
+                    stage,
+                    paths: None,
+                    origin: (line, image.clone()),
+                })
                 .into_iter()
                 .collect(),
             image_reads: Vec::new(),
@@ -261,10 +267,18 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
             continue;
         }
         let mut depends_on: Vec<String> = Vec::new();
+        let mut reads: Vec<Read> = Vec::new();
         for read in &draft.stage_reads {
             push_unique(&mut depends_on, ids[read.stage].clone());
+            if read.paths.is_some() {
+                reads.push(Read {
+                    line: read.origin.0,
+                    from: read.origin.1.clone(),
+                    stage: ids[read.stage].clone(),
+                });
+            }
         }
-        for (reference, paths, line) in draft.image_reads {
+        for (reference, paths, line, from) in draft.image_reads {
             let position = images
                 .iter()
                 .position(|(r, _, _)| *r == reference)
@@ -274,6 +288,11 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
                 });
             images[position].1.extend(paths);
             push_unique(&mut depends_on, format!("image-{position}"));
+            reads.push(Read {
+                line,
+                from,
+                stage: format!("image-{position}"),
+            });
         }
         let execution = if i == target_index && only_copies_and_metadata(&draft.instructions) {
             Execution::Assemble
@@ -291,6 +310,7 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
             platform: draft.platform,
             instructions: draft.instructions,
             depends_on,
+            reads,
             exports: covering_paths(std::mem::take(&mut exports[i])),
             needs_filesystem: filesystem_users.contains(&i),
             execution,
@@ -309,7 +329,8 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
             platform: None,
             instructions: Vec::new(),
             depends_on: Vec::new(),
-            exports: paths.into_iter().collect(),
+            reads: Vec::new(),
+            exports: covering_paths(paths),
             needs_filesystem: false,
             execution: Execution::Pod { runs: Vec::new() },
         });
@@ -550,11 +571,12 @@ fn read_from(
         Some(stage) => draft.stage_reads.push(StageRead {
             stage,
             paths: Some(paths),
+            origin: (line, value),
         }),
         None => {
             let reference = normalise_image(&value)
                 .map_err(|_| format!("{what} --from={value}: no stage or image named {value:?}"))?;
-            draft.image_reads.push((reference, paths, line));
+            draft.image_reads.push((reference, paths, line, value));
         }
     }
     Ok(())

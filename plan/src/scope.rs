@@ -14,8 +14,9 @@ use crate::shell::{ExpandError, Lexer, Vars};
 /// ARGs that never become part of the environment RUN sees (BuildKit's `nonEnvArgs`).
 const NON_ENV_ARGS: [&str; 1] = ["SOURCE_DATE_EPOCH"];
 
-/// The variables visible at one point of a stage.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The variables visible at one point of a stage. Serialisable so a stage pod can hand
+/// a stage's scope to the pods of its child stages (they inherit its ARGs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Scope {
     /// Image environment, then ENV and ARG values in the order they were set.
     vars: Vec<(String, String)>,

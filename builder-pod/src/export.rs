@@ -1,0 +1,319 @@
+//! A stage's exports: the paths later stages `COPY --from` it, written as one tar so a
+//! reader of any uid can take them whatever their owners and modes, then extracted by the
+//! reading stage pod into its scratch space.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufWriter};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+
+use crate::pattern;
+use crate::rootfs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot export {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Resolve(#[from] rootfs::Error),
+    #[error(transparent)]
+    Pattern(#[from] pattern::BadPattern),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the paths (globs allowed, `/` for everything) of `root` into the tar `out`,
+/// with their parent directories, and the targets of symlinks on the way so the reader
+/// resolves them as the stage would. Paths in `skip` (mounts) are left out. Paths that
+/// do not exist are left out too: the reader reports them, with its Dockerfile line.
+pub fn write(root: &Path, paths: &[String], skip: &[PathBuf], out: &Path) -> Result<u64> {
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    for path in paths {
+        let rel = path.trim_start_matches('/').to_string();
+        if pattern::has_magic(&rel) {
+            for m in glob(root, &rel)? {
+                add_with_links(root, &m, &mut wanted)?;
+            }
+        } else {
+            add_with_links(root, &rel, &mut wanted)?;
+        }
+    }
+    // Parents first (BTreeSet order puts `a` before `a/b`); each path once.
+    let mut entries: BTreeSet<String> = BTreeSet::new();
+    for rel in &wanted {
+        let mut prefix = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            entries.insert(prefix.clone());
+        }
+    }
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let file = File::create(out).map_err(io_err(out))?;
+    let mut tar = tar::Builder::new(BufWriter::new(file));
+    let mut writer = TreeWriter {
+        root,
+        skip,
+        links: HashMap::new(),
+        written: BTreeSet::new(),
+        count: 0,
+    };
+    if wanted.contains("") {
+        writer.walk(&mut tar, "")?;
+    }
+    for rel in &entries {
+        let recursive = wanted.contains(rel);
+        if recursive {
+            writer.walk(&mut tar, rel)?;
+        } else {
+            writer.append(&mut tar, rel)?;
+        }
+    }
+    tar.into_inner()
+        .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
+        .map_err(io_err(out))?;
+    Ok(writer.count)
+}
+
+/// Adds a path as the reading stage will resolve it: every symlink met on the way (at
+/// its real place) and the real path the whole resolves to. Missing paths add nothing.
+fn add_with_links(root: &Path, rel: &str, wanted: &mut BTreeSet<String>) -> Result<()> {
+    let resolved = rootfs::resolve(root, rel, true)?;
+    if fs::symlink_metadata(&resolved).is_err() {
+        return Ok(());
+    }
+    let relative = |p: &Path| {
+        p.strip_prefix(root)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut prefix = String::new();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        let at = rootfs::resolve(root, &prefix, false)?;
+        if fs::symlink_metadata(&at).is_ok_and(|m| m.is_symlink()) {
+            wanted.insert(relative(&at));
+        }
+    }
+    wanted.insert(relative(&resolved));
+    Ok(())
+}
+
+struct TreeWriter<'a> {
+    root: &'a Path,
+    skip: &'a [PathBuf],
+    links: HashMap<(u64, u64), String>,
+    written: BTreeSet<String>,
+    count: u64,
+}
+
+impl TreeWriter<'_> {
+    fn skipped(&self, rel: &str) -> bool {
+        let abs = Path::new("/").join(rel);
+        self.skip.iter().any(|s| abs.starts_with(s))
+    }
+
+    fn walk<W: io::Write>(&mut self, tar: &mut tar::Builder<W>, rel: &str) -> Result<()> {
+        if self.skipped(rel) && !rel.is_empty() {
+            return Ok(());
+        }
+        if !rel.is_empty() {
+            self.append(tar, rel)?;
+        }
+        let path = self.root.join(rel);
+        let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            return Ok(());
+        }
+        let mut names: Vec<String> = fs::read_dir(&path)
+            .map_err(io_err(&path))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<io::Result<_>>()
+            .map_err(io_err(&path))?;
+        names.sort();
+        for name in names {
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            if self.root == Path::new("/") && ["proc", "sys", "dev"].contains(&child.as_str()) {
+                continue;
+            }
+            self.walk(tar, &child)?;
+        }
+        Ok(())
+    }
+
+    fn append<W: io::Write>(&mut self, tar: &mut tar::Builder<W>, rel: &str) -> Result<()> {
+        if !self.written.insert(rel.to_string()) || self.skipped(rel) {
+            return Ok(());
+        }
+        let path = self.root.join(rel);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            return Ok(());
+        };
+        let ft = meta.file_type();
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(meta.mode() & 0o7777);
+        header.set_uid(meta.uid().into());
+        header.set_gid(meta.gid().into());
+        header.set_mtime(meta.mtime().max(0) as u64);
+        header.set_size(0);
+        let name = if ft.is_dir() { format!("{rel}/") } else { rel.to_string() };
+        self.count += 1;
+        let add = |tar: &mut tar::Builder<W>, header: &mut tar::Header, data: &mut dyn io::Read| {
+            tar.append_data(header, &name, data).map_err(io_err(&path))
+        };
+        if ft.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            return add(tar, &mut header, &mut io::empty());
+        }
+        if ft.is_symlink() {
+            header.set_entry_type(tar::EntryType::Symlink);
+            let target = fs::read_link(&path).map_err(io_err(&path))?;
+            tar.append_link(&mut header, &name, &target)
+                .map_err(io_err(&path))?;
+            return Ok(());
+        }
+        if meta.nlink() > 1 {
+            if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+                header.set_entry_type(tar::EntryType::Link);
+                tar.append_link(&mut header, &name, first)
+                    .map_err(io_err(&path))?;
+                return Ok(());
+            }
+            self.links.insert((meta.dev(), meta.ino()), rel.to_string());
+        }
+        if ft.is_file() {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(meta.len());
+            let mut file = File::open(&path).map_err(io_err(&path))?;
+            return add(tar, &mut header, &mut file);
+        }
+        let kind = if ft.is_fifo() {
+            tar::EntryType::Fifo
+        } else if ft.is_char_device() {
+            tar::EntryType::Char
+        } else if ft.is_block_device() {
+            tar::EntryType::Block
+        } else {
+            // Sockets have no tar form; Docker drops them too.
+            self.count -= 1;
+            return Ok(());
+        };
+        header.set_entry_type(kind);
+        let rdev = meta.rdev();
+        header
+            .set_device_major(rustix::fs::major(rdev))
+            .and_then(|()| header.set_device_minor(rustix::fs::minor(rdev)))
+            .map_err(io_err(&path))?;
+        add(tar, &mut header, &mut io::empty())
+    }
+}
+
+/// Extracts an export into `dir` keeping owners, modes and times (stage pods run as root).
+pub fn extract(export: &Path, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let file = File::open(export).map_err(io_err(export))?;
+    let mut archive = tar::Archive::new(io::BufReader::new(file));
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.unpack(dir).map_err(io_err(export))
+}
+
+fn glob(root: &Path, pat: &str) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = root.join(&rel);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            if pattern::matches_path(pat, &child)? {
+                found.push(child.clone());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && pattern::could_match_below(pat, &child)? {
+                pending.push(child);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn exports_paths_parents_links_and_globs() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let r = src.path();
+        fs::create_dir_all(r.join("app/bin")).expect("mkdir");
+        fs::create_dir_all(r.join("usr/lib")).expect("mkdir");
+        fs::write(r.join("app/bin/tool"), "bin").expect("write");
+        fs::write(r.join("app/a.so"), "a").expect("write");
+        fs::write(r.join("app/b.so"), "b").expect("write");
+        fs::write(r.join("other"), "no").expect("write");
+        fs::write(r.join("usr/lib/real"), "r").expect("write");
+        symlink("usr/lib", r.join("lib")).expect("symlink");
+        fs::hard_link(r.join("app/a.so"), r.join("app/a-again.so")).expect("link");
+        std::os::unix::fs::lchown(r.join("app/bin/tool"), Some(1000), Some(1000)).expect("chown");
+
+        let out = tempfile::tempdir().expect("tempdir");
+        let tar = out.path().join("export.tar");
+        write(r, &["/app/bin".into(), "/app/*.so".into(), "/lib/real".into(), "/missing".into()], &[], &tar)
+            .expect("export");
+        let dest = out.path().join("x");
+        extract(&tar, &dest).expect("extract");
+        assert_eq!(fs::read_to_string(dest.join("app/bin/tool")).expect("tool"), "bin");
+        assert_eq!(fs::metadata(dest.join("app/bin/tool")).expect("meta").uid(), 1000);
+        assert!(dest.join("app/a.so").exists() && dest.join("app/b.so").exists());
+        assert_eq!(
+            fs::metadata(dest.join("app/a.so")).expect("a").ino(),
+            fs::metadata(dest.join("app/a-again.so")).expect("b").ino(),
+            "hard links stay links"
+        );
+        assert!(fs::symlink_metadata(dest.join("lib")).expect("lib").is_symlink());
+        assert_eq!(fs::read_to_string(dest.join("usr/lib/real")).expect("real"), "r");
+        assert!(!dest.join("other").exists());
+    }
+
+    #[test]
+    fn whole_root_skips_mounts() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let r = src.path();
+        fs::create_dir_all(r.join("workspace/x")).expect("mkdir");
+        fs::write(r.join("keep"), "k").expect("write");
+        let out = tempfile::tempdir().expect("tempdir");
+        let tar = out.path().join("e.tar");
+        write(r, &["/".into()], &[PathBuf::from("/workspace")], &tar).expect("export");
+        let dest = out.path().join("x");
+        extract(&tar, &dest).expect("extract");
+        assert!(dest.join("keep").exists());
+        assert!(!dest.join("workspace").exists());
+    }
+}

@@ -1,0 +1,115 @@
+//! The build's workspace volume, as every build pod sees it at `/workspace`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Paths on the workspace volume (ARCHITECTURE.md, "Workspace layout").
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    root: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(root: impl Into<PathBuf>) -> Workspace {
+        Workspace { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The plan the source pod wrote.
+    pub fn plan(&self) -> PathBuf {
+        self.root.join("plan.json")
+    }
+
+    /// The git checkout; the context is `source/<contextDir>`.
+    pub fn source(&self) -> PathBuf {
+        self.root.join("source")
+    }
+
+    /// The config of the image a stage starts from, written by the source pod when it
+    /// resolved the image (stages that start from another stage read that stage's).
+    pub fn base_config(&self, stage: &str) -> PathBuf {
+        self.root.join("bases").join(format!("{stage}.json"))
+    }
+
+    pub fn stage_dir(&self, stage: &str) -> PathBuf {
+        self.root.join("stages").join(stage)
+    }
+
+    pub fn layers_dir(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("layers")
+    }
+
+    /// The list of a stage's layers, in order ([`LayerRecord`]s).
+    pub fn layer_index(&self, stage: &str) -> PathBuf {
+        self.layers_dir(stage).join("index.json")
+    }
+
+    /// The paths later stages copy from this stage, as one tar.
+    pub fn export(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("export.tar")
+    }
+
+    /// The stage's resulting image config.
+    pub fn config(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("config.json")
+    }
+
+    /// The stage's variable scope at its end, for child stages to inherit.
+    pub fn scope(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("scope.json")
+    }
+
+    /// A pod's machine-readable result.
+    pub fn report(&self, pod: &str) -> PathBuf {
+        self.root.join("reports").join(format!("{pod}.json"))
+    }
+
+    /// Scratch space of one pod (extracted exports), removed when it ends.
+    pub fn scratch(&self, pod: &str) -> PathBuf {
+        self.root.join("tmp").join(pod)
+    }
+}
+
+/// One layer a stage wrote, as listed in its layer index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerRecord {
+    /// File name inside the stage's `layers/` directory.
+    pub file: String,
+    /// `sha256:` of the compressed blob.
+    pub digest: String,
+    /// `sha256:` of the uncompressed tar.
+    pub diff_id: String,
+    /// Compressed size in bytes.
+    pub size: u64,
+    /// The instruction that made it, for the image history.
+    pub created_by: String,
+    /// Its Dockerfile line.
+    pub line: usize,
+}
+
+/// Reads a JSON file of the workspace.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
+    let text = std::fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+/// Writes a JSON file of the workspace atomically (write then rename), so a reader never
+/// sees half a file.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, path)
+}
