@@ -3,10 +3,10 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps fmt-check clippy unit builder-static bench-plan
+.PHONY: test deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
 
-## test: install what the tests need, then run every check
-test: deps fmt-check clippy unit
+## test: install what the tests need, then run every check (end-to-end tests included)
+test: deps fmt-check clippy e2e-env unit
 
 ## deps: install the tools the checks need (idempotent)
 deps:
@@ -21,11 +21,21 @@ clippy:
 unit:
 	$(CARGO) test --workspace --locked
 
+## e2e-env: the local registry, the base images and the builder image the end-to-end tests use
+e2e-env:
+	./scripts/registry.sh start
+	./scripts/base-images.sh
+	./scripts/builder-image.sh
+
 ## builder-static: the fully static stagecoach-builder for build pods
 builder-static:
 	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --locked \
 		-p stagecoach-builder --target x86_64-unknown-linux-gnu
 	@echo target/x86_64-unknown-linux-gnu/release/stagecoach-builder
+
+## builder-image: the builder image (scratch + static builder + CA bundle) in the local registry
+builder-image:
+	./scripts/builder-image.sh
 
 ## bench-plan: time planning a generated 500-stage Dockerfile
 bench-plan:

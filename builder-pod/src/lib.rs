@@ -8,5 +8,7 @@ pub mod pattern;
 pub mod rootfs;
 pub mod run;
 pub mod snapshot;
+pub mod stage;
+pub mod termination;
 pub mod users;
 pub mod workspace;

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use stagecoach_builder::stage::{self, StageOptions};
+use stagecoach_builder::termination;
+use stagecoach_builder::workspace::{Workspace, write_json};
 use stagecoach_plan::{PlanOptions, Platform};
 
 #[derive(Debug, Parser)]
@@ -23,6 +26,33 @@ struct Cli {
 enum Command {
     /// Plans a Dockerfile and prints the plan.
     Plan(PlanArgs),
+    /// Copies this binary into DIR (the init container's job: images have no `cp`).
+    Install {
+        /// Directory to install into (an emptyDir shared with the main container).
+        dir: PathBuf,
+    },
+    /// Runs the stages of one stage pod (see the plan's waves).
+    Stage(StageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StageArgs {
+    /// The id of the stage whose pod this is.
+    pod: String,
+    #[arg(long, default_value = "/workspace")]
+    workspace: PathBuf,
+    /// The context directory inside the checkout (`spec.source.contextDir`).
+    #[arg(long, default_value = "")]
+    context_dir: String,
+    /// The filesystem the stage builds on.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// The tools directory the builder was installed into (never part of a layer).
+    #[arg(long, default_value = "/stagecoach")]
+    tools: PathBuf,
+    /// Clamp layer and history times to this Unix time (the commit time).
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<i64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +90,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => run_plan(args),
+        Command::Install { dir } => install(&dir),
+        Command::Stage(args) => run_stage(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,6 +99,46 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn install(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let me = std::env::current_exe()?;
+    std::fs::create_dir_all(dir)?;
+    let target = dir.join("stagecoach-builder");
+    std::fs::copy(&me, &target)
+        .map_err(|e| anyhow::anyhow!("cannot copy {} to {}: {e}", me.display(), target.display()))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+    println!("installed {}", target.display());
+    Ok(())
+}
+
+fn run_stage(args: StageArgs) -> anyhow::Result<()> {
+    let workspace = Workspace::new(&args.workspace);
+    let opts = StageOptions {
+        context: workspace.source().join(args.context_dir.trim_start_matches('/')),
+        workspace,
+        pod: args.pod,
+        root: args.root,
+        tools: args.tools,
+        source_date_epoch: args.source_date_epoch,
+    };
+    let report = stage::run_pod(&opts);
+    write_json(&opts.workspace.report(&report.pod), &report)?;
+    termination::write(&report);
+    match report.error {
+        None => {
+            let layers: usize = report.stages.iter().map(|s| s.layers.len()).sum();
+            println!(
+                "pod {} done: {} stage(s), {layers} layer(s) in {} ms",
+                report.pod,
+                report.stages.len(),
+                report.duration_ms
+            );
+            Ok(())
+        }
+        Some(e) => Err(anyhow::anyhow!(e)),
     }
 }
 

@@ -1,0 +1,44 @@
+//! The pod's termination message: a compact summary the operator reads from the pod
+//! status (Kubernetes keeps at most 4 KiB of it), beside the full report on the volume.
+
+use serde::Serialize;
+
+/// Where the kubelet collects the message from (`terminationMessagePath`).
+pub const PATH: &str = "/dev/termination-log";
+
+/// The most Kubernetes keeps.
+pub const LIMIT: usize = 4096;
+
+/// Writes the summary if the file exists (inside a pod); elsewhere does nothing.
+pub fn write<T: Serialize>(summary: &T) {
+    let path = std::path::Path::new(PATH);
+    if path.exists() {
+        let _ = std::fs::write(path, compact(summary));
+    }
+}
+
+/// JSON no longer than the limit: a summary that does not fit is replaced by a pointer
+/// to the full report, so the reader always gets valid JSON.
+pub fn compact<T: Serialize>(summary: &T) -> String {
+    let json = serde_json::to_string(summary).unwrap_or_else(|_| "{}".into());
+    if json.len() <= LIMIT {
+        json
+    } else {
+        serde_json::json!({ "truncated": true, "report": "see reports/ on the workspace" })
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_summaries_stay_valid_json_under_the_limit() {
+        let small = compact(&serde_json::json!({"pod": "build"}));
+        assert_eq!(small, r#"{"pod":"build"}"#);
+        let big = compact(&serde_json::json!({"x": "y".repeat(10_000)}));
+        assert!(big.len() <= LIMIT);
+        assert!(serde_json::from_str::<serde_json::Value>(&big).is_ok());
+    }
+}

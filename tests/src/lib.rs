@@ -1,0 +1,5 @@
+//! Harness for the end-to-end tests: the local registry, podman running pod manifests,
+//! base images, and comparing root filesystems file by file.
+
+pub mod podman;
+pub mod rootfs;

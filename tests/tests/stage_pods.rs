@@ -1,0 +1,310 @@
+//! Stage pods for real: the static builder installed by an init container into a pod
+//! whose image is the stage's base image, run by `podman kube play` on a workspace
+//! volume; the layers it writes, applied to the base by umoci, must give the same
+//! filesystem as `buildah bud` of the same Dockerfile stage.
+
+use std::path::PathBuf;
+
+use stagecoach_builder::workspace::{LayerRecord, Workspace, read_json};
+use stagecoach_e2e::podman::{PodRun, Volume, builder_image, check, play, registry, tool};
+use stagecoach_e2e::rootfs::{Layout, buildah_bud, differences};
+use stagecoach_plan::contract::{Base, Execution, Plan};
+use stagecoach_plan::{PlanOptions, plan};
+
+/// A Dockerfile, its context, and the stage to check.
+struct Case<'a> {
+    name: &'a str,
+    dockerfile: String,
+    context: &'a [(&'a str, &'a str)],
+    target: Option<&'a str>,
+}
+
+fn image(name: &str) -> String {
+    format!("{}/stagecoach/{name}", registry())
+}
+
+/// The pod manifest the operator renders for a stage pod (see ARCHITECTURE.md).
+fn stage_pod_manifest(pod: &str, image: &str, stage: &str, claim: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {pod}
+  labels:
+    app.kubernetes.io/name: stagecoach
+    stagecoach.dev/stage: {stage}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  initContainers:
+  - name: install
+    image: {builder}
+    imagePullPolicy: Always
+    args: ["install", "/stagecoach"]
+    volumeMounts:
+    - {{name: {pod}-tools, mountPath: /stagecoach}}
+  containers:
+  - name: stage
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: ["/stagecoach/stagecoach-builder", "stage", "{stage}"]
+    env:
+    - {{name: SOURCE_DATE_EPOCH, value: "1700000000"}}
+    securityContext:
+      runAsUser: 0
+      allowPrivilegeEscalation: false
+    volumeMounts:
+    - {{name: workspace, mountPath: /workspace}}
+    - {{name: {pod}-tools, mountPath: /stagecoach}}
+  volumes:
+  - name: workspace
+    persistentVolumeClaim: {{claimName: {claim}}}
+  - name: {pod}-tools
+    emptyDir: {{}}
+"#,
+        builder = builder_image()
+    )
+}
+
+/// Writes what the source pod would: plan, context, base image configs.
+fn prepare_workspace(case: &Case, volume: &Volume) -> Plan {
+    let ws = Workspace::new(&volume.path);
+    let options = PlanOptions {
+        target: case.target.map(str::to_string),
+        ..PlanOptions::default()
+    };
+    let plan = plan(&case.dockerfile, &options).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    std::fs::write(ws.plan(), plan.to_json()).expect("plan");
+    for (path, content) in case.context {
+        let file = ws.source().join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, content).expect("context file");
+    }
+    std::fs::create_dir_all(ws.source()).expect("source");
+    for stage in &plan.stages {
+        if let Base::Image { reference, .. } = &stage.base {
+            let out = check(tool("skopeo").args([
+                "inspect",
+                "--tls-verify=false",
+                "--config",
+                "--raw",
+                &format!("docker://{reference}"),
+            ]));
+            let path = ws.base_config(&stage.id);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, out.stdout).expect("base config");
+        }
+    }
+    plan
+}
+
+/// The image a stage's pod runs on: the root of its FROM chain.
+fn root_image(plan: &Plan, stage: &str) -> String {
+    let mut current = plan.stage(stage).expect("stage");
+    loop {
+        match &current.base {
+            Base::Image { reference, .. } => return reference.clone(),
+            Base::Stage { id } => current = plan.stage(id).expect("parent"),
+            Base::Scratch => panic!("stage pods on scratch are not part of these tests"),
+        }
+    }
+}
+
+/// Runs every pod of the plan, wave by wave; returns each pod's result.
+fn run_pods(case: &Case, plan: &Plan, volume: &Volume) -> Vec<(String, PodRun)> {
+    let mut results = Vec::new();
+    for wave in &plan.waves {
+        for pod_stage in wave {
+            let pod = format!("e2e-{}-{}", case.name, pod_stage).replace('_', "-");
+            let manifest = stage_pod_manifest(&pod, &root_image(plan, pod_stage), pod_stage, &volume.name);
+            let run = play(&manifest, &pod, "stage");
+            let failed = run.exit_code != 0;
+            results.push((pod_stage.clone(), run));
+            if failed {
+                return results;
+            }
+        }
+    }
+    results
+}
+
+/// The layers of a stage and its FROM ancestors, root first.
+fn chain_layers(plan: &Plan, ws: &Workspace, stage: &str) -> Vec<(PathBuf, String)> {
+    let mut chain = vec![stage.to_string()];
+    let mut current = plan.stage(stage).expect("stage");
+    while let Base::Stage { id } = &current.base {
+        chain.push(id.clone());
+        current = plan.stage(id).expect("parent");
+    }
+    chain.reverse();
+    chain
+        .iter()
+        .flat_map(|id| {
+            let records: Vec<LayerRecord> = read_json(&ws.layer_index(id)).expect("layer index");
+            records
+                .into_iter()
+                .map(|r| (ws.layers_dir(id).join(r.file), r.diff_id))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Builds the case with our pods and with buildah; their filesystems must be equal.
+fn assert_same_as_buildah(case: Case) {
+    let volume = Volume::create(&format!("e2e-{}", case.name));
+    let plan = prepare_workspace(&case, &volume);
+    let results = run_pods(&case, &plan, &volume);
+    for (stage, run) in &results {
+        assert_eq!(run.exit_code, 0, "{}: pod {stage} failed:\n{}", case.name, run.logs);
+    }
+    let ws = Workspace::new(&volume.path);
+    let target = plan.target.clone();
+    assert!(
+        matches!(plan.stage(&target).expect("target").execution, Execution::Pod { .. }),
+        "{}: the target must run in a pod for this test",
+        case.name
+    );
+    let ours = Layout::from_registry(&root_image(&plan, &target));
+    ours.append_layers(&chain_layers(&plan, &ws, &target));
+    let ours_root = ours.unpack();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let context = dir.path().join("context");
+    std::fs::create_dir_all(&context).expect("context");
+    for (path, content) in case.context {
+        let file = context.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, content).expect("write");
+    }
+    let dockerfile = dir.path().join("Dockerfile");
+    std::fs::write(&dockerfile, &case.dockerfile).expect("Dockerfile");
+    let tag = format!("localhost/stagecoach-e2e/{}:buildah", case.name);
+    let theirs = Layout::from_buildah(&buildah_bud(&dockerfile, &context, case.target, &tag));
+    let theirs_root = theirs.unpack();
+    let _ = tool("buildah").args(["rmi", "-f", &tag]).output();
+
+    let diffs = differences(&ours_root.path().join("b/rootfs"), &theirs_root.path().join("b/rootfs"));
+    assert!(diffs.is_empty(), "{}: filesystems differ from buildah's:\n{}", case.name, diffs.join("\n"));
+}
+
+const HELLO_C: &str = "#include <stdio.h>\nint main(void) { puts(\"hello from stagecoach\"); return 0; }\n";
+
+#[test]
+fn compiles_c_with_tcc() {
+    assert_same_as_buildah(Case {
+        name: "tcc",
+        dockerfile: format!(
+            "FROM {} AS build\nWORKDIR /src\nCOPY hello.c .\nRUN mkdir -p /usr/local/bin && tcc -o /usr/local/bin/hello hello.c && /usr/local/bin/hello\n",
+            image("tcc:1")
+        ),
+        context: &[("hello.c", HELLO_C)],
+        target: None,
+    });
+}
+
+#[test]
+fn deletes_and_modifies_base_files() {
+    assert_same_as_buildah(Case {
+        name: "whiteouts",
+        dockerfile: format!(
+            "FROM {}\nRUN rm -rf /home/app /etc/group && echo changed >> /etc/passwd && mkdir -p /new/empty\n\
+             RUN rm /bin/vi && ln -s busybox /bin/vi2\n",
+            image("busybox:1")
+        ),
+        context: &[],
+        target: None,
+    });
+}
+
+#[test]
+fn from_stage_chain_users_links_and_odd_names() {
+    assert_same_as_buildah(Case {
+        name: "chain",
+        dockerfile: format!(
+            "FROM {} AS base\nRUN mkdir -p /data/dir && echo x > '/data/file with spaces' && ln /data/'file with spaces' /data/hard \
+             && ln -s '/data/file with spaces' /data/soft && mkdir /data/empty\n\
+             FROM base AS other\nRUN echo other > /other && mkdir -p /out/sub && echo deep > /out/sub/deep\n\
+             FROM base AS users\nCOPY --chown=app:app --chmod=640 conf.txt /etc/app/\nUSER app\nRUN id -u > /tmp/whoami && touch /home/app/mine\n\
+             COPY --from=other /other /out/ /copied/\n\
+             USER root\nRUN echo suid > /data/suid && chmod 4755 /data/suid\n",
+            image("busybox:1")
+        ),
+        context: &[("conf.txt", "key=value\n")],
+        target: None,
+    });
+}
+
+/// Debian's buildah (1.28) predates heredocs, so this case checks the result directly.
+#[test]
+fn heredoc_runs_as_docker_runs_it() {
+    let case = Case {
+        name: "heredoc",
+        dockerfile: format!(
+            "FROM {}\nARG WHO=world\nRUN <<EOF\nset -e\necho \"hello $WHO\" > /greeting\nEOF\n\
+             RUN <<-SCRIPT cat > /two && cat <<'RAW' >> /two\n\tfirst $WHO\n\tSCRIPT\nsecond $WHO\nRAW\n\
+             RUN <<EOF\n#!/bin/sh\necho \"script as $(id -u)\" > /script\nEOF\n",
+            image("busybox:1")
+        ),
+        context: &[],
+        target: None,
+    };
+    let volume = Volume::create("e2e-heredoc");
+    let plan = prepare_workspace(&case, &volume);
+    for (stage, run) in run_pods(&case, &plan, &volume) {
+        assert_eq!(run.exit_code, 0, "pod {stage} failed:\n{}", run.logs);
+    }
+    let ours = Layout::from_registry(&root_image(&plan, &plan.target));
+    ours.append_layers(&chain_layers(&plan, &Workspace::new(&volume.path), &plan.target));
+    let root = ours.unpack();
+    let read = |p: &str| std::fs::read_to_string(root.path().join("b/rootfs").join(p)).expect(p);
+    assert_eq!(read("greeting"), "hello world\n");
+    assert_eq!(read("two"), "first world\nsecond $WHO\n");
+    assert_eq!(read("script"), "script as 0\n");
+}
+
+#[test]
+fn copy_outside_the_context_fails_and_writes_nothing() {
+    let case = Case {
+        name: "escape",
+        dockerfile: format!("FROM {} AS sneaky\nCOPY ../secret /stolen\nRUN cat /stolen\n", image("busybox:1")),
+        context: &[],
+        target: None,
+    };
+    let volume = Volume::create("e2e-escape");
+    std::fs::write(volume.path.join("secret"), "do not copy").expect("secret");
+    let plan = prepare_workspace(&case, &volume);
+    let (_, run) = run_pods(&case, &plan, &volume).pop().expect("a pod ran");
+    assert_ne!(run.exit_code, 0);
+    assert!(
+        run.logs.contains("Dockerfile:2: COPY ../secret /stolen: forbidden path outside the build context: ../secret"),
+        "{}",
+        run.logs
+    );
+    let index: Vec<LayerRecord> = read_json(&Workspace::new(&volume.path).layer_index("sneaky")).unwrap_or_default();
+    assert!(index.is_empty(), "no layer may be written");
+}
+
+#[test]
+fn failing_run_names_stage_line_command_and_exit_code() {
+    let case = Case {
+        name: "failing",
+        dockerfile: format!("FROM {} AS broken\nRUN echo before\nRUN exit 7\n", image("busybox:1")),
+        context: &[],
+        target: None,
+    };
+    let volume = Volume::create("e2e-failing");
+    let plan = prepare_workspace(&case, &volume);
+    let results = run_pods(&case, &plan, &volume);
+    let (_, run) = results.last().expect("a pod ran");
+    assert_ne!(run.exit_code, 0);
+    assert!(
+        run.logs.contains("stage broken: Dockerfile:3: RUN exit 7: exit code 7"),
+        "{}",
+        run.logs
+    );
+    let report: serde_json::Value =
+        read_json(&Workspace::new(&volume.path).report("broken")).expect("report");
+    assert_eq!(report["succeeded"], false);
+    assert_eq!(report["error"]["exitCode"], 7);
+    assert_eq!(report["error"]["line"], 3);
+}
