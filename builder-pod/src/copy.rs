@@ -171,11 +171,10 @@ pub fn write_inline(
         (make_dirs(dest_root, dest, opts.owner)?, name.to_string())
     } else {
         let p = Path::new(dest);
-        let parent = p.parent().map_or("/".into(), |p| p.to_string_lossy().into_owned());
-        (
-            make_dirs(dest_root, &parent, opts.owner)?,
-            file_name(p),
-        )
+        let parent = p
+            .parent()
+            .map_or("/".into(), |p| p.to_string_lossy().into_owned());
+        (make_dirs(dest_root, &parent, opts.owner)?, file_name(p))
     };
     let path = dir.join(file);
     remove_existing(&path, name)?;
@@ -250,7 +249,8 @@ impl Copier<'_> {
                 fs::hard_link(first, dst).map_err(io_err(dst))?;
                 return Ok(());
             }
-            self.links.insert((meta.dev(), meta.ino()), dst.to_path_buf());
+            self.links
+                .insert((meta.dev(), meta.ino()), dst.to_path_buf());
         }
         if kind.is_symlink() {
             let target = fs::read_link(src).map_err(io_err(src))?;
@@ -276,7 +276,13 @@ impl Copier<'_> {
 
     /// Owner, mode (with `--chmod`), extended attributes and mtime, in that order so a
     /// chown does not clear setuid bits set afterwards.
-    fn set_attributes(&self, src: &Path, dst: &Path, meta: &fs::Metadata, is_dir: bool) -> Result<()> {
+    fn set_attributes(
+        &self,
+        src: &Path,
+        dst: &Path,
+        meta: &fs::Metadata,
+        is_dir: bool,
+    ) -> Result<()> {
         let (uid, gid) = match (self.opts.owner, self.keep_owner) {
             (Some(ids), _) => (ids.uid, ids.gid),
             (None, true) => (meta.uid(), meta.gid()),
@@ -285,7 +291,11 @@ impl Copier<'_> {
         std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(io_err(dst))?;
         if !meta.file_type().is_symlink() {
             let mode = meta.mode() & 0o7777;
-            let mode = self.opts.chmod.as_ref().map_or(mode, |c| c.apply(mode, is_dir));
+            let mode = self
+                .opts
+                .chmod
+                .as_ref()
+                .map_or(mode, |c| c.apply(mode, is_dir));
             fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(io_err(dst))?;
         }
         if self.keep_owner {
@@ -430,14 +440,22 @@ fn glob(root: &Path, pat: &str) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let mut pending = vec![String::new()];
     while let Some(rel) = pending.pop() {
-        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             if pattern::matches_path(pat, &child)? {
                 found.push(child.clone());
             }
@@ -585,10 +603,19 @@ mod tests {
         }
     }
 
-    fn run(ctx: &Path, dst: &Path, sources: &[&str], dest: &str, o: &CopyOptions) -> Result<CopyStats> {
+    fn run(
+        ctx: &Path,
+        dst: &Path,
+        sources: &[&str],
+        dest: &str,
+        o: &CopyOptions,
+    ) -> Result<CopyStats> {
         let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         copy(
-            SourceRoot { root: ctx, keep_owner: false },
+            SourceRoot {
+                root: ctx,
+                keep_owner: false,
+            },
             &sources,
             dst,
             dest,
@@ -603,26 +630,61 @@ mod tests {
         run(ctx.path(), out.path(), &["src"], "/app/", &opts()).expect("copy dir");
         assert!(out.path().join("app/a.txt").exists());
         assert!(out.path().join("app/sub/c.txt").exists());
-        assert!(!out.path().join("app/src").exists(), "a directory's contents are copied");
-        assert_eq!(fs::read_link(out.path().join("app/link")).expect("link"), Path::new("a.txt"));
+        assert!(
+            !out.path().join("app/src").exists(),
+            "a directory's contents are copied"
+        );
+        assert_eq!(
+            fs::read_link(out.path().join("app/link")).expect("link"),
+            Path::new("a.txt")
+        );
         let m = fs::metadata(out.path().join("app/a.txt")).expect("meta");
         assert_eq!(m.mode() & 0o7777, 0o755, "modes are kept");
         assert_eq!((m.uid(), m.gid()), (0, 0));
 
         run(ctx.path(), out.path(), &["src/a.txt"], "/renamed", &opts()).expect("file");
-        assert_eq!(fs::read_to_string(out.path().join("renamed")).expect("read"), "a");
-        run(ctx.path(), out.path(), &["file with space"], "/app", &opts()).expect("into dir");
-        assert!(out.path().join("app/file with space").exists(), "existing dir receives the file");
+        assert_eq!(
+            fs::read_to_string(out.path().join("renamed")).expect("read"),
+            "a"
+        );
+        run(
+            ctx.path(),
+            out.path(),
+            &["file with space"],
+            "/app",
+            &opts(),
+        )
+        .expect("into dir");
+        assert!(
+            out.path().join("app/file with space").exists(),
+            "existing dir receives the file"
+        );
     }
 
     #[test]
     fn globs_several_sources_and_excludes() {
         let ctx = context();
         let out = tempfile::tempdir().expect("tempdir");
-        let err = run(ctx.path(), out.path(), &["src/*.txt", "src/b.md"], "/x", &opts())
-            .expect_err("needs a directory");
-        assert!(err.to_string().contains("must be a directory and end with a /"));
-        run(ctx.path(), out.path(), &["src/*.txt", "src/b.md"], "/x/", &opts()).expect("copy");
+        let err = run(
+            ctx.path(),
+            out.path(),
+            &["src/*.txt", "src/b.md"],
+            "/x",
+            &opts(),
+        )
+        .expect_err("needs a directory");
+        assert!(
+            err.to_string()
+                .contains("must be a directory and end with a /")
+        );
+        run(
+            ctx.path(),
+            out.path(),
+            &["src/*.txt", "src/b.md"],
+            "/x/",
+            &opts(),
+        )
+        .expect("copy");
         assert!(out.path().join("x/a.txt").exists() && out.path().join("x/b.md").exists());
         let mut o = opts();
         o.excludes = vec!["*.txt".into()];
@@ -641,7 +703,14 @@ mod tests {
         let out = tempfile::tempdir().expect("tempdir");
         let mut o = opts();
         o.parents = true;
-        run(ctx.path(), out.path(), &["src/sub/c.txt", "./src/./a.txt"], "/p/", &o).expect("copy");
+        run(
+            ctx.path(),
+            out.path(),
+            &["src/sub/c.txt", "./src/./a.txt"],
+            "/p/",
+            &o,
+        )
+        .expect("copy");
         assert!(out.path().join("p/src/sub/c.txt").exists());
         assert!(out.path().join("p/a.txt").exists());
     }
@@ -651,13 +720,20 @@ mod tests {
         let ctx = context();
         let out = tempfile::tempdir().expect("tempdir");
         let mut o = opts();
-        o.owner = Some(Ids { uid: 1000, gid: 1001 });
+        o.owner = Some(Ids {
+            uid: 1000,
+            gid: 1001,
+        });
         o.chmod = Some(Chmod::parse("640").expect("octal"));
         run(ctx.path(), out.path(), &["src/b.md"], "/new/dir/", &o).expect("copy");
         let m = fs::metadata(out.path().join("new/dir/b.md")).expect("meta");
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o640));
         let d = fs::metadata(out.path().join("new")).expect("meta");
-        assert_eq!((d.uid(), d.mode() & 0o7777), (1000, 0o755), "created parents get --chown");
+        assert_eq!(
+            (d.uid(), d.mode() & 0o7777),
+            (1000, 0o755),
+            "created parents get --chown"
+        );
 
         let sym = Chmod::parse("u=rwX,go=rX").expect("symbolic");
         assert_eq!(sym.apply(0o600, false), 0o644);
@@ -676,7 +752,8 @@ mod tests {
             Err(Error::OutsideContext(_))
         ));
         // A context symlink to /etc resolves inside the context, where there is no etc.
-        let err = run(ctx.path(), out.path(), &["etc-link/passwd"], "/p", &opts()).expect_err("scoped");
+        let err =
+            run(ctx.path(), out.path(), &["etc-link/passwd"], "/p", &opts()).expect_err("scoped");
         assert!(matches!(err, Error::NotFound(_)), "{err}");
         assert!(!out.path().join("p").exists());
     }
@@ -698,7 +775,8 @@ mod tests {
             h.set_gid(0);
             h.set_mtime(0);
             h.set_cksum();
-            t.append_data(&mut h, "inside/x.txt", &b"hi"[..]).expect("append");
+            t.append_data(&mut h, "inside/x.txt", &b"hi"[..])
+                .expect("append");
             t.into_inner().expect("finish").finish().expect("gzip");
         }
         let out = tempfile::tempdir().expect("tempdir");
@@ -706,7 +784,10 @@ mod tests {
         o.keyword = "ADD";
         o.unpack_archives = true;
         run(ctx.path(), out.path(), &["bundle.tar.gz"], "/opt/", &o).expect("add");
-        assert_eq!(fs::read_to_string(out.path().join("opt/inside/x.txt")).expect("read"), "hi");
+        assert_eq!(
+            fs::read_to_string(out.path().join("opt/inside/x.txt")).expect("read"),
+            "hi"
+        );
     }
 
     #[test]
@@ -714,7 +795,10 @@ mod tests {
         let out = tempfile::tempdir().expect("tempdir");
         write_inline(out.path(), "/etc/app/", "conf", "x=1\n", &opts()).expect("dir");
         write_inline(out.path(), "/run.sh", "EOF", "echo\n", &opts()).expect("file");
-        assert_eq!(fs::read_to_string(out.path().join("etc/app/conf")).expect("read"), "x=1\n");
+        assert_eq!(
+            fs::read_to_string(out.path().join("etc/app/conf")).expect("read"),
+            "x=1\n"
+        );
         assert!(out.path().join("run.sh").exists());
     }
 }

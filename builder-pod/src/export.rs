@@ -151,7 +151,11 @@ impl TreeWriter<'_> {
             .map_err(io_err(&path))?;
         names.sort();
         for name in names {
-            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             if self.root == Path::new("/") && ["proc", "sys", "dev"].contains(&child.as_str()) {
                 continue;
             }
@@ -175,7 +179,11 @@ impl TreeWriter<'_> {
         header.set_gid(meta.gid().into());
         header.set_mtime(meta.mtime().max(0) as u64);
         header.set_size(0);
-        let name = if ft.is_dir() { format!("{rel}/") } else { rel.to_string() };
+        let name = if ft.is_dir() {
+            format!("{rel}/")
+        } else {
+            rel.to_string()
+        };
         self.count += 1;
         let add = |tar: &mut tar::Builder<W>, header: &mut tar::Header, data: &mut dyn io::Read| {
             tar.append_data(header, &name, data).map_err(io_err(&path))
@@ -250,11 +258,17 @@ fn glob(root: &Path, pat: &str) -> Result<Vec<String>> {
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             if pattern::matches_path(pat, &child)? {
                 found.push(child.clone());
             }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) && pattern::could_match_below(pat, &child)? {
+            if entry.file_type().is_ok_and(|t| t.is_dir())
+                && pattern::could_match_below(pat, &child)?
+            {
                 pending.push(child);
             }
         }
@@ -285,20 +299,43 @@ mod tests {
 
         let out = tempfile::tempdir().expect("tempdir");
         let tar = out.path().join("export.tar");
-        write(r, &["/app/bin".into(), "/app/*.so".into(), "/lib/real".into(), "/missing".into()], &[], &tar)
-            .expect("export");
+        write(
+            r,
+            &[
+                "/app/bin".into(),
+                "/app/*.so".into(),
+                "/lib/real".into(),
+                "/missing".into(),
+            ],
+            &[],
+            &tar,
+        )
+        .expect("export");
         let dest = out.path().join("x");
         extract(&tar, &dest).expect("extract");
-        assert_eq!(fs::read_to_string(dest.join("app/bin/tool")).expect("tool"), "bin");
-        assert_eq!(fs::metadata(dest.join("app/bin/tool")).expect("meta").uid(), 1000);
+        assert_eq!(
+            fs::read_to_string(dest.join("app/bin/tool")).expect("tool"),
+            "bin"
+        );
+        assert_eq!(
+            fs::metadata(dest.join("app/bin/tool")).expect("meta").uid(),
+            1000
+        );
         assert!(dest.join("app/a.so").exists() && dest.join("app/b.so").exists());
         assert_eq!(
             fs::metadata(dest.join("app/a.so")).expect("a").ino(),
             fs::metadata(dest.join("app/a-again.so")).expect("b").ino(),
             "hard links stay links"
         );
-        assert!(fs::symlink_metadata(dest.join("lib")).expect("lib").is_symlink());
-        assert_eq!(fs::read_to_string(dest.join("usr/lib/real")).expect("real"), "r");
+        assert!(
+            fs::symlink_metadata(dest.join("lib"))
+                .expect("lib")
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::read_to_string(dest.join("usr/lib/real")).expect("real"),
+            "r"
+        );
         assert!(!dest.join("other").exists());
     }
 

@@ -274,8 +274,7 @@ impl StageConfig {
                 self.cmd_set = true;
             }
             Kind::Entrypoint { command } => {
-                self.config.config.entrypoint =
-                    Some(command_vector(command, &self.config.shell()));
+                self.config.config.entrypoint = Some(command_vector(command, &self.config.shell()));
                 // Docker: ENTRYPOINT resets a CMD inherited from the base image.
                 if !self.cmd_set {
                     self.config.config.cmd = None;
@@ -384,7 +383,10 @@ mod tests {
             cfg.env.as_deref(),
             Some(&["PATH=/app:/bin".to_string(), "NAME=a b".to_string()][..])
         );
-        assert_eq!(cfg.labels.as_ref().map(|l| l["version"].as_str()), Some("1"));
+        assert_eq!(
+            cfg.labels.as_ref().map(|l| l["version"].as_str()),
+            Some("1")
+        );
         assert_eq!(cfg.labels.as_ref().map(|l| l["k k"].as_str()), Some("v"));
         let ports: Vec<&String> = cfg.exposed_ports.as_ref().expect("ports").keys().collect();
         assert_eq!(ports, ["53/udp", "80/tcp"]);
@@ -398,8 +400,14 @@ mod tests {
             Some(&["/bin/bash".to_string(), "-c".into(), "run me".into()][..])
         );
         assert_eq!(cfg.stop_signal.as_deref(), Some("SIGTERM"));
-        assert_eq!(cfg.healthcheck.as_ref().map(|h| h.interval), Some(Some(5_000_000_000)));
-        assert_eq!(cfg.on_build.as_deref(), Some(&["RUN echo hi".to_string()][..]));
+        assert_eq!(
+            cfg.healthcheck.as_ref().map(|h| h.interval),
+            Some(Some(5_000_000_000))
+        );
+        assert_eq!(
+            cfg.on_build.as_deref(),
+            Some(&["RUN echo hi".to_string()][..])
+        );
         assert_eq!(empty.last(), Some(&false), "RUN is not metadata");
         assert!(empty[1], "ARG is metadata-only");
     }
@@ -427,7 +435,8 @@ mod tests {
     fn bad_port_is_an_error() {
         let df = parse("FROM x\nEXPOSE 80/tcp abc\n").expect("parses");
         let inst = stagecoach_plan::instruction::parse_all(&df).expect("valid");
-        let mut stage = StageConfig::new(ImageConfig::default(), Scope::default(), Lexer::new('\\'));
+        let mut stage =
+            StageConfig::new(ImageConfig::default(), Scope::default(), Lexer::new('\\'));
         assert!(stage.apply(&inst[1], &[], &BTreeMap::new()).is_err());
     }
 

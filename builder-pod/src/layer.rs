@@ -203,7 +203,12 @@ impl<'a> LayerWriter<'a> {
         }
     }
 
-    fn write_changes(mut self, root: &Path, changes: &Changes, after: &Snapshot) -> Result<LayerInfo> {
+    fn write_changes(
+        mut self,
+        root: &Path,
+        changes: &Changes,
+        after: &Snapshot,
+    ) -> Result<LayerInfo> {
         let mut ops: Vec<(PathBuf, Op<'_>)> = Vec::new();
         for path in changes.added.iter().chain(&changes.changed) {
             let entry = after
@@ -323,9 +328,15 @@ impl<'a> LayerWriter<'a> {
 
     fn set_mtime(&self, header: &mut Header, pax: &mut Vec<u8>, mut t: Timestamp) {
         if let Some(limit) = self.clamp
-            && t > (Timestamp { sec: limit, nsec: 0 })
+            && t > (Timestamp {
+                sec: limit,
+                nsec: 0,
+            })
         {
-            t = Timestamp { sec: limit, nsec: 0 };
+            t = Timestamp {
+                sec: limit,
+                nsec: 0,
+            };
         }
         match u64::try_from(t.sec) {
             Ok(sec) if sec <= MAX_OCTAL_SIZE => {
@@ -383,7 +394,10 @@ impl<'a> LayerWriter<'a> {
     fn copy(&mut self, mut file: File, path: &Path, size: u64) -> Result<()> {
         let mut left = size;
         while left > 0 {
-            let want = self.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let want = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
             let n = match file.read(&mut self.buf[..want]) {
                 Ok(0) => {
                     return Err(Error::Changed {
@@ -470,7 +484,11 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Err(e) => return Err(read_err(e)),
     };
     let mut names: Vec<OsString> = names
-        .filter(|n| !DROPPED_XATTRS.iter().any(|d| n.as_os_str() == OsStr::new(d)))
+        .filter(|n| {
+            !DROPPED_XATTRS
+                .iter()
+                .any(|d| n.as_os_str() == OsStr::new(d))
+        })
         .collect();
     names.sort();
     let mut out = Vec::with_capacity(names.len());
@@ -620,7 +638,10 @@ pub fn apply_layer(layer: &Path, root: &Path) -> Result<ApplyStats> {
         source,
     };
     let mut input = BufReader::with_capacity(256 << 10, File::open(layer).map_err(read_err)?);
-    let gzip = input.fill_buf().map_err(read_err)?.starts_with(&[0x1f, 0x8b]);
+    let gzip = input
+        .fill_buf()
+        .map_err(read_err)?
+        .starts_with(&[0x1f, 0x8b]);
     let stream: Box<dyn Read> = if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(input))
     } else {
@@ -738,7 +759,10 @@ impl Dirs {
 
 /// Walks `components` from `root` without following symlinks and without caching
 /// (for hard-link targets, which are elsewhere in the tree).
-fn open_beneath(root: BorrowedFd<'_>, components: &[OsString]) -> Result<Option<OwnedFd>, WalkError> {
+fn open_beneath(
+    root: BorrowedFd<'_>,
+    components: &[OsString],
+) -> Result<Option<OwnedFd>, WalkError> {
     let mut current: Option<OwnedFd> = None;
     for (i, name) in components.iter().enumerate() {
         let rel: PathBuf = components[..=i].iter().collect();
@@ -750,9 +774,14 @@ fn open_beneath(root: BorrowedFd<'_>, components: &[OsString]) -> Result<Option<
     }
     match current {
         Some(fd) => Ok(Some(fd)),
-        None => rustix::fs::openat(root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map(Some)
-            .map_err(|e| WalkError::Io(PathBuf::new(), e)),
+        None => rustix::fs::openat(
+            root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(Some)
+        .map_err(|e| WalkError::Io(PathBuf::new(), e)),
     }
 }
 
@@ -885,14 +914,19 @@ impl Applier {
             self.stats.entries += 1;
             return Ok(());
         }
-        let kept_dir = clear_for(parent, name, is_dir).map_err(|e| failed("cannot replace what is there", e.into()))?;
+        let kept_dir = clear_for(parent, name, is_dir)
+            .map_err(|e| failed("cannot replace what is there", e.into()))?;
 
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let fd = rustix::fs::openat(
                     parent,
                     name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| failed("cannot create the file", e.into()))?;
@@ -934,7 +968,8 @@ impl Applier {
                 let target = symlink_target.unwrap_or_default();
                 rustix::fs::symlinkat(target.as_slice(), parent, name)
                     .map_err(|e| failed("cannot create the symlink", e.into()))?;
-                set_at_meta(parent, name, &meta, false).map_err(|(what, e)| failed(what, e.into()))?;
+                set_at_meta(parent, name, &meta, false)
+                    .map_err(|(what, e)| failed(what, e.into()))?;
             }
             EntryType::Link => {
                 let Some((target_dir, target_name)) = &link_target else {
@@ -945,8 +980,14 @@ impl Applier {
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (file_type, what) = match kind {
-                    EntryType::Char => (FileType::CharacterDevice, "cannot create the device node (it needs CAP_MKNOD)"),
-                    EntryType::Block => (FileType::BlockDevice, "cannot create the device node (it needs CAP_MKNOD)"),
+                    EntryType::Char => (
+                        FileType::CharacterDevice,
+                        "cannot create the device node (it needs CAP_MKNOD)",
+                    ),
+                    EntryType::Block => (
+                        FileType::BlockDevice,
+                        "cannot create the device node (it needs CAP_MKNOD)",
+                    ),
                     _ => (FileType::Fifo, "cannot create the fifo"),
                 };
                 rustix::fs::mknodat(
@@ -957,7 +998,8 @@ impl Applier {
                     device.unwrap_or(0),
                 )
                 .map_err(|e| failed(what, e.into()))?;
-                set_at_meta(parent, name, &meta, true).map_err(|(what, e)| failed(what, e.into()))?;
+                set_at_meta(parent, name, &meta, true)
+                    .map_err(|(what, e)| failed(what, e.into()))?;
             }
             other => {
                 return Err(Error::Invalid {
@@ -1021,12 +1063,20 @@ impl Applier {
 
     /// `.wh.<name>`: removes `name` from the lower layers (not from this one).
     fn whiteout(&mut self, parents: &[OsString], hidden: &OsStr, shown: &str) -> Result<()> {
-        let rel: PathBuf = parents.iter().map(OsString::as_os_str).chain([hidden]).collect();
+        let rel: PathBuf = parents
+            .iter()
+            .map(OsString::as_os_str)
+            .chain([hidden])
+            .collect();
         self.stats.whiteouts += 1;
         if self.created.contains(&rel) {
             return Ok(());
         }
-        let Some(parent) = self.dirs.open(parents, None).map_err(|e| walk_error(e, shown))? else {
+        let Some(parent) = self
+            .dirs
+            .open(parents, None)
+            .map_err(|e| walk_error(e, shown))?
+        else {
             return Ok(());
         };
         match remove_tree(parent, hidden) {
@@ -1043,7 +1093,11 @@ impl Applier {
     fn opaque(&mut self, parents: &[OsString], shown: &str) -> Result<()> {
         self.stats.whiteouts += 1;
         let rel: PathBuf = parents.iter().collect();
-        let Some(dir) = self.dirs.open(parents, None).map_err(|e| walk_error(e, shown))? else {
+        let Some(dir) = self
+            .dirs
+            .open(parents, None)
+            .map_err(|e| walk_error(e, shown))?
+        else {
             return Ok(());
         };
         clear_lower(dir, &rel, &self.created).map_err(|e| Error::Entry {
@@ -1078,7 +1132,8 @@ impl Applier {
                 mtime,
                 xattrs: Vec::new(),
             };
-            match rustix::fs::utimensat(parent, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW) {
+            match rustix::fs::utimensat(parent, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+            {
                 Ok(()) | Err(Errno::NOENT) => {}
                 Err(e) => {
                     return Err(Error::Entry {
@@ -1117,10 +1172,15 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta
         reason,
     };
     let header = entry.header();
-    let mode = header.mode().map_err(|e| invalid(format!("bad mode: {e}")))? & 0o7777;
+    let mode = header
+        .mode()
+        .map_err(|e| invalid(format!("bad mode: {e}")))?
+        & 0o7777;
     let uid = header.uid().map_err(|e| invalid(format!("bad uid: {e}")))?;
     let gid = header.gid().map_err(|e| invalid(format!("bad gid: {e}")))?;
-    let sec = header.mtime().map_err(|e| invalid(format!("bad mtime: {e}")))?;
+    let sec = header
+        .mtime()
+        .map_err(|e| invalid(format!("bad mtime: {e}")))?;
     let mut meta = Meta {
         mode,
         uid: u32::try_from(uid).map_err(|_| invalid(format!("uid {uid} is too large")))?,
@@ -1131,7 +1191,10 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta
         },
         xattrs: Vec::new(),
     };
-    if let Some(records) = entry.pax_extensions().map_err(|e| invalid(format!("bad PAX header: {e}")))? {
+    if let Some(records) = entry
+        .pax_extensions()
+        .map_err(|e| invalid(format!("bad PAX header: {e}")))?
+    {
         for record in records {
             let record = record.map_err(|e| invalid(format!("bad PAX record: {e}")))?;
             let key = record.key_bytes();
@@ -1143,8 +1206,10 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta
                     ))
                 })?;
             } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                meta.xattrs
-                    .push((OsString::from_vec(name.to_vec()), record.value_bytes().to_vec()));
+                meta.xattrs.push((
+                    OsString::from_vec(name.to_vec()),
+                    record.value_bytes().to_vec(),
+                ));
             }
         }
     }
@@ -1224,9 +1289,14 @@ fn dir_names(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
 
 /// Owner, then mode (a chown clears setuid bits and file capabilities), then xattrs.
 fn set_fd_meta(fd: BorrowedFd<'_>, meta: &Meta) -> Result<(), (&'static str, Errno)> {
-    rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-        .map_err(|e| ("cannot set its owner", e))?;
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| ("cannot set its mode", e))?;
+    rustix::fs::fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(|e| ("cannot set its owner", e))?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+        .map_err(|e| ("cannot set its mode", e))?;
     for (name, value) in &meta.xattrs {
         match rustix::fs::fsetxattr(fd, name.as_os_str(), value, XattrFlags::empty()) {
             Ok(()) | Err(Errno::OPNOTSUPP) => {}
@@ -1255,8 +1325,13 @@ fn set_at_meta(
     .map_err(|e| ("cannot set its owner", e))?;
     if chmod {
         // Not a symlink: mknodat made it a moment ago.
-        rustix::fs::chmodat(parent, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
-            .map_err(|e| ("cannot set its mode", e))?;
+        rustix::fs::chmodat(
+            parent,
+            name,
+            Mode::from_raw_mode(meta.mode),
+            AtFlags::empty(),
+        )
+        .map_err(|e| ("cannot set its mode", e))?;
     }
     if !meta.xattrs.is_empty() {
         // lsetxattr on /proc/self/fd/<parent>/<name>: relative to the descriptor, last
@@ -1264,7 +1339,12 @@ fn set_at_meta(
         let mut path = format!("/proc/self/fd/{}/", parent.as_raw_fd()).into_bytes();
         path.extend_from_slice(name.as_bytes());
         for (key, value) in &meta.xattrs {
-            match rustix::fs::lsetxattr(path.as_slice(), key.as_os_str(), value, XattrFlags::empty()) {
+            match rustix::fs::lsetxattr(
+                path.as_slice(),
+                key.as_os_str(),
+                value,
+                XattrFlags::empty(),
+            ) {
                 Ok(()) | Err(Errno::OPNOTSUPP) => {}
                 Err(e) => return Err(("cannot set an extended attribute", e)),
             }
@@ -1356,7 +1436,15 @@ mod tests {
     fn build(root: &Path) {
         let long_dir = "d".repeat(120);
         let long_name = format!("{}.txt", "n".repeat(150));
-        for dir in ["bin", "data/sub/deeper", "empty", "etc", "home/user", "run", "tmp"] {
+        for dir in [
+            "bin",
+            "data/sub/deeper",
+            "empty",
+            "etc",
+            "home/user",
+            "run",
+            "tmp",
+        ] {
             fs::create_dir_all(root.join(dir)).expect("mkdir");
         }
         fs::create_dir_all(root.join("long").join(&long_dir)).expect("mkdir");
@@ -1381,9 +1469,18 @@ mod tests {
         chmod(&root.join("empty"), 0o700);
         fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").expect("write");
         symlink("/etc/passwd", root.join("etc/abs-link")).expect("symlink");
-        symlink("../home/user/file with spaces.txt", root.join("etc/rel-link")).expect("symlink");
+        symlink(
+            "../home/user/file with spaces.txt",
+            root.join("etc/rel-link"),
+        )
+        .expect("symlink");
         fs::write(root.join("home/user/file with spaces.txt"), "spaces\n").expect("write");
-        xattr::set(root.join("home/user/file with spaces.txt"), "user.test", b"hello").expect("xattr");
+        xattr::set(
+            root.join("home/user/file with spaces.txt"),
+            "user.test",
+            b"hello",
+        )
+        .expect("xattr");
         fs::write(root.join("home/user/ünïcødé ☃.txt"), "unicode\n").expect("write");
         own(&root.join("home/user"), 1000, 1000);
         own(&root.join("home/user/file with spaces.txt"), 1000, 1000);
@@ -1393,7 +1490,12 @@ mod tests {
         fs::write(root.join("long").join(&long_dir).join(&long_name), "long\n").expect("write");
         symlink("t".repeat(150), root.join("long/link")).expect("symlink");
         mknod(&root.join("run/fifo"), FileType::Fifo, 0o640, (0, 0));
-        mknod(&root.join("run/null"), FileType::CharacterDevice, 0o666, (1, 3));
+        mknod(
+            &root.join("run/null"),
+            FileType::CharacterDevice,
+            0o666,
+            (1, 3),
+        );
         chmod(&root.join("tmp"), 0o1777);
         date(&root.join("etc/passwd"), 1_600_000_000, 123_456_789);
         date(&root.join("etc/abs-link"), 1_500_000_000, 5);
@@ -1418,11 +1520,20 @@ mod tests {
 
     fn gnu_tar(args: &[&str]) -> String {
         let out = Command::new("tar").args(args).output().expect("run tar");
-        assert!(out.status.success(), "tar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tar {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf-8")
     }
 
-    fn layer_of(root: &Path, before: &Snapshot, out: &Path, clamp: Option<i64>) -> (Snapshot, Changes, LayerInfo) {
+    fn layer_of(
+        root: &Path,
+        before: &Snapshot,
+        out: &Path,
+        clamp: Option<i64>,
+    ) -> (Snapshot, Changes, LayerInfo) {
         let after = Snapshot::take(root, &[]).expect("snapshot");
         let changes = diff(before, &after);
         let info = write_layer(root, &changes, &after, out, clamp).expect("write layer");
@@ -1442,7 +1553,9 @@ mod tests {
         check_digests(&first, &info);
         let expected1 = describe(&src);
         assert!(
-            expected1.iter().any(|l| l.starts_with("bin/tool ") && l.contains("security.capability")),
+            expected1
+                .iter()
+                .any(|l| l.starts_with("bin/tool ") && l.contains("security.capability")),
             "the test tree lacks a file capability: {expected1:#?}"
         );
 
@@ -1468,11 +1581,25 @@ mod tests {
         assert_eq!(changes.opaque, [PathBuf::from("etc")]);
         assert_eq!(
             changes.removed,
-            [PathBuf::from("data/sub"), PathBuf::from("home/user/ünïcødé ☃.txt")]
+            [
+                PathBuf::from("data/sub"),
+                PathBuf::from("home/user/ünïcødé ☃.txt")
+            ]
         );
-        let listing = gnu_tar(&["--quoting-style=literal", "-tzf", second.to_str().expect("utf-8")]);
-        for marker in ["data/.wh.sub", "etc/.wh..wh..opq", "home/user/.wh.ünïcødé ☃.txt"] {
-            assert!(listing.lines().any(|l| l == marker), "{marker} missing in:\n{listing}");
+        let listing = gnu_tar(&[
+            "--quoting-style=literal",
+            "-tzf",
+            second.to_str().expect("utf-8"),
+        ]);
+        for marker in [
+            "data/.wh.sub",
+            "etc/.wh..wh..opq",
+            "home/user/.wh.ünïcødé ☃.txt",
+        ] {
+            assert!(
+                listing.lines().any(|l| l == marker),
+                "{marker} missing in:\n{listing}"
+            );
         }
         let expected2 = describe(&src);
 
@@ -1507,9 +1634,19 @@ mod tests {
         let mut sorted = paths.clone();
         sorted.sort();
         assert_eq!(paths, sorted);
-        assert!(names.contains(&"bin/".to_string()), "directories end with a slash");
-        assert!(names.iter().all(|n| !n.starts_with('/') && !n.starts_with("./")));
-        assert!(names.iter().any(|n| n.len() > 255), "the long name was cut: {names:#?}");
+        assert!(
+            names.contains(&"bin/".to_string()),
+            "directories end with a slash"
+        );
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.starts_with('/') && !n.starts_with("./"))
+        );
+        assert!(
+            names.iter().any(|n| n.len() > 255),
+            "the long name was cut: {names:#?}"
+        );
 
         let out = work.path().join("gnu");
         fs::create_dir(&out).expect("mkdir");
@@ -1535,11 +1672,29 @@ mod tests {
         fs::create_dir(&b).expect("mkdir");
         build(&b);
         let clamp = 1_450_000_000;
-        let (_, _, first) = layer_of(&a, &Snapshot::default(), &work.path().join("a1"), Some(clamp));
-        let (_, _, again) = layer_of(&a, &Snapshot::default(), &work.path().join("a2"), Some(clamp));
-        let (_, _, other) = layer_of(&b, &Snapshot::default(), &work.path().join("b1"), Some(clamp));
+        let (_, _, first) = layer_of(
+            &a,
+            &Snapshot::default(),
+            &work.path().join("a1"),
+            Some(clamp),
+        );
+        let (_, _, again) = layer_of(
+            &a,
+            &Snapshot::default(),
+            &work.path().join("a2"),
+            Some(clamp),
+        );
+        let (_, _, other) = layer_of(
+            &b,
+            &Snapshot::default(),
+            &work.path().join("b1"),
+            Some(clamp),
+        );
         assert_eq!(first, again);
-        assert_eq!(first, other, "same content at another time gives another layer");
+        assert_eq!(
+            first, other,
+            "same content at another time gives another layer"
+        );
 
         let file = File::open(work.path().join("a1")).expect("open");
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
@@ -1555,7 +1710,13 @@ mod tests {
                 }
             }
             let t = parse_pax_time(mtime.as_bytes()).expect("time");
-            assert!(t <= Timestamp { sec: clamp, nsec: 0 }, "{mtime}");
+            assert!(
+                t <= Timestamp {
+                    sec: clamp,
+                    nsec: 0
+                },
+                "{mtime}"
+            );
         }
         // Unclamped, the nanoseconds are kept.
         let (_, _, free) = layer_of(&a, &Snapshot::default(), &work.path().join("a3"), None);
@@ -1566,23 +1727,50 @@ mod tests {
     fn empty_change_set_gives_a_valid_empty_layer() {
         let work = tempfile::tempdir().expect("tempdir");
         let layer = work.path().join("empty.tar.gz");
-        let info = write_layer(work.path(), &Changes::default(), &Snapshot::default(), &layer, None)
-            .expect("write");
+        let info = write_layer(
+            work.path(),
+            &Changes::default(),
+            &Snapshot::default(),
+            &layer,
+            None,
+        )
+        .expect("write");
         assert_eq!((info.entries, info.uncompressed_size), (0, 1024));
         check_digests(&layer, &info);
         assert_eq!(gnu_tar(&["-tzf", layer.to_str().expect("utf-8")]), "");
         let root = work.path().join("root");
         fs::create_dir(&root).expect("mkdir");
-        assert_eq!(apply_layer(&layer, &root).expect("apply"), ApplyStats::default());
+        assert_eq!(
+            apply_layer(&layer, &root).expect("apply"),
+            ApplyStats::default()
+        );
     }
 
     #[test]
     fn pax_times_and_records() {
         for (t, text) in [
-            (Timestamp { sec: 1_600_000_000, nsec: 123_456_789 }, "1600000000.123456789"),
-            (Timestamp { sec: 5, nsec: 500_000_000 }, "5.5"),
+            (
+                Timestamp {
+                    sec: 1_600_000_000,
+                    nsec: 123_456_789,
+                },
+                "1600000000.123456789",
+            ),
+            (
+                Timestamp {
+                    sec: 5,
+                    nsec: 500_000_000,
+                },
+                "5.5",
+            ),
             (Timestamp { sec: 7, nsec: 0 }, "7"),
-            (Timestamp { sec: -2, nsec: 500_000_000 }, "-1.5"),
+            (
+                Timestamp {
+                    sec: -2,
+                    nsec: 500_000_000,
+                },
+                "-1.5",
+            ),
             (Timestamp { sec: -3, nsec: 0 }, "-3"),
         ] {
             assert_eq!(format_pax_time(t), text);
@@ -1621,7 +1809,11 @@ mod tests {
             h.as_mut_bytes()[..name.len()].copy_from_slice(name.as_bytes());
             h.as_mut_bytes()[LINK_NAME][..link.len()].copy_from_slice(link.as_bytes());
             h.set_entry_type(kind);
-            h.set_mode(if kind == EntryType::Directory { 0o777 } else { 0o644 });
+            h.set_mode(if kind == EntryType::Directory {
+                0o777
+            } else {
+                0o644
+            });
             h.set_size(data.len() as u64);
             h.set_mtime(0);
             h.set_uid(0);
@@ -1671,7 +1863,11 @@ mod tests {
             let result = apply_layer(&layer, &self.root());
             assert_eq!(outside(), before, "something was written outside the root");
             assert_eq!(
-                fs::metadata(self.dir.path().join("sentinel")).expect("stat").permissions().mode() & 0o7777,
+                fs::metadata(self.dir.path().join("sentinel"))
+                    .expect("stat")
+                    .permissions()
+                    .mode()
+                    & 0o7777,
                 0o755
             );
             result
@@ -1689,12 +1885,21 @@ mod tests {
     fn dotdot_and_absolute_names_are_refused() {
         let arena = Arena::new();
         let message = arena.refused(&[Crafted::File("a/../../x", "pwned")]);
-        assert_eq!(message, r#"layer entry "a/../../x" escapes the root (".." component)"#);
+        assert_eq!(
+            message,
+            r#"layer entry "a/../../x" escapes the root (".." component)"#
+        );
         let message = arena.refused(&[Crafted::File("../sentinel/keep", "pwned")]);
-        assert!(message.starts_with(r#"layer entry "../sentinel/keep" escapes the root"#), "{message}");
+        assert!(
+            message.starts_with(r#"layer entry "../sentinel/keep" escapes the root"#),
+            "{message}"
+        );
         let absolute = format!("{}/keep", arena.sentinel());
         let message = arena.refused(&[Crafted::File(&absolute, "pwned")]);
-        assert_eq!(message, format!("layer entry {absolute:?} escapes the root (absolute path)"));
+        assert_eq!(
+            message,
+            format!("layer entry {absolute:?} escapes the root (absolute path)")
+        );
     }
 
     #[test]
@@ -1706,7 +1911,10 @@ mod tests {
             Crafted::Symlink("evil", &sentinel),
             Crafted::File("evil/keep", "pwned"),
         ]);
-        assert_eq!(message, r#"layer entry "evil/keep" escapes the root ("evil" is a symlink)"#);
+        assert_eq!(
+            message,
+            r#"layer entry "evil/keep" escapes the root ("evil" is a symlink)"#
+        );
         // Through one already in the tree (a lower layer), deeper down.
         fs::create_dir(arena.root().join("a")).expect("mkdir");
         symlink("../..", arena.root().join("a/up")).expect("symlink");
@@ -1733,8 +1941,15 @@ mod tests {
             ])
             .expect("apply");
         assert_eq!(stats.entries, 4);
-        assert_eq!(fs::read_to_string(arena.root().join("file")).expect("read"), "mine");
-        assert!(fs::symlink_metadata(arena.root().join("dir")).expect("stat").is_dir());
+        assert_eq!(
+            fs::read_to_string(arena.root().join("file")).expect("read"),
+            "mine"
+        );
+        assert!(
+            fs::symlink_metadata(arena.root().join("dir"))
+                .expect("stat")
+                .is_dir()
+        );
     }
 
     #[test]
@@ -1751,7 +1966,10 @@ mod tests {
             Crafted::Symlink("evil", &arena.sentinel()),
             Crafted::Hard("stolen", "evil/keep"),
         ]);
-        assert!(message.contains(r#"through the symlink "evil""#), "{message}");
+        assert!(
+            message.contains(r#"through the symlink "evil""#),
+            "{message}"
+        );
         assert!(!arena.root().join("stolen").exists());
     }
 

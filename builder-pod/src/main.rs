@@ -107,8 +107,9 @@ fn install(dir: &std::path::Path) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     std::fs::create_dir_all(dir)?;
     let target = dir.join("stagecoach-builder");
-    std::fs::copy(&me, &target)
-        .map_err(|e| anyhow::anyhow!("cannot copy {} to {}: {e}", me.display(), target.display()))?;
+    std::fs::copy(&me, &target).map_err(|e| {
+        anyhow::anyhow!("cannot copy {} to {}: {e}", me.display(), target.display())
+    })?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
     println!("installed {}", target.display());
     Ok(())
@@ -117,7 +118,9 @@ fn install(dir: &std::path::Path) -> anyhow::Result<()> {
 fn run_stage(args: StageArgs) -> anyhow::Result<()> {
     let workspace = Workspace::new(&args.workspace);
     let opts = StageOptions {
-        context: workspace.source().join(args.context_dir.trim_start_matches('/')),
+        context: workspace
+            .source()
+            .join(args.context_dir.trim_start_matches('/')),
         workspace,
         pod: args.pod,
         root: args.root,

@@ -112,11 +112,23 @@ mod tests {
         symlink("loop2", root.join("loop1")).expect("symlink");
         symlink("loop1", root.join("loop2")).expect("symlink");
 
-        assert_eq!(resolve(root, "/lib/x", true).expect("ok"), root.join("usr/lib/x"));
-        assert_eq!(resolve(root, "../../lib", true).expect("ok"), root.join("usr/lib"));
+        assert_eq!(
+            resolve(root, "/lib/x", true).expect("ok"),
+            root.join("usr/lib/x")
+        );
+        assert_eq!(
+            resolve(root, "../../lib", true).expect("ok"),
+            root.join("usr/lib")
+        );
         assert_eq!(resolve(root, "lib", false).expect("ok"), root.join("lib"));
-        assert_eq!(resolve(root, "usr/escape/passwd", true).expect("ok"), root.join("etc/passwd"));
-        assert_eq!(resolve(root, "usr/lib/up/usr", true).expect("ok"), root.join("usr"));
+        assert_eq!(
+            resolve(root, "usr/escape/passwd", true).expect("ok"),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve(root, "usr/lib/up/usr", true).expect("ok"),
+            root.join("usr")
+        );
         assert!(matches!(resolve(root, "loop1", true), Err(Error::Loop(_))));
     }
 
@@ -127,7 +139,12 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).expect("mkdir");
         std::fs::write(root.join("etc/real"), "root:x:0:0::/root:/bin/sh\n").expect("write");
         symlink("/etc/real", root.join("etc/passwd")).expect("symlink");
-        assert!(read_file(root, "/etc/passwd").expect("ok").expect("exists").starts_with("root:"));
+        assert!(
+            read_file(root, "/etc/passwd")
+                .expect("ok")
+                .expect("exists")
+                .starts_with("root:")
+        );
         assert_eq!(read_file(root, "/etc/group").expect("ok"), None);
     }
 }

@@ -48,13 +48,22 @@ pub struct RunSpec {
 /// The argv Docker runs for a RUN: exec form as written; shell form through the shell;
 /// a RUN that is only one heredoc runs its body as the script (through its `#!` line if
 /// it has one); other heredocs follow the command line as shell here-documents.
-pub fn argv(run: &Run, shell: &[String], scripts: &Path, step: usize) -> Result<Vec<String>, Error> {
+pub fn argv(
+    run: &Run,
+    shell: &[String],
+    scripts: &Path,
+    step: usize,
+) -> Result<Vec<String>, Error> {
     let line = match &run.command {
         Command::Exec(args) => return Ok(args.clone()),
         Command::Shell(line) => line,
     };
     let with_shell = |script: String| -> Vec<String> {
-        shell.iter().cloned().chain(std::iter::once(script)).collect()
+        shell
+            .iter()
+            .cloned()
+            .chain(std::iter::once(script))
+            .collect()
     };
     match run.heredocs.as_slice() {
         [] => Ok(with_shell(line.clone())),
@@ -187,7 +196,10 @@ mod tests {
             ["/bin/true"]
         );
         assert_eq!(
-            argv(&run_of(Command::Shell("<<EOF".into()), vec![doc("EOF", "echo hi\n")])),
+            argv(&run_of(
+                Command::Shell("<<EOF".into()),
+                vec![doc("EOF", "echo hi\n")]
+            )),
             ["/bin/sh", "-c", "echo hi\n"]
         );
         assert_eq!(
@@ -202,7 +214,11 @@ mod tests {
             vec![doc("EOF", "#!/bin/sh\necho from script\n")],
         ));
         assert_eq!(script.len(), 1);
-        assert!(std::fs::read_to_string(&script[0]).expect("script").starts_with("#!/bin/sh"));
+        assert!(
+            std::fs::read_to_string(&script[0])
+                .expect("script")
+                .starts_with("#!/bin/sh")
+        );
     }
 
     #[test]
@@ -210,13 +226,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = |script: &str| RunSpec {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: vec![("GREETING".into(), "hi".into()), ("PATH".into(), "/usr/bin:/bin".into())],
+            env: vec![
+                ("GREETING".into(), "hi".into()),
+                ("PATH".into(), "/usr/bin:/bin".into()),
+            ],
             cwd: dir.path().to_path_buf(),
-            ids: Ids { uid: 65534, gid: 65534 },
+            ids: Ids {
+                uid: 65534,
+                gid: 65534,
+            },
             prefix: "[test 1/1]".into(),
         };
-        run(&spec("test \"$GREETING\" = hi && test \"$(id -u)\" = 65534 && test \"$PWD\" = \"$(pwd)\""))
-            .expect("runs");
+        run(&spec(
+            "test \"$GREETING\" = hi && test \"$(id -u)\" = 65534 && test \"$PWD\" = \"$(pwd)\"",
+        ))
+        .expect("runs");
         assert!(matches!(run(&spec("exit 3")), Err(Error::Exit(3))));
         assert!(matches!(run(&spec("kill -9 $$")), Err(Error::Signal(9))));
         let mut missing = spec("true");

@@ -142,10 +142,11 @@ impl Snapshot {
         if root == Path::new("/") {
             skipped.extend(ALWAYS_SKIPPED_UNDER_SLASH.iter().map(PathBuf::from));
         }
-        let root_fd = rustix::fs::open(root, dir_flags(), Mode::empty()).map_err(|e| Error::Root {
-            path: root.to_path_buf(),
-            source: e.into(),
-        })?;
+        let root_fd =
+            rustix::fs::open(root, dir_flags(), Mode::empty()).map_err(|e| Error::Root {
+                path: root.to_path_buf(),
+                source: e.into(),
+            })?;
         let walk = Walk {
             root,
             skip_parents: skipped
@@ -157,7 +158,10 @@ impl Snapshot {
         let mut buf = Vec::with_capacity(DIRENT_BUFFER);
         let (top, subdirs) = walk.list(Path::new(""), &root_fd, &mut buf)?;
         let root_fd = Arc::new(root_fd);
-        let jobs = subdirs.into_iter().map(|d| (d, Arc::clone(&root_fd))).collect();
+        let jobs = subdirs
+            .into_iter()
+            .map(|d| (d, Arc::clone(&root_fd)))
+            .collect();
         let mut listings = if threads <= 1 {
             walk.sequential(jobs)?
         } else {
@@ -295,7 +299,11 @@ impl Walk<'_> {
     }
 
     /// Opens and lists one directory; None if it vanished since its parent was read.
-    fn run(&self, (rel, parent): Job, buf: &mut Vec<u8>) -> Result<Option<(PathBuf, Listing, Vec<Job>)>> {
+    fn run(
+        &self,
+        (rel, parent): Job,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<(PathBuf, Listing, Vec<Job>)>> {
         let name = rel.file_name().unwrap_or_default();
         let fd = match rustix::fs::openat(&*parent, name, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
@@ -497,7 +505,9 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Changes {
         };
         match order {
             std::cmp::Ordering::Less => {
-                let Some((path, entry)) = old.next() else { break };
+                let Some((path, entry)) = old.next() else {
+                    break;
+                };
                 if under(hidden, path) {
                     continue;
                 }
@@ -565,7 +575,8 @@ mod tests {
 
     /// Moves mtime back so that a later touch is a visible change on any filesystem.
     fn age(path: &Path) {
-        let old = filetime::FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600));
+        let old =
+            filetime::FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600));
         filetime::set_symlink_file_times(path, old, old).expect("set times");
     }
 
@@ -580,16 +591,40 @@ mod tests {
         sorted.sort();
         assert_eq!(listed, sorted);
         // A directory's contents come right after it, before a sibling like `a.b` < `a/`.
-        assert!(listed.iter().position(|p| p == Path::new("etc/passwd")).expect("passwd")
-            < listed.iter().position(|p| p == Path::new("lib")).expect("lib"));
+        assert!(
+            listed
+                .iter()
+                .position(|p| p == Path::new("etc/passwd"))
+                .expect("passwd")
+                < listed
+                    .iter()
+                    .position(|p| p == Path::new("lib"))
+                    .expect("lib")
+        );
         let lib = snap.get(Path::new("lib")).expect("lib");
         assert_eq!(lib.kind, FileKind::Symlink);
         assert_eq!(lib.link_target.as_deref(), Some(Path::new("/usr/lib")));
-        assert!(snap.get(Path::new("lib/keep")).is_none(), "symlink was followed");
+        assert!(
+            snap.get(Path::new("lib/keep")).is_none(),
+            "symlink was followed"
+        );
         let passwd = snap.get(Path::new("etc/passwd")).expect("passwd");
-        assert_eq!((passwd.kind, passwd.size, passwd.nlink), (FileKind::Regular, 26, 1));
-        assert_eq!(passwd.mode, fs::metadata(r.join("etc/passwd")).expect("meta").permissions().mode() & 0o7777);
-        assert!(snap.get(Path::new("")).is_none(), "the root is not an entry");
+        assert_eq!(
+            (passwd.kind, passwd.size, passwd.nlink),
+            (FileKind::Regular, 26, 1)
+        );
+        assert_eq!(
+            passwd.mode,
+            fs::metadata(r.join("etc/passwd"))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o7777
+        );
+        assert!(
+            snap.get(Path::new("")).is_none(),
+            "the root is not an entry"
+        );
     }
 
     #[test]
@@ -617,9 +652,14 @@ mod tests {
         assert!(diff(&before, &before).is_empty());
 
         fs::write(r.join("etc/passwd"), "root:x:0:0::/root:/bin/bash\n").expect("write");
-        fs::set_permissions(r.join("etc/conf.d/a"), fs::Permissions::from_mode(0o4755)).expect("chmod");
-        rustix::fs::chown(r.join("usr/lib/keep"), Some(rustix::fs::Uid::from_raw(1000)), None)
-            .expect("chown");
+        fs::set_permissions(r.join("etc/conf.d/a"), fs::Permissions::from_mode(0o4755))
+            .expect("chmod");
+        rustix::fs::chown(
+            r.join("usr/lib/keep"),
+            Some(rustix::fs::Uid::from_raw(1000)),
+            None,
+        )
+        .expect("chown");
         filetime::set_file_mtime(r.join("var/cache/x"), filetime::FileTime::now()).expect("touch");
         fs::write(r.join("etc/new"), "new").expect("write");
         fs::remove_dir_all(r.join("usr/lib/deep")).expect("rm -r");
@@ -630,13 +670,26 @@ mod tests {
         assert_eq!(paths(&changes.added), ["etc/new"]);
         assert_eq!(
             paths(&changes.changed),
-            ["etc", "etc/conf.d/a", "etc/passwd", "usr/lib", "usr/lib/keep", "var/cache/x"]
+            [
+                "etc",
+                "etc/conf.d/a",
+                "etc/passwd",
+                "usr/lib",
+                "usr/lib/keep",
+                "var/cache/x"
+            ]
         );
         // The removed directory once, not its contents.
         assert_eq!(paths(&changes.removed), ["lib", "usr/lib/deep"]);
         assert!(changes.opaque.is_empty());
-        assert_eq!(after.get(Path::new("etc/conf.d/a")).expect("a").mode, 0o4755);
-        assert_eq!(after.get(Path::new("usr/lib/keep")).expect("keep").uid, 1000);
+        assert_eq!(
+            after.get(Path::new("etc/conf.d/a")).expect("a").mode,
+            0o4755
+        );
+        assert_eq!(
+            after.get(Path::new("usr/lib/keep")).expect("keep").uid,
+            1000
+        );
     }
 
     #[test]
@@ -658,7 +711,10 @@ mod tests {
         let changes = diff(&before, &after);
         assert_eq!(paths(&changes.opaque), ["usr/lib"]);
         assert_eq!(paths(&changes.added), ["usr/lib/new"]);
-        assert_eq!(paths(&changes.changed), ["usr", "usr/lib", "usr/lib/keep", "var", "var/cache"]);
+        assert_eq!(
+            paths(&changes.changed),
+            ["usr", "usr/lib", "usr/lib/keep", "var", "var/cache"]
+        );
         assert!(changes.removed.is_empty(), "{:?}", changes.removed);
     }
 
@@ -667,7 +723,11 @@ mod tests {
         let dir = tree();
         let r = dir.path();
         fs::write(r.join("etc/hosts"), "127.0.0.1 localhost\n").expect("write");
-        let skip = [r.join("var"), r.join("etc/hosts"), PathBuf::from("/elsewhere")];
+        let skip = [
+            r.join("var"),
+            r.join("etc/hosts"),
+            PathBuf::from("/elsewhere"),
+        ];
         let snap = Snapshot::take(r, &skip).expect("snapshot");
         assert!(snap.get(Path::new("var")).is_none());
         assert!(snap.get(Path::new("var/cache/x")).is_none());
@@ -719,12 +779,17 @@ mod tests {
         let points = mount_points(&info);
         let mut skip = points.clone();
         // Keep the test quick: skip the big trees of the machine too.
-        for big in ["usr", "var", "root", "work", "home", "opt", "tmp", "nix", "snap", "lib", "srv"] {
+        for big in [
+            "usr", "var", "root", "work", "home", "opt", "tmp", "nix", "snap", "lib", "srv",
+        ] {
             skip.push(Path::new("/").join(big));
         }
         let snap = Snapshot::take(Path::new("/"), &skip).expect("snapshot of /");
         for always in ["proc", "sys", "dev"] {
-            assert!(snap.get(Path::new(always)).is_none(), "{always} not skipped");
+            assert!(
+                snap.get(Path::new(always)).is_none(),
+                "{always} not skipped"
+            );
         }
         for p in points {
             let rel = p.strip_prefix("/").expect("absolute");

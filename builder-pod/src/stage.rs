@@ -155,10 +155,9 @@ impl<'a> StagePod<'a> {
     }
 
     fn run_all(&mut self, report: &mut PodReport) -> Result<(), StageError> {
-        let pod = self
-            .plan
-            .stage(&self.opts.pod)
-            .ok_or_else(|| StageError::general(format!("no stage {:?} in the plan", self.opts.pod)))?;
+        let pod = self.plan.stage(&self.opts.pod).ok_or_else(|| {
+            StageError::general(format!("no stage {:?} in the plan", self.opts.pod))
+        })?;
         let Execution::Pod { runs } = &pod.execution else {
             return Err(StageError::general(format!(
                 "stage {:?} does not run in a pod of its own",
@@ -214,7 +213,9 @@ impl<'a> StagePod<'a> {
                 let mut config: ImageConfig = match workspace::read_json(&path) {
                     Ok(c) => c,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        if matches!(stage.base, Base::Image { .. }) && !stage.instructions.is_empty() {
+                        if matches!(stage.base, Base::Image { .. })
+                            && !stage.instructions.is_empty()
+                        {
                             return Err(StageError::general(format!(
                                 "the base image config {} is missing",
                                 path.display()
@@ -254,7 +255,10 @@ impl<'a> StagePod<'a> {
         for record in records {
             let path = ws.layers_dir(stage).join(&record.file);
             layer::apply_layer(&path, &self.opts.root).map_err(|e| {
-                StageError::general(format!("applying layer {} of stage {stage}: {e}", record.file))
+                StageError::general(format!(
+                    "applying layer {} of stage {stage}: {e}",
+                    record.file
+                ))
             })?;
         }
         Ok(())
@@ -346,20 +350,30 @@ impl<'a> StagePod<'a> {
             .and_then(|()| workspace::write_json(&ws.scope(&stage.id), &sc.scope))
             .map_err(StageError::general)?;
         if !stage.exports.is_empty() {
-            let count = export::write(&self.opts.root, &stage.exports, &self.skip, &ws.export(&stage.id))
-                .map_err(|e| StageError::general(format!("cannot write the exports: {e}")))?;
+            let count = export::write(
+                &self.opts.root,
+                &stage.exports,
+                &self.skip,
+                &ws.export(&stage.id),
+            )
+            .map_err(|e| StageError::general(format!("cannot write the exports: {e}")))?;
             report.exported_entries = Some(count);
         }
         Ok((sc.config, sc.scope))
     }
 
     /// ONBUILD triggers of the base image, as instructions placed at the FROM line.
-    fn parse_triggers(&self, stage: &Stage, triggers: &[String]) -> Result<Vec<Instruction>, StageError> {
+    fn parse_triggers(
+        &self,
+        stage: &Stage,
+        triggers: &[String],
+    ) -> Result<Vec<Instruction>, StageError> {
         triggers
             .iter()
             .map(|trigger| {
-                let df = stagecoach_plan::syntax::parse(trigger)
-                    .map_err(|e| StageError::general(format!("ONBUILD {trigger}: {}", e.message)))?;
+                let df = stagecoach_plan::syntax::parse(trigger).map_err(|e| {
+                    StageError::general(format!("ONBUILD {trigger}: {}", e.message))
+                })?;
                 let node = df.instructions.first().ok_or_else(|| {
                     StageError::general(format!("ONBUILD {trigger}: empty trigger"))
                 })?;
@@ -398,11 +412,13 @@ impl<'a> StagePod<'a> {
                 Ok(true)
             }
             Kind::Copy(c) => {
-                self.copy(stage, inst.line, c, sc, "COPY").map_err(|e| plain(&e))?;
+                self.copy(stage, inst.line, c, sc, "COPY")
+                    .map_err(|e| plain(&e))?;
                 Ok(true)
             }
             Kind::Add(c) => {
-                self.copy(stage, inst.line, c, sc, "ADD").map_err(|e| plain(&e))?;
+                self.copy(stage, inst.line, c, sc, "ADD")
+                    .map_err(|e| plain(&e))?;
                 Ok(true)
             }
             Kind::Workdir { .. } => {
@@ -440,7 +456,10 @@ impl<'a> StagePod<'a> {
             || r.security.as_deref().is_some_and(|s| s != "sandbox")
             || !r.devices.is_empty()
         {
-            return Err(("RUN --network, --security and --device are not supported".into(), None));
+            return Err((
+                "RUN --network, --security and --device are not supported".into(),
+                None,
+            ));
         }
         let ids = match sc.config.config.user.as_deref() {
             None | Some("") => Ids { uid: 0, gid: 0 },
@@ -456,8 +475,13 @@ impl<'a> StagePod<'a> {
             env.push(("HOME".into(), home_of(&self.opts.root, ids.uid)));
         }
         let mounts = self.mount(stage, line, r, sc).map_err(|e| plain(&e))?;
-        let argv = run::argv(r, &sc.config.shell(), &self.opts.tools.join("scripts"), step)
-            .map_err(|e| plain(&e))?;
+        let argv = run::argv(
+            r,
+            &sc.config.shell(),
+            &self.opts.tools.join("scripts"),
+            step,
+        )
+        .map_err(|e| plain(&e))?;
         let result = run::run(&RunSpec {
             argv,
             env,
@@ -477,7 +501,13 @@ impl<'a> StagePod<'a> {
     /// target gets the content (bind) or an empty directory (cache, tmpfs) for the run
     /// and is put back as it was afterwards, so none of it reaches the layer. Secrets
     /// and SSH agents are refused: RUN steps never see credentials here.
-    fn mount(&mut self, stage: &Stage, line: usize, r: &Run, sc: &StageConfig) -> Result<Vec<Mounted>, String> {
+    fn mount(
+        &mut self,
+        stage: &Stage,
+        line: usize,
+        r: &Run,
+        sc: &StageConfig,
+    ) -> Result<Vec<Mounted>, String> {
         let mut mounted = Vec::new();
         for raw in &r.mounts {
             let value = sc.expand("RUN", raw).map_err(|e| e.to_string())?;
@@ -513,7 +543,11 @@ impl<'a> StagePod<'a> {
                     ));
                 }
             };
-            mounted.push(Mounted::create(&self.opts.root, &target, content.as_deref())?);
+            mounted.push(Mounted::create(
+                &self.opts.root,
+                &target,
+                content.as_deref(),
+            )?);
         }
         Ok(mounted)
     }
@@ -544,7 +578,11 @@ impl<'a> StagePod<'a> {
         keyword: &'static str,
     ) -> Result<(), String> {
         let expand = |w: &str| sc.expand(keyword, w).map_err(|e| e.to_string());
-        let sources = c.sources.iter().map(|s| expand(s)).collect::<Result<Vec<_>, _>>()?;
+        let sources = c
+            .sources
+            .iter()
+            .map(|s| expand(s))
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(url) = sources.iter().find(|s| instruction::is_url(s)) {
             return Err(format!("{url}: ADD from a URL is not supported yet"));
         }
@@ -556,7 +594,9 @@ impl<'a> StagePod<'a> {
             absolute
         };
         let owner = match &c.chown {
-            Some(spec) => Some(users::resolve(&self.opts.root, &expand(spec)?).map_err(|e| e.to_string())?),
+            Some(spec) => {
+                Some(users::resolve(&self.opts.root, &expand(spec)?).map_err(|e| e.to_string())?)
+            }
             None => None,
         };
         let chmod = match &c.chmod {
@@ -567,7 +607,11 @@ impl<'a> StagePod<'a> {
             keyword,
             owner,
             chmod,
-            excludes: c.excludes.iter().map(|e| expand(e)).collect::<Result<_, _>>()?,
+            excludes: c
+                .excludes
+                .iter()
+                .map(|e| expand(e))
+                .collect::<Result<_, _>>()?,
             parents: c.parents,
             unpack_archives: keyword == "ADD" && c.unpack != Some(false),
         };
@@ -606,7 +650,9 @@ struct Mounted {
 
 impl Mounted {
     fn create(root: &Path, target: &str, content: Option<&Path>) -> Result<Mounted, String> {
-        let parent = Path::new(target).parent().map_or("/".into(), |p| p.to_string_lossy().into_owned());
+        let parent = Path::new(target)
+            .parent()
+            .map_or("/".into(), |p| p.to_string_lossy().into_owned());
         let dir = copy::make_dirs(root, &parent, None).map_err(|e| e.to_string())?;
         let name = Path::new(target).file_name().unwrap_or_default();
         let at = dir.join(name);
@@ -623,7 +669,8 @@ impl Mounted {
             Some(src) => {
                 std::fs::copy(src, &mounted.target).map_err(|e| format!("--mount source: {e}"))?;
             }
-            None => std::fs::create_dir(&mounted.target).map_err(|e| format!("--mount target {target}: {e}"))?,
+            None => std::fs::create_dir(&mounted.target)
+                .map_err(|e| format!("--mount target {target}: {e}"))?,
         }
         Ok(mounted)
     }
@@ -644,7 +691,11 @@ impl Mounted {
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
     let from = [src.to_string_lossy().into_owned()];
     let parent = dst.parent().unwrap_or(Path::new("/"));
-    let name = dst.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = dst
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     std::fs::create_dir_all(dst).map_err(|e| e.to_string())?;
     copy::copy(
         SourceRoot {
@@ -665,7 +716,10 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
 
 /// The home directory of a uid in the root's passwd, `/` if it has none (Docker's rule).
 fn home_of(root: &Path, uid: u32) -> String {
-    let passwd = rootfs::read_file(root, "/etc/passwd").ok().flatten().unwrap_or_default();
+    let passwd = rootfs::read_file(root, "/etc/passwd")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     passwd
         .lines()
         .find_map(|line| {
@@ -680,10 +734,10 @@ fn home_of(root: &Path, uid: u32) -> String {
 /// the kubelet injects), or in a test root just the workspace and tools directories.
 fn skip_list(opts: &StageOptions) -> Vec<PathBuf> {
     let mut skip = vec![opts.workspace.root().to_path_buf(), opts.tools.clone()];
-    if opts.root == Path::new("/") {
-        if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
-            skip.extend(snapshot::mount_points(&text));
-        }
+    if opts.root == Path::new("/")
+        && let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo")
+    {
+        skip.extend(snapshot::mount_points(&text));
     }
     skip
 }
@@ -731,14 +785,21 @@ mod tests {
             message: "exit code 2".into(),
             exit_code: Some(2),
         };
-        assert_eq!(e.to_string(), "stage build: Dockerfile:12: RUN make: exit code 2");
+        assert_eq!(
+            e.to_string(),
+            "stage build: Dockerfile:12: RUN make: exit code 2"
+        );
     }
 
     #[test]
     fn home_comes_from_passwd() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("etc")).expect("mkdir");
-        std::fs::write(dir.path().join("etc/passwd"), "app:x:1000:1000::/home/app:/bin/sh\n").expect("write");
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "app:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .expect("write");
         assert_eq!(home_of(dir.path(), 1000), "/home/app");
         assert_eq!(home_of(dir.path(), 0), "/root");
         assert_eq!(home_of(dir.path(), 5), "/");

@@ -77,8 +77,11 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
         )
         .expect("passwd");
-        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:app\napp:x:1001:\n")
-            .expect("group");
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:app\napp:x:1001:\n",
+        )
+        .expect("group");
         dir
     }
 
@@ -86,13 +89,34 @@ mod tests {
     fn every_user_form_resolves() {
         let r = root();
         let ids = |s: &str| resolve(r.path(), s).expect(s);
-        assert_eq!(ids("app"), Ids { uid: 1000, gid: 1001 });
-        assert_eq!(ids("1000"), Ids { uid: 1000, gid: 1001 });
+        assert_eq!(
+            ids("app"),
+            Ids {
+                uid: 1000,
+                gid: 1001
+            }
+        );
+        assert_eq!(
+            ids("1000"),
+            Ids {
+                uid: 1000,
+                gid: 1001
+            }
+        );
         assert_eq!(ids("app:staff"), Ids { uid: 1000, gid: 50 });
         assert_eq!(ids("1000:50"), Ids { uid: 1000, gid: 50 });
         assert_eq!(ids("4242"), Ids { uid: 4242, gid: 0 });
-        assert_eq!(ids("4242:app"), Ids { uid: 4242, gid: 1001 });
+        assert_eq!(
+            ids("4242:app"),
+            Ids {
+                uid: 4242,
+                gid: 1001
+            }
+        );
         assert!(matches!(resolve(r.path(), "nobody"), Err(Error::NoUser(_))));
-        assert!(matches!(resolve(r.path(), "app:nogroup"), Err(Error::NoGroup(_))));
+        assert!(matches!(
+            resolve(r.path(), "app:nogroup"),
+            Err(Error::NoGroup(_))
+        ));
     }
 }

@@ -110,6 +110,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(tmp, path)
 }

@@ -29,7 +29,11 @@ CMD [\"hello\"]\n";
 #[test]
 fn json_output_is_the_plan_contract() {
     let out = run_plan(CLASSIC, &["--format", "json", "--build-arg", "CC=gcc"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan = stagecoach_plan::Plan::from_json(&String::from_utf8(out.stdout).expect("utf8"))
         .expect("valid plan");
     assert_eq!(plan.build_args["CC"], "gcc");
@@ -42,7 +46,10 @@ fn text_output_lists_stages_and_waves() {
     let out = run_plan(CLASSIC, &[]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).expect("utf8");
-    assert!(text.contains("build                from docker.io/stagecoach/tcc:1"), "{text}");
+    assert!(
+        text.contains("build                from docker.io/stagecoach/tcc:1"),
+        "{text}"
+    );
     assert!(text.contains("assembled, no pod"), "{text}");
     assert!(text.contains("waves:\n  1: build\n"), "{text}");
 }
@@ -60,5 +67,7 @@ fn invalid_dockerfile_fails_with_the_place() {
 fn missing_target_fails() {
     let out = run_plan(CLASSIC, &["--target", "nope"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("target stage \"nope\" could not be found"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("target stage \"nope\" could not be found")
+    );
 }

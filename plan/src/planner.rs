@@ -778,25 +778,61 @@ mod tests {
     #[test]
     fn errors_name_the_file_and_line() {
         let cases = [
-            ("FROM a\nCOPY --from=buidler:: x /\n", "Dockerfile:2: COPY --from=buidler::: no stage or image named \"buidler::\""),
-            ("FROM a AS x\nFROM b\nCOPY --from=7 f /\n", "Dockerfile:3: COPY --from=7: invalid stage index 7, the Dockerfile has 2 stages"),
-            ("FROM a AS x\nFROM b AS X\n", "Dockerfile:2: duplicate stage name \"x\", first defined on line 1"),
-            ("FROM ${NOPE}\n", "Dockerfile:1: base name (${NOPE}) should not be blank"),
-            ("FROM a\nRUN <<EOF\nno end\n", "Dockerfile:2: unterminated heredoc \"EOF\""),
+            (
+                "FROM a\nCOPY --from=buidler:: x /\n",
+                "Dockerfile:2: COPY --from=buidler::: no stage or image named \"buidler::\"",
+            ),
+            (
+                "FROM a AS x\nFROM b\nCOPY --from=7 f /\n",
+                "Dockerfile:3: COPY --from=7: invalid stage index 7, the Dockerfile has 2 stages",
+            ),
+            (
+                "FROM a AS x\nFROM b AS X\n",
+                "Dockerfile:2: duplicate stage name \"x\", first defined on line 1",
+            ),
+            (
+                "FROM ${NOPE}\n",
+                "Dockerfile:1: base name (${NOPE}) should not be blank",
+            ),
+            (
+                "FROM a\nRUN <<EOF\nno end\n",
+                "Dockerfile:2: unterminated heredoc \"EOF\"",
+            ),
             ("", "Dockerfile:1: file with no instructions"),
-            ("ARG x\n", "Dockerfile: dockerfile contains no stages to build"),
-            ("RUN true\nFROM a\n", "Dockerfile:1: RUN before the first FROM: only ARG may come before FROM"),
-            ("FROM a\nCOPY --chmod 1 /\n", "Dockerfile:2: missing a value on flag: chmod"),
-            ("FROM UPPER:case\n", "Dockerfile:1: invalid image reference \"UPPER:case\": invalid reference format"),
-            ("FROM a\nRUN --mount=type=nope true\n", "Dockerfile:2: --mount: unsupported mount type \"nope\""),
-            ("FROM a AS one\nCOPY --from=two x /\nFROM b AS two\nCOPY --from=one y /\n", "Dockerfile:1: circular dependency detected on stage: one"),
+            (
+                "ARG x\n",
+                "Dockerfile: dockerfile contains no stages to build",
+            ),
+            (
+                "RUN true\nFROM a\n",
+                "Dockerfile:1: RUN before the first FROM: only ARG may come before FROM",
+            ),
+            (
+                "FROM a\nCOPY --chmod 1 /\n",
+                "Dockerfile:2: missing a value on flag: chmod",
+            ),
+            (
+                "FROM UPPER:case\n",
+                "Dockerfile:1: invalid image reference \"UPPER:case\": invalid reference format",
+            ),
+            (
+                "FROM a\nRUN --mount=type=nope true\n",
+                "Dockerfile:2: --mount: unsupported mount type \"nope\"",
+            ),
+            (
+                "FROM a AS one\nCOPY --from=two x /\nFROM b AS two\nCOPY --from=one y /\n",
+                "Dockerfile:1: circular dependency detected on stage: one",
+            ),
         ];
         for (src, want) in cases {
             let got = error_of(src);
             assert!(got.starts_with(want), "{src:?}\n got: {got}\nwant: {want}");
         }
         let err = with_target("FROM a AS x\n", "nosuch").expect_err("target");
-        assert_eq!(err.to_string(), "Dockerfile: target stage \"nosuch\" could not be found");
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile: target stage \"nosuch\" could not be found"
+        );
     }
 
     #[test]
@@ -819,10 +855,17 @@ mod tests {
             "FROM busybox AS deps\nRUN touch /d\nFROM deps AS build\nRUN touch /b\n\
              FROM busybox\nRUN true\nCOPY --from=build /b /\n",
         );
-        assert_eq!(stage(&p, "deps").execution, Execution::Fused { pod: "build".into() });
+        assert_eq!(
+            stage(&p, "deps").execution,
+            Execution::Fused {
+                pod: "build".into()
+            }
+        );
         assert_eq!(
             stage(&p, "build").execution,
-            Execution::Pod { runs: vec!["deps".into(), "build".into()] }
+            Execution::Pod {
+                runs: vec!["deps".into(), "build".into()]
+            }
         );
         assert_eq!(p.waves, [vec!["build"], vec!["stage-2"]]);
         assert!(stage(&p, "deps").needs_filesystem);
@@ -831,7 +874,12 @@ mod tests {
             "FROM busybox AS base\nRUN touch /x\nFROM base AS one\nRUN true\n\
              FROM base AS two\nRUN true\nFROM scratch\nCOPY --from=one / /1\nCOPY --from=two / /2\n",
         );
-        assert_eq!(stage(&p, "base").execution, Execution::Pod { runs: vec!["base".into()] });
+        assert_eq!(
+            stage(&p, "base").execution,
+            Execution::Pod {
+                runs: vec!["base".into()]
+            }
+        );
         assert_eq!(p.waves, [vec!["base"], vec!["one", "two"]]);
     }
 
@@ -842,7 +890,10 @@ mod tests {
         let p = with_target(src, "Release").expect("plans");
         assert_eq!(p.target, "release");
         assert_eq!(p.pruned, ["test", "stage-3"]);
-        assert_eq!(p.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["base", "release"]);
+        assert_eq!(
+            p.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["base", "release"]
+        );
     }
 
     #[test]
@@ -855,7 +906,10 @@ mod tests {
         let golang = stage(&p, "image-0");
         assert_eq!(
             golang.base,
-            Base::Image { reference: "docker.io/library/golang:1.22".into(), digest: None }
+            Base::Image {
+                reference: "docker.io/library/golang:1.22".into(),
+                digest: None
+            }
         );
         assert_eq!(golang.exports, ["/etc/os-release", "/usr/local/go"]);
         assert_eq!(stage(&p, "image-1").exports, ["/bin/busybox"]);
@@ -865,7 +919,8 @@ mod tests {
 
     #[test]
     fn a_stage_named_like_an_image_wins() {
-        let p = plan_of("FROM busybox AS golang\nRUN true\nFROM scratch\nCOPY --from=golang /x /\n");
+        let p =
+            plan_of("FROM busybox AS golang\nRUN true\nFROM scratch\nCOPY --from=golang /x /\n");
         assert_eq!(stage(&p, "stage-1").depends_on, ["golang"]);
         assert!(p.stage("image-0").is_none());
     }
@@ -884,9 +939,15 @@ mod tests {
         .expect("plans");
         assert_eq!(
             stage(&p, "a").base,
-            Base::Image { reference: "registry.example:5000/team/app:2.0".into(), digest: None }
+            Base::Image {
+                reference: "registry.example:5000/team/app:2.0".into(),
+                digest: None
+            }
         );
-        assert_eq!(stage(&p, "stage-1").platform.as_deref(), Some("linux/amd64"));
+        assert_eq!(
+            stage(&p, "stage-1").platform.as_deref(),
+            Some("linux/amd64")
+        );
     }
 
     #[test]
@@ -908,7 +969,11 @@ mod tests {
         let p = plan_of(
             "FROM busybox AS a\nRUN true\nFROM busybox\nARG D=/opt\nENV E=$D/x\nCOPY --from=a $E /\nRUN true\n",
         );
-        assert_eq!(stage(&p, "a").exports, ["/opt/x"], "ARG and ENV of the Dockerfile are known");
+        assert_eq!(
+            stage(&p, "a").exports,
+            ["/opt/x"],
+            "ARG and ENV of the Dockerfile are known"
+        );
     }
 
     #[test]
@@ -924,7 +989,11 @@ mod tests {
             "b",
         )
         .expect("plans");
-        assert_eq!(stage(&p, "c").exports, ["/p"], "ENV of the parent stage is seen");
+        assert_eq!(
+            stage(&p, "c").exports,
+            ["/p"],
+            "ENV of the parent stage is seen"
+        );
     }
 
     #[test]
@@ -940,7 +1009,9 @@ mod tests {
 
     #[test]
     fn plan_round_trips_through_json_and_refuses_other_versions() {
-        let p = plan_of("FROM busybox AS a\nRUN <<EOF\necho hi\nEOF\nFROM scratch\nCOPY --from=a / /\n");
+        let p = plan_of(
+            "FROM busybox AS a\nRUN <<EOF\necho hi\nEOF\nFROM scratch\nCOPY --from=a / /\n",
+        );
         let json = p.to_json();
         assert_eq!(Plan::from_json(&json).expect("reads"), p);
         let other = json.replace(PLAN_VERSION, "stagecoach.dev/plan/v0");

@@ -11,7 +11,8 @@ pub fn registry() -> String {
 
 /// The builder image reference (built and pushed by `scripts/builder-image.sh`).
 pub fn builder_image() -> String {
-    std::env::var("BUILDER_IMAGE").unwrap_or_else(|_| format!("{}/stagecoach/builder:dev", registry()))
+    std::env::var("BUILDER_IMAGE")
+        .unwrap_or_else(|_| format!("{}/stagecoach/builder:dev", registry()))
 }
 
 fn repo_root() -> PathBuf {
@@ -28,13 +29,18 @@ pub fn tool(name: &str) -> Command {
     let root = repo_root();
     let mut cmd = Command::new(name);
     cmd.env("CONTAINERS_CONF", root.join("containers/containers.conf"))
-        .env("CONTAINERS_REGISTRIES_CONF", root.join("containers/registries.conf"));
+        .env(
+            "CONTAINERS_REGISTRIES_CONF",
+            root.join("containers/registries.conf"),
+        );
     cmd
 }
 
 /// Runs a command, panicking with its output when it fails.
 pub fn check(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -96,7 +102,10 @@ pub fn play(manifest: &str, pod: &str, container: &str) -> PodRun {
         let inspect = check(podman().args(["inspect", &name, "--format", "{{.State.ExitCode}}"]));
         let logs = podman().args(["logs", &name]).output().expect("logs");
         PodRun {
-            exit_code: String::from_utf8_lossy(&inspect.stdout).trim().parse().unwrap_or(-1),
+            exit_code: String::from_utf8_lossy(&inspect.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(-1),
             logs: format!(
                 "{}{}",
                 String::from_utf8_lossy(&logs.stdout),

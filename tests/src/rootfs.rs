@@ -41,7 +41,13 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
         let (kind, content) = if ft.is_dir() {
             ("dir", String::new())
         } else if ft.is_symlink() {
-            ("symlink", fs::read_link(&path).expect("readlink").display().to_string())
+            (
+                "symlink",
+                fs::read_link(&path)
+                    .expect("readlink")
+                    .display()
+                    .to_string(),
+            )
         } else if ft.is_file() {
             let mut hasher = Sha256::new();
             let mut file = fs::File::open(&path).expect("open");
@@ -57,7 +63,11 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
         } else {
             ("special", format!("{:o}", meta.mode() & 0o170000))
         };
-        let rel = path.strip_prefix(root).expect("inside").display().to_string();
+        let rel = path
+            .strip_prefix(root)
+            .expect("inside")
+            .display()
+            .to_string();
         out.insert(
             rel,
             Entry {
@@ -76,8 +86,15 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
 
 /// Mount points `buildah bud --isolation chroot` leaves behind as empty files and
 /// directories in every image it builds with RUN; Docker and BuildKit images lack them.
-const BUILDAH_MOUNT_STUBS: [&str; 7] =
-    ["dev", "proc", "sys", "run", "etc/hosts", "etc/hostname", "etc/resolv.conf"];
+const BUILDAH_MOUNT_STUBS: [&str; 7] = [
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "etc/hosts",
+    "etc/hostname",
+    "etc/resolv.conf",
+];
 
 /// The empty file's sha256, for recognising buildah's stubs.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -96,9 +113,9 @@ pub fn differences(ours: &Path, theirs: &Path) -> Vec<String> {
     for (path, entry) in &a {
         match b.get(path) {
             None => diffs.push(format!("only in ours: {path} {entry:?}")),
-            Some(other) if other != entry => {
-                diffs.push(format!("differs: {path}\n  ours:   {entry:?}\n  theirs: {other:?}"))
-            }
+            Some(other) if other != entry => diffs.push(format!(
+                "differs: {path}\n  ours:   {entry:?}\n  theirs: {other:?}"
+            )),
             Some(_) => {}
         }
     }
@@ -132,7 +149,12 @@ impl Layout {
     /// Copies an image from buildah's local storage.
     pub fn from_buildah(image: &str) -> Layout {
         let dir = tempfile::tempdir().expect("tempdir");
-        check(tool("buildah").args(["push", "--quiet", image, &format!("oci:{}:img", dir.path().display())]));
+        check(tool("buildah").args([
+            "push",
+            "--quiet",
+            image,
+            &format!("oci:{}:img", dir.path().display()),
+        ]));
         Layout { dir }
     }
 
@@ -156,18 +178,27 @@ impl Layout {
         let index_path = self.dir.path().join("index.json");
         let mut index: serde_json::Value =
             serde_json::from_slice(&fs::read(&index_path).expect("index")).expect("json");
-        let manifest_digest = index["manifests"][0]["digest"].as_str().expect("digest").to_string();
+        let manifest_digest = index["manifests"][0]["digest"]
+            .as_str()
+            .expect("digest")
+            .to_string();
         let mut manifest = self.read_json(&manifest_digest);
-        let config_digest = manifest["config"]["digest"].as_str().expect("config").to_string();
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .expect("config")
+            .to_string();
         let mut config = self.read_json(&config_digest);
         for (path, diff_id) in layers {
             let bytes = fs::read(path).expect("layer");
             let (digest, size) = self.write_blob(&bytes);
-            manifest["layers"].as_array_mut().expect("layers").push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": digest,
-                "size": size,
-            }));
+            manifest["layers"]
+                .as_array_mut()
+                .expect("layers")
+                .push(serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest,
+                    "size": size,
+                }));
             config["rootfs"]["diff_ids"]
                 .as_array_mut()
                 .expect("diff_ids")
@@ -186,7 +217,15 @@ impl Layout {
     pub fn unpack(&self) -> tempfile::TempDir {
         let bundle = tempfile::tempdir().expect("tempdir");
         let target = bundle.path().join("b");
-        check(tool("umoci").args(["unpack", "--image", &format!("{}:img", self.dir.path().display())]).arg(&target));
+        check(
+            tool("umoci")
+                .args([
+                    "unpack",
+                    "--image",
+                    &format!("{}:img", self.dir.path().display()),
+                ])
+                .arg(&target),
+        );
         bundle
     }
 }
@@ -194,10 +233,17 @@ impl Layout {
 /// Builds a Dockerfile target with buildah (the reference builder), returns the image name.
 pub fn buildah_bud(dockerfile: &Path, context: &Path, target: Option<&str>, tag: &str) -> String {
     let mut cmd = tool("buildah");
-    cmd.args(["bud", "--quiet", "--isolation", "chroot", "--tls-verify=false", "--layers=false"])
-        .arg("-f")
-        .arg(dockerfile)
-        .args(["-t", tag]);
+    cmd.args([
+        "bud",
+        "--quiet",
+        "--isolation",
+        "chroot",
+        "--tls-verify=false",
+        "--layers=false",
+    ])
+    .arg("-f")
+    .arg(dockerfile)
+    .args(["-t", tag]);
     if let Some(t) = target {
         cmd.args(["--target", t]);
     }

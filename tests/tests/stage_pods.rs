@@ -116,7 +116,8 @@ fn run_pods(case: &Case, plan: &Plan, volume: &Volume) -> Vec<(String, PodRun)> 
     for wave in &plan.waves {
         for pod_stage in wave {
             let pod = format!("e2e-{}-{}", case.name, pod_stage).replace('_', "-");
-            let manifest = stage_pod_manifest(&pod, &root_image(plan, pod_stage), pod_stage, &volume.name);
+            let manifest =
+                stage_pod_manifest(&pod, &root_image(plan, pod_stage), pod_stage, &volume.name);
             let run = play(&manifest, &pod, "stage");
             let failed = run.exit_code != 0;
             results.push((pod_stage.clone(), run));
@@ -155,12 +156,19 @@ fn assert_same_as_buildah(case: Case) {
     let plan = prepare_workspace(&case, &volume);
     let results = run_pods(&case, &plan, &volume);
     for (stage, run) in &results {
-        assert_eq!(run.exit_code, 0, "{}: pod {stage} failed:\n{}", case.name, run.logs);
+        assert_eq!(
+            run.exit_code, 0,
+            "{}: pod {stage} failed:\n{}",
+            case.name, run.logs
+        );
     }
     let ws = Workspace::new(&volume.path);
     let target = plan.target.clone();
     assert!(
-        matches!(plan.stage(&target).expect("target").execution, Execution::Pod { .. }),
+        matches!(
+            plan.stage(&target).expect("target").execution,
+            Execution::Pod { .. }
+        ),
         "{}: the target must run in a pod for this test",
         case.name
     );
@@ -183,11 +191,20 @@ fn assert_same_as_buildah(case: Case) {
     let theirs_root = theirs.unpack();
     let _ = tool("buildah").args(["rmi", "-f", &tag]).output();
 
-    let diffs = differences(&ours_root.path().join("b/rootfs"), &theirs_root.path().join("b/rootfs"));
-    assert!(diffs.is_empty(), "{}: filesystems differ from buildah's:\n{}", case.name, diffs.join("\n"));
+    let diffs = differences(
+        &ours_root.path().join("b/rootfs"),
+        &theirs_root.path().join("b/rootfs"),
+    );
+    assert!(
+        diffs.is_empty(),
+        "{}: filesystems differ from buildah's:\n{}",
+        case.name,
+        diffs.join("\n")
+    );
 }
 
-const HELLO_C: &str = "#include <stdio.h>\nint main(void) { puts(\"hello from stagecoach\"); return 0; }\n";
+const HELLO_C: &str =
+    "#include <stdio.h>\nint main(void) { puts(\"hello from stagecoach\"); return 0; }\n";
 
 #[test]
 fn compiles_c_with_tcc() {
@@ -254,7 +271,11 @@ fn heredoc_runs_as_docker_runs_it() {
         assert_eq!(run.exit_code, 0, "pod {stage} failed:\n{}", run.logs);
     }
     let ours = Layout::from_registry(&root_image(&plan, &plan.target));
-    ours.append_layers(&chain_layers(&plan, &Workspace::new(&volume.path), &plan.target));
+    ours.append_layers(&chain_layers(
+        &plan,
+        &Workspace::new(&volume.path),
+        &plan.target,
+    ));
     let root = ours.unpack();
     let read = |p: &str| std::fs::read_to_string(root.path().join("b/rootfs").join(p)).expect(p);
     assert_eq!(read("greeting"), "hello world\n");
@@ -266,7 +287,10 @@ fn heredoc_runs_as_docker_runs_it() {
 fn copy_outside_the_context_fails_and_writes_nothing() {
     let case = Case {
         name: "escape",
-        dockerfile: format!("FROM {} AS sneaky\nCOPY ../secret /stolen\nRUN cat /stolen\n", image("busybox:1")),
+        dockerfile: format!(
+            "FROM {} AS sneaky\nCOPY ../secret /stolen\nRUN cat /stolen\n",
+            image("busybox:1")
+        ),
         context: &[],
         target: None,
     };
@@ -280,7 +304,8 @@ fn copy_outside_the_context_fails_and_writes_nothing() {
         "{}",
         run.logs
     );
-    let index: Vec<LayerRecord> = read_json(&Workspace::new(&volume.path).layer_index("sneaky")).unwrap_or_default();
+    let index: Vec<LayerRecord> =
+        read_json(&Workspace::new(&volume.path).layer_index("sneaky")).unwrap_or_default();
     assert!(index.is_empty(), "no layer may be written");
 }
 
@@ -288,7 +313,10 @@ fn copy_outside_the_context_fails_and_writes_nothing() {
 fn failing_run_names_stage_line_command_and_exit_code() {
     let case = Case {
         name: "failing",
-        dockerfile: format!("FROM {} AS broken\nRUN echo before\nRUN exit 7\n", image("busybox:1")),
+        dockerfile: format!(
+            "FROM {} AS broken\nRUN echo before\nRUN exit 7\n",
+            image("busybox:1")
+        ),
         context: &[],
         target: None,
     };
@@ -298,7 +326,8 @@ fn failing_run_names_stage_line_command_and_exit_code() {
     let (_, run) = results.last().expect("a pod ran");
     assert_ne!(run.exit_code, 0);
     assert!(
-        run.logs.contains("stage broken: Dockerfile:3: RUN exit 7: exit code 7"),
+        run.logs
+            .contains("stage broken: Dockerfile:3: RUN exit 7: exit code 7"),
         "{}",
         run.logs
     );

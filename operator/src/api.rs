@@ -1,0 +1,340 @@
+//! The `ImageBuild` API (`imagebuilds.stagecoach.dev/v1alpha1`): what users apply and
+//! what the operator reports back in the status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Image references: optional registry (with port), lower-case path, tag and/or digest.
+const IMAGE_REFERENCE: &str = r"^([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$";
+
+/// A build of a container image from a Dockerfile in a git repository.
+// Several printer columns repeat `type_`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "stagecoach.dev",
+    version = "v1alpha1",
+    kind = "ImageBuild",
+    namespaced,
+    status = "ImageBuildStatus",
+    shortname = "ib",
+    doc = "A multi-stage Dockerfile build, one pod per stage, pushed to a registry.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.output.image"),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.image.shortDigest"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!(has(self.dockerfile) && has(self.dockerfileInline))").message("set at most one of dockerfile and dockerfileInline"))]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuildSpec {
+    pub source: Source,
+    /// Path of the Dockerfile relative to the context (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// The Dockerfile itself, instead of a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_inline: Option<String>,
+    /// The stage to build (default: the last one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_args: Vec<BuildArg>,
+    pub output: Output,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<BuildResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Service account of the build pods (their token is never mounted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Pull secrets for base images, given to stage pods and the source pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// How long the whole build may take (`30m`, `1h`; default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')").message("a duration such as 30m or 1h30m"))]
+    pub timeout: Option<String>,
+    /// Times a pod lost to eviction, preemption or node failure is started again (a
+    /// failing RUN is never retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Where the build context comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    pub git: GitSource,
+    /// The context directory inside the repository (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.split('/').exists(p, p == '..')").message("a relative path inside the repository"))]
+    pub context_dir: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSource {
+    /// `https://`, `ssh://`, `git@host:path`, `git://` or `file://` URL.
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Branch, tag, or full or short commit SHA (default: the default branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// A `kubernetes.io/basic-auth` or `kubernetes.io/ssh-auth` Secret, mounted only
+    /// into the source pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct BuildArg {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Where the image goes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// The image reference to push, e.g. `registry.example.com/team/app:1.2`.
+    #[schemars(regex(pattern = IMAGE_REFERENCE))]
+    pub image: String,
+    /// More tags for the same image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret, mounted only into the assemble pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_secret_ref: Option<LocalObjectReference>,
+    /// Push over plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_registry: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations of the image manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The build's workspace volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Size of the claim (default 10Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// `ReadWriteOnce` keeps the build's pods on one node; `ReadWriteMany` lets stages
+    /// run on several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+}
+
+/// Compute resources of build pods: a default and overrides by stage name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stages: BTreeMap<String, ResourceRequirements>,
+}
+
+/// What is kept after a build ends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Keep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Keep>,
+    /// How long kept objects stay before they are deleted (e.g. `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Keep {
+    #[serde(default)]
+    pub pods: bool,
+    #[serde(default)]
+    pub workspace: bool,
+}
+
+/// Where a build is, following Kubernetes conventions (kstatus) so GitOps tools read it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuildStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Cloning,
+    Building,
+    Pushing,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub phase: StagePhase,
+    #[serde(default)]
+    pub cached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StagePhase {
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageStatus {
+    pub reference: String,
+    pub digest: String,
+    /// The first 12 hex digits of the digest, for `kubectl get`.
+    pub short_digest: String,
+}
+
+/// Why a build failed, and where.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// A stable CamelCase reason (`StageFailed`, `PushDenied`, ...).
+    pub reason: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<i64>,
+    /// The last lines of the failed pod's log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+/// The CRD as YAML, as `stagecoach crd` prints it and `crds/` keeps it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt as _;
+    serde_saphyr::to_string(&ImageBuild::crd()).expect("the CRD serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_file_is_up_to_date() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/imagebuilds.stagecoach.dev.yaml"
+        );
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == crd_yaml(),
+            "crds/imagebuilds.stagecoach.dev.yaml is out of date: run `cargo run -p stagecoach-operator -- crd > crds/imagebuilds.stagecoach.dev.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_the_validations_and_columns() {
+        let crd = crd_yaml();
+        for needle in [
+            "shortNames:\n    - ib",
+            "has(self.dockerfile) && has(self.dockerfileInline)",
+            "name: Phase",
+            "name: Digest",
+            "(@sha256:[a-f0-9]{64})?$",
+            "subresources:",
+        ] {
+            assert!(crd.contains(needle), "CRD lacks {needle:?}:\n{crd}");
+        }
+    }
+
+    #[test]
+    fn a_minimal_build_reads_from_yaml() {
+        let build: ImageBuild = serde_saphyr::from_str(
+            "apiVersion: stagecoach.dev/v1alpha1\nkind: ImageBuild\nmetadata: {name: hello}\n\
+             spec:\n  source: {git: {url: 'https://example.com/app.git', revision: main}}\n\
+             \x20 output: {image: 'registry.example.com/app:1'}\n",
+        )
+        .expect("parses");
+        assert_eq!(build.spec.source.git.revision.as_deref(), Some("main"));
+        assert_eq!(build.spec.output.image, "registry.example.com/app:1");
+        assert!(build.status.is_none());
+    }
+}
