@@ -184,9 +184,11 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
             .map(|p| scope::expand(lexer, p, &global_vars).map(|e| e.value))
             .transpose()
             .map_err(|e| at(e.to_string()))?;
+        // `scratch` is reserved: it never names a stage, even one called so.
         let parent = names[..index]
             .iter()
-            .position(|n| n.as_deref() == Some(image.to_ascii_lowercase().as_str()));
+            .position(|n| n.as_deref() == Some(image.to_ascii_lowercase().as_str()))
+            .filter(|_| image != "scratch");
         let (base, env_known, uncertain, scope) = match parent {
             Some(p) => (
                 Base::Stage { id: ids[p].clone() },
