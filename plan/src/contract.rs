@@ -281,3 +281,110 @@ impl Plan {
         out
     }
 }
+
+/// What the operator needs to schedule a build's pods, small enough for a pod's
+/// termination message: the source pod reports it, the operator decides from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanSummary {
+    /// The commit the source pod checked out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The commit time (Unix seconds): the timestamp reproducible images are clamped to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<i64>,
+    pub target: String,
+    /// The stage pods, in wave order.
+    pub pods: Vec<PodSummary>,
+}
+
+/// One stage pod of the build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSummary {
+    /// The id of the stage the pod is named after (the last it runs).
+    pub id: String,
+    /// The stages it runs, in order (fused ancestors first).
+    pub stages: Vec<String>,
+    /// The image the pod runs on (the root of the stage's FROM chain, pinned when the
+    /// source pod resolved it); none for a chain that starts at `scratch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Pods that must have succeeded before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits_for: Vec<String>,
+}
+
+impl Plan {
+    /// The image a stage's pod runs on: the root of its FROM chain, by digest when known.
+    pub fn root_image(&self, stage: &str) -> Option<String> {
+        let mut current = self.stage(stage)?;
+        loop {
+            match &current.base {
+                Base::Image { reference, digest } => {
+                    return Some(match digest {
+                        Some(d) => format!("{}@{d}", reference_without_digest(reference)),
+                        None => reference.clone(),
+                    });
+                }
+                Base::Stage { id } => current = self.stage(id)?,
+                Base::Scratch => return None,
+            }
+        }
+    }
+
+    /// The summary the source pod reports to the operator.
+    pub fn summary(&self, commit: Option<String>, commit_time: Option<i64>) -> PlanSummary {
+        let pod_of = |id: &str| -> Option<String> {
+            let mut current = self.stage(id)?;
+            loop {
+                match (&current.execution, &current.base) {
+                    (Execution::Pod { .. }, _) => return Some(current.id.clone()),
+                    (Execution::Fused { pod }, _) => return Some(pod.clone()),
+                    (Execution::Nothing, Base::Stage { id }) => current = self.stage(id)?,
+                    _ => return None,
+                }
+            }
+        };
+        let pods = self
+            .waves
+            .iter()
+            .flatten()
+            .filter_map(|id| {
+                let stage = self.stage(id)?;
+                let Execution::Pod { runs } = &stage.execution else {
+                    return None;
+                };
+                let mut waits_for: Vec<String> = Vec::new();
+                for run in runs {
+                    for dep in &self.stage(run)?.depends_on {
+                        if let Some(pod) = pod_of(dep)
+                            && pod != *id
+                            && !waits_for.contains(&pod)
+                        {
+                            waits_for.push(pod);
+                        }
+                    }
+                }
+                Some(PodSummary {
+                    id: id.clone(),
+                    stages: runs.clone(),
+                    image: self.root_image(id),
+                    waits_for,
+                })
+            })
+            .collect();
+        PlanSummary {
+            commit,
+            commit_time,
+            target: self.target.clone(),
+            pods,
+        }
+    }
+}
+
+/// `repo:tag@sha256:...` without the digest part (a pinned reference keeps the tag for
+/// people and the digest for the runtime).
+fn reference_without_digest(reference: &str) -> &str {
+    reference.split('@').next().unwrap_or(reference)
+}

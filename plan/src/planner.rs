@@ -1010,6 +1010,46 @@ mod tests {
     }
 
     #[test]
+    fn summary_lists_pods_with_their_images_and_waits() {
+        let mut p = plan_of(
+            "FROM busybox AS deps\nRUN a\nFROM deps AS build\nRUN b\nFROM scratch AS assets\nCOPY x /x\n\
+             FROM busybox AS other\nRUN c\nFROM alpine\nCOPY --from=build /b /\nCOPY --from=assets /x /\n\
+             COPY --from=other /c /\nRUN true\n",
+        );
+        if let Base::Image { digest, .. } = &mut p.stages[0].base {
+            *digest = Some(format!("sha256:{}", "a".repeat(64)));
+        }
+        let s = p.summary(Some("abc".into()), Some(1));
+        let pods: Vec<(&str, Option<&str>, Vec<&str>)> = s
+            .pods
+            .iter()
+            .map(|p| {
+                (
+                    p.id.as_str(),
+                    p.image.as_deref(),
+                    p.waits_for.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let pinned = format!("docker.io/library/busybox:latest@sha256:{}", "a".repeat(64));
+        assert_eq!(
+            pods,
+            [
+                ("build", Some(pinned.as_str()), vec![]),
+                ("assets", None, vec![]),
+                ("other", Some("docker.io/library/busybox:latest"), vec![]),
+                (
+                    "stage-4",
+                    Some("docker.io/library/alpine:latest"),
+                    vec!["build", "assets", "other"]
+                ),
+            ]
+        );
+        assert_eq!(s.pods[0].stages, ["deps", "build"]);
+        assert!(serde_json::to_string(&s).expect("json").len() < 1024);
+    }
+
+    #[test]
     fn plan_round_trips_through_json_and_refuses_other_versions() {
         let p = plan_of(
             "FROM busybox AS a\nRUN <<EOF\necho hi\nEOF\nFROM scratch\nCOPY --from=a / /\n",
