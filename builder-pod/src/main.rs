@@ -129,7 +129,7 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
     };
     let report = stage::run_pod(&opts);
     write_json(&opts.workspace.report(&report.pod), &report)?;
-    termination::write(&report);
+    termination::write(&stage::outcome(&report));
     match report.error {
         None => {
             let layers: usize = report.stages.iter().map(|s| s.layers.len()).sum();

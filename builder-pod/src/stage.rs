@@ -130,6 +130,18 @@ pub fn run_pod(opts: &StageOptions) -> PodReport {
     report
 }
 
+/// The termination message of a stage pod: success, or `StageFailed` with the place.
+pub fn outcome(report: &PodReport) -> stagecoach_plan::contract::PodOutcome {
+    stagecoach_plan::contract::PodOutcome {
+        succeeded: report.succeeded,
+        reason: report.error.as_ref().map(|_| "StageFailed".to_string()),
+        message: report.error.as_ref().map(ToString::to_string),
+        stage: report.error.as_ref().and_then(|e| e.stage.clone()),
+        line: report.error.as_ref().and_then(|e| e.line),
+        ..Default::default()
+    }
+}
+
 struct StagePod<'a> {
     opts: &'a StageOptions,
     plan: Plan,

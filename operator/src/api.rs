@@ -230,12 +230,28 @@ pub struct SourceStatus {
     pub revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The commit time (Unix seconds), the timestamp images are made reproducible with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageStatus {
+    /// The stage the pod is named after (the last one it runs).
     pub name: String,
+    /// Every stage the pod runs, fused ancestors first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<String>,
+    /// The image the pod runs on (pinned), none for a chain from `scratch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Pods (by stage name) that must succeed first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits_for: Vec<String>,
+    /// How many times the pod was started again after it was lost.
+    #[serde(default)]
+    pub attempts: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

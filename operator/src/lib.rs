@@ -1,4 +1,6 @@
-//! The Stagecoach operator: the `ImageBuild` API, and (as it grows) the build state
-//! machine, pod rendering, the controller and the local runner.
+//! The Stagecoach operator: the `ImageBuild` API, pod rendering, and (as it grows) the
+//! build state machine, the controller and the local runner.
 
 pub mod api;
+pub mod core;
+pub mod render;

@@ -388,3 +388,26 @@ impl Plan {
 fn reference_without_digest(reference: &str) -> &str {
     reference.split('@').next().unwrap_or(reference)
 }
+
+/// What every build pod leaves as its termination message (and the operator reads from
+/// the pod status): success, or a stable reason with the place; plus the source pod's
+/// plan summary or the assemble pod's image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOutcome {
+    pub succeeded: bool,
+    /// A stable CamelCase reason on failure (`StageFailed`, `GitAuthFailed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<PlanSummary>,
+    /// The pushed image, `reference@digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}

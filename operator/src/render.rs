@@ -1,0 +1,704 @@
+//! Pods and the workspace claim of a build, rendered from the ImageBuild and the plan
+//! summary by pure functions (ARCHITECTURE.md: source pod, stage pods, assemble pod).
+//! The security rules live here: no service account token, never privileged, secrets
+//! mounted only where they are needed, non-root read-only source and assemble pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use stagecoach_plan::contract::PodSummary;
+
+use crate::api::ImageBuild;
+
+/// The uid source and assemble pods run as (the builder image's non-root user).
+pub const BUILDER_UID: i64 = 65532;
+
+/// Where build pods mount things.
+pub const WORKSPACE: &str = "/workspace";
+pub const TOOLS: &str = "/stagecoach";
+pub const GIT_SECRET: &str = "/var/run/secrets/stagecoach/git";
+pub const PULL_SECRETS: &str = "/var/run/secrets/stagecoach/pull";
+pub const PUSH_SECRET: &str = "/var/run/secrets/stagecoach/push";
+
+/// Label keys on everything the operator creates.
+pub const LABEL_BUILD: &str = "stagecoach.dev/build";
+pub const LABEL_STAGE: &str = "stagecoach.dev/stage";
+pub const LABEL_ROLE: &str = "app.kubernetes.io/component";
+pub const LABEL_GENERATION: &str = "stagecoach.dev/generation";
+pub const LABEL_ATTEMPT: &str = "stagecoach.dev/attempt";
+
+/// Operator settings that are not part of the ImageBuild spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorConfig {
+    /// The builder image (static stagecoach-builder + CA bundle).
+    pub builder_image: String,
+    pub default_workspace_size: String,
+    pub default_storage_class: Option<String>,
+}
+
+/// Which pod of a build.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Source,
+    Stage(String),
+    Assemble,
+}
+
+impl Role {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Stage(_) => "stage",
+            Role::Assemble => "assemble",
+        }
+    }
+}
+
+/// The build's workspace claim name.
+pub fn claim_name(build: &ImageBuild) -> String {
+    bounded_name(&format!("{}-workspace", name_of(build)), "")
+}
+
+/// Deterministic pod names within 63 characters: `<build>-<role>[-<stage>]-g<gen>[-r<n>]`.
+pub fn pod_name(build: &ImageBuild, role: &Role, attempt: u32) -> String {
+    let generation = build.metadata.generation.unwrap_or(1);
+    let mut suffix = format!("-g{generation}");
+    if attempt > 0 {
+        suffix.push_str(&format!("-r{attempt}"));
+    }
+    let base = match role {
+        Role::Source => format!("{}-source", name_of(build)),
+        Role::Assemble => format!("{}-assemble", name_of(build)),
+        Role::Stage(id) => format!("{}-stage-{}", name_of(build), dns_label(id)),
+    };
+    bounded_name(&base, &suffix)
+}
+
+fn name_of(build: &ImageBuild) -> &str {
+    build.metadata.name.as_deref().unwrap_or("build")
+}
+
+/// Stage names allow `_` and `.`; pod names do not.
+fn dns_label(s: &str) -> String {
+    s.to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// `base + suffix` cut to 63 characters; a cut name gets a short hash so two long names
+/// stay apart.
+fn bounded_name(base: &str, suffix: &str) -> String {
+    let full = format!("{base}{suffix}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = fnv1a(base.as_bytes());
+    let keep = 63 - suffix.len() - 9;
+    let cut = base[..keep].trim_end_matches('-');
+    format!("{cut}-{hash:08x}{suffix}")
+}
+
+/// A small stable hash for name suffixes (not for security).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn owner_reference(build: &ImageBuild) -> OwnerReference {
+    OwnerReference {
+        api_version: "stagecoach.dev/v1alpha1".into(),
+        kind: "ImageBuild".into(),
+        name: name_of(build).to_string(),
+        uid: build.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn labels(build: &ImageBuild, role: &Role, attempt: u32) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "stagecoach".to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "stagecoach".to_string(),
+        ),
+        (LABEL_ROLE.to_string(), role.label().to_string()),
+        (LABEL_BUILD.to_string(), name_of(build).to_string()),
+        (
+            LABEL_GENERATION.to_string(),
+            build.metadata.generation.unwrap_or(1).to_string(),
+        ),
+        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+    ]);
+    if let Role::Stage(id) = role {
+        labels.insert(LABEL_STAGE.to_string(), dns_label(id));
+    }
+    labels
+}
+
+fn metadata(build: &ImageBuild, name: String, role: &Role, attempt: u32) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: build.metadata.namespace.clone(),
+        labels: Some(labels(build, role, attempt)),
+        owner_references: Some(vec![owner_reference(build)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The workspace claim, owned by the ImageBuild.
+pub fn render_claim(build: &ImageBuild, config: &OperatorConfig) -> PersistentVolumeClaim {
+    let ws = build.spec.workspace.as_ref();
+    let access_modes = ws
+        .map(|w| w.access_modes.clone())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| vec!["ReadWriteOnce".into()]);
+    let size = ws
+        .and_then(|w| w.size.clone())
+        .unwrap_or_else(|| config.default_workspace_size.clone());
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(claim_name(build)),
+            namespace: build.metadata.namespace.clone(),
+            labels: Some(
+                labels(build, &Role::Source, 0)
+                    .into_iter()
+                    .filter(|(k, _)| k != LABEL_ROLE && k != LABEL_ATTEMPT)
+                    .collect(),
+            ),
+            owner_references: Some(vec![owner_reference(build)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(access_modes),
+            storage_class_name: ws
+                .and_then(|w| w.storage_class_name.clone())
+                .or_else(|| config.default_storage_class.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn workspace_volume(build: &ImageBuild) -> Volume {
+    Volume {
+        name: "workspace".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim_name(build),
+            read_only: None,
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(Default::default()),
+        ..Volume::default()
+    }
+}
+
+/// Non-root, read-only root, nothing to escalate: the source and assemble containers.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(BUILDER_UID),
+        run_as_group: Some(BUILDER_UID),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Stage containers run RUN steps as root inside the base image, but are never
+/// privileged and cannot gain privileges.
+fn stage_security() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn resources_for(build: &ImageBuild, stage: Option<&str>) -> Option<ResourceRequirements> {
+    let r = build.spec.resources.as_ref()?;
+    stage
+        .and_then(|s| r.stages.get(s).cloned())
+        .or_else(|| r.default.clone())
+}
+
+/// Seconds a build may take, from `spec.timeout` (default one hour).
+pub fn timeout_seconds(build: &ImageBuild) -> i64 {
+    build
+        .spec
+        .timeout
+        .as_deref()
+        .and_then(stagecoach_plan::instruction::parse_go_duration)
+        .map_or(3600, |ns| (ns / 1_000_000_000).max(1) as i64)
+}
+
+fn pod(
+    build: &ImageBuild,
+    role: &Role,
+    attempt: u32,
+    containers: Vec<Container>,
+    init_containers: Vec<Container>,
+    volumes: Vec<Volume>,
+) -> Pod {
+    Pod {
+        metadata: metadata(build, pod_name(build, role, attempt), role, attempt),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            active_deadline_seconds: Some(timeout_seconds(build)),
+            service_account_name: build.spec.service_account_name.clone(),
+            image_pull_secrets: build.spec.image_pull_secrets.clone(),
+            node_selector: build.spec.node_selector.clone(),
+            tolerations: build.spec.tolerations.clone(),
+            affinity: build.spec.affinity.clone(),
+            security_context: Some(PodSecurityContext {
+                fs_group: Some(BUILDER_UID),
+                ..PodSecurityContext::default()
+            }),
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
+            containers,
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn container(name: &str, image: &str, args: Vec<String>) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+/// The source pod: clone, context, plan with pinned base images. Git credentials and
+/// pull secrets (for digest resolution) are mounted here and nowhere else.
+pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u32) -> Pod {
+    let spec = &build.spec;
+    let git = &spec.source.git;
+    let mut args = vec!["source".to_string(), "--url".into(), git.url.clone()];
+    if let Some(rev) = &git.revision {
+        args.extend(["--revision".into(), rev.clone()]);
+    }
+    if let Some(dir) = &spec.source.context_dir {
+        args.extend(["--context-dir".into(), dir.clone()]);
+    }
+    if let Some(path) = &spec.dockerfile {
+        args.extend(["--dockerfile".into(), path.clone()]);
+    }
+    if let Some(inline) = &spec.dockerfile_inline {
+        args.extend(["--dockerfile-inline".into(), inline.clone()]);
+    }
+    if let Some(target) = &spec.target {
+        args.extend(["--target".into(), target.clone()]);
+    }
+    for arg in &spec.build_args {
+        args.extend(["--build-arg".into(), format!("{}={}", arg.name, arg.value)]);
+    }
+    let mut volumes = vec![workspace_volume(build), empty_dir("tmp")];
+    let mut mounts = vec![
+        mount("workspace", WORKSPACE, false),
+        mount("tmp", "/tmp", false),
+    ];
+    if let Some(secret) = git.secret_ref.as_ref().map(|s| s.name.clone()) {
+        volumes.push(secret_volume("git-credentials", &secret));
+        mounts.push(mount("git-credentials", GIT_SECRET, true));
+        args.extend(["--git-secret".into(), GIT_SECRET.into()]);
+    }
+    for (n, secret) in spec.image_pull_secrets.iter().flatten().enumerate() {
+        let name = format!("pull-{n}");
+        volumes.push(secret_volume(&name, &secret.name));
+        mounts.push(mount(&name, &format!("{PULL_SECRETS}/{n}"), true));
+    }
+    let mut c = container("source", &config.builder_image, args);
+    c.volume_mounts = Some(mounts);
+    c.security_context = Some(restricted());
+    c.resources = resources_for(build, None);
+    pod(build, &Role::Source, attempt, vec![c], vec![], volumes)
+}
+
+/// A stage pod: the builder installed by an init container, then run as root on the
+/// stage's base image (the builder image for a chain that starts at `scratch`). No
+/// secret is mounted: base images come through imagePullSecrets, RUN sees nothing.
+pub fn render_stage_pod(
+    build: &ImageBuild,
+    config: &OperatorConfig,
+    stage: &PodSummary,
+    source_date_epoch: Option<i64>,
+    attempt: u32,
+) -> Pod {
+    let role = Role::Stage(stage.id.clone());
+    let tools = "tools";
+    let mut install = container(
+        "install",
+        &config.builder_image,
+        vec!["install".into(), TOOLS.into()],
+    );
+    install.volume_mounts = Some(vec![mount(tools, TOOLS, false)]);
+    install.security_context = Some(restricted());
+    let mut args = vec!["stage".to_string(), stage.id.clone()];
+    if let Some(dir) = &build.spec.source.context_dir {
+        args.extend(["--context-dir".into(), dir.clone()]);
+    }
+    let image = match &stage.image {
+        Some(image) => image.clone(),
+        None => {
+            args.extend(["--root".into(), format!("{WORKSPACE}/roots/{}", stage.id)]);
+            config.builder_image.clone()
+        }
+    };
+    let mut c = container("stage", &image, args);
+    c.command = Some(vec![format!("{TOOLS}/stagecoach-builder")]);
+    c.volume_mounts = Some(vec![
+        mount("workspace", WORKSPACE, false),
+        mount(tools, TOOLS, true),
+    ]);
+    c.security_context = Some(stage_security());
+    c.resources = resources_for(build, Some(&stage.id));
+    c.env = source_date_epoch.map(|t| {
+        vec![EnvVar {
+            name: "SOURCE_DATE_EPOCH".into(),
+            value: Some(t.to_string()),
+            value_from: None,
+        }]
+    });
+    pod(
+        build,
+        &role,
+        attempt,
+        vec![c],
+        vec![install],
+        vec![workspace_volume(build), empty_dir(tools)],
+    )
+}
+
+/// The assemble pod: builds the runtime image and pushes it. The push credentials are
+/// mounted here and nowhere else.
+pub fn render_assemble_pod(
+    build: &ImageBuild,
+    config: &OperatorConfig,
+    commit: Option<&str>,
+    source_date_epoch: Option<i64>,
+    attempt: u32,
+) -> Pod {
+    let out = &build.spec.output;
+    let mut args = vec![
+        "assemble".to_string(),
+        "--image".into(),
+        out.image.clone(),
+        "--source-url".into(),
+        build.spec.source.git.url.clone(),
+    ];
+    for tag in &out.tags {
+        args.extend(["--tag".into(), tag.clone()]);
+    }
+    if let Some(commit) = commit {
+        args.extend(["--revision".into(), commit.to_string()]);
+    }
+    if let Some(t) = source_date_epoch {
+        args.extend(["--source-date-epoch".into(), t.to_string()]);
+    }
+    if out.insecure_registry {
+        args.push("--insecure".into());
+    }
+    for (k, v) in &out.labels {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    for (k, v) in &out.annotations {
+        args.extend(["--annotation".into(), format!("{k}={v}")]);
+    }
+    let mut volumes = vec![workspace_volume(build), empty_dir("tmp")];
+    let mut mounts = vec![
+        mount("workspace", WORKSPACE, false),
+        mount("tmp", "/tmp", false),
+    ];
+    let mut env = Vec::new();
+    if let Some(secret) = &out.push_secret_ref {
+        volumes.push(Volume {
+            name: "push-credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: Some(0o440),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: ".dockerconfigjson".into(),
+                    path: "config.json".into(),
+                    mode: None,
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("push-credentials", PUSH_SECRET, true));
+        env.push(EnvVar {
+            name: "DOCKER_CONFIG".into(),
+            value: Some(PUSH_SECRET.into()),
+            value_from: None,
+        });
+    }
+    let mut c = container("assemble", &config.builder_image, args);
+    c.volume_mounts = Some(mounts);
+    c.security_context = Some(restricted());
+    c.resources = resources_for(build, None);
+    c.env = (!env.is_empty()).then_some(env);
+    pod(build, &Role::Assemble, attempt, vec![c], vec![], volumes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn build(yaml: &str) -> ImageBuild {
+        let mut b: ImageBuild = serde_saphyr::from_str(yaml).expect("valid ImageBuild");
+        b.metadata.uid = Some("uid-1".into());
+        b.metadata.generation = Some(3);
+        b
+    }
+
+    pub(crate) fn config() -> OperatorConfig {
+        OperatorConfig {
+            builder_image: "registry.example/stagecoach/builder:1".into(),
+            default_workspace_size: "10Gi".into(),
+            default_storage_class: None,
+        }
+    }
+
+    const FULL: &str = r#"
+apiVersion: stagecoach.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: app, namespace: team}
+spec:
+  source:
+    git: {url: "https://git.example/app.git", revision: main, secretRef: {name: git-creds}}
+    contextDir: svc
+  buildArgs: [{name: V, value: "1"}]
+  imagePullSecrets: [{name: pull-creds}]
+  output: {image: "registry.example/app:1", tags: [latest], pushSecretRef: {name: push-creds}}
+  timeout: 30m
+"#;
+
+    fn stage() -> PodSummary {
+        PodSummary {
+            id: "build_x".into(),
+            stages: vec!["build_x".into()],
+            image: Some("docker.io/library/busybox@sha256:aaaa".into()),
+            waits_for: vec![],
+        }
+    }
+
+    fn secret_names(pod: &Pod) -> Vec<String> {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn secrets_go_only_where_the_rules_allow() {
+        let b = build(FULL);
+        let source = render_source_pod(&b, &config(), 0);
+        let stage = render_stage_pod(&b, &config(), &stage(), Some(1), 0);
+        let assemble = render_assemble_pod(&b, &config(), Some("abc"), Some(1), 0);
+        assert_eq!(secret_names(&source), ["git-creds", "pull-creds"]);
+        assert!(
+            secret_names(&stage).is_empty(),
+            "stage pods never get secrets"
+        );
+        assert_eq!(secret_names(&assemble), ["push-creds"]);
+        let stage_spec = stage.spec.as_ref().expect("spec");
+        assert_eq!(
+            stage_spec
+                .image_pull_secrets
+                .as_ref()
+                .map(|s| s[0].name.as_str()),
+            Some("pull-creds"),
+            "base images come through imagePullSecrets"
+        );
+        for p in [&source, &stage, &assemble] {
+            let spec = p.spec.as_ref().expect("spec");
+            assert_eq!(spec.automount_service_account_token, Some(false));
+            assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+            assert_eq!(spec.active_deadline_seconds, Some(1800));
+            assert!(
+                spec.volumes.iter().flatten().all(|v| v.host_path.is_none()),
+                "no host mounts"
+            );
+            for c in spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+            {
+                let sc = c.security_context.as_ref().expect("security context");
+                assert_eq!(sc.privileged, Some(false));
+                assert_eq!(sc.allow_privilege_escalation, Some(false));
+            }
+        }
+        for p in [&source, &assemble] {
+            let sc = p.spec.as_ref().expect("spec").containers[0]
+                .security_context
+                .clone()
+                .expect("sc");
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+        }
+    }
+
+    #[test]
+    fn names_are_deterministic_and_bounded() {
+        let b = build(FULL);
+        assert_eq!(pod_name(&b, &Role::Source, 0), "app-source-g3");
+        assert_eq!(
+            pod_name(&b, &Role::Stage("build_x".into()), 2),
+            "app-stage-build-x-g3-r2"
+        );
+        let mut long = b.clone();
+        long.metadata.name = Some("a".repeat(60));
+        let n1 = pod_name(&long, &Role::Stage("one".repeat(10)), 0);
+        let n2 = pod_name(&long, &Role::Stage("two".repeat(10)), 0);
+        assert!(n1.len() <= 63 && n2.len() <= 63);
+        assert_ne!(n1, n2);
+        assert!(claim_name(&long).len() <= 63);
+    }
+
+    #[test]
+    fn stage_pod_runs_the_installed_builder_on_the_base_image() {
+        let b = build(FULL);
+        let p = render_stage_pod(&b, &config(), &stage(), Some(42), 0);
+        let spec = p.spec.expect("spec");
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("docker.io/library/busybox@sha256:aaaa")
+        );
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["/stagecoach/stagecoach-builder".to_string()][..])
+        );
+        assert_eq!(
+            c.args.as_deref(),
+            Some(
+                &[
+                    "stage".to_string(),
+                    "build_x".into(),
+                    "--context-dir".into(),
+                    "svc".into()
+                ][..]
+            )
+        );
+        let init = &spec.init_containers.expect("init")[0];
+        assert_eq!(
+            init.image.as_deref(),
+            Some("registry.example/stagecoach/builder:1")
+        );
+        let labels = p.metadata.labels.expect("labels");
+        assert_eq!(labels[LABEL_STAGE], "build-x");
+        assert_eq!(labels[LABEL_BUILD], "app");
+        let owner = &p.metadata.owner_references.expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("ImageBuild", "uid-1")
+        );
+
+        let mut scratch = stage();
+        scratch.image = None;
+        let p = render_stage_pod(&b, &config(), &scratch, None, 0);
+        let c = &p.spec.expect("spec").containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example/stagecoach/builder:1")
+        );
+        assert!(
+            c.args
+                .as_ref()
+                .expect("args")
+                .contains(&"/workspace/roots/build_x".to_string())
+        );
+    }
+
+    #[test]
+    fn claim_uses_spec_or_defaults() {
+        let b = build(FULL);
+        let pvc = render_claim(&b, &config());
+        let spec = pvc.spec.expect("spec");
+        assert_eq!(
+            spec.access_modes.as_deref(),
+            Some(&["ReadWriteOnce".to_string()][..])
+        );
+        assert_eq!(
+            spec.resources
+                .and_then(|r| r.requests)
+                .map(|r| r["storage"].0.clone()),
+            Some("10Gi".to_string())
+        );
+    }
+}
