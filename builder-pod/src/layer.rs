@@ -11,7 +11,8 @@
 //! traversed; the last component is only ever created, replaced or changed with
 //! calls that do not follow it either (`O_EXCL` creation after unlinking, `lchown`,
 //! `utimensat(AT_SYMLINK_NOFOLLOW)`, `linkat` without `AT_SYMLINK_FOLLOW`). This works
-//! on every kernel and under any seccomp profile, unlike `openat2(RESOLVE_BENEATH)`.
+//! on every kernel and under any seccomp profile, which `openat2(RESOLVE_BENEATH)` (Linux
+//! 5.6, refused by older container seccomp profiles) does not.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -32,11 +33,11 @@ use tar::{EntryType, Header};
 
 use crate::snapshot::{Changes, Entry, FileKind, Snapshot, Timestamp};
 
-/// The gzip level of layers. Level 1 packs ~2.5x faster than the default (6) for a
-/// layer only ~7% larger on mixed content (see `benches/snapshot.rs`); a stage pod
-/// waits on packing for every instruction, while the registry upload of the few extra
-/// bytes happens once, so speed wins.
-pub const DEFAULT_LEVEL: u32 = 1;
+/// The gzip level of layers, measured with zlib-rs (`benches/snapshot.rs`, and tars of real
+/// binaries and sources): level 2 packs over twice as fast as zlib's default (6) for ~4% more
+/// bytes; level 1 is faster again but 13-20% bigger on binaries and sources. A stage pod waits
+/// on packing at every instruction, and every node that pulls the image pays for the bytes.
+pub const DEFAULT_LEVEL: u32 = 2;
 
 const BLOCK: usize = 512;
 /// The largest numbers the octal fields of a ustar header hold; beyond them, PAX.
@@ -44,7 +45,7 @@ const MAX_OCTAL_ID: u64 = 0o7_777_777;
 const MAX_OCTAL_SIZE: u64 = 0o77_777_777_777;
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
-/// The node's SELinux label is not image content (BuildKit drops it too).
+/// The node's SELinux label (every file of a pod's rootfs has one) is not image content.
 const DROPPED_XATTRS: [&str; 1] = ["security.selinux"];
 
 #[derive(Debug, thiserror::Error)]
@@ -123,11 +124,11 @@ pub fn write_layer_with_level(
     written
 }
 
-/// One step of the layer, in tar order.
+/// One step of the layer, in tar order: an entry of the snapshot, or a whiteout or opaque
+/// marker (an empty file named for what it hides).
 enum Op<'a> {
     Put(&'a Entry),
-    Whiteout,
-    Opaque,
+    Marker,
 }
 
 /// Counts and hashes what goes through it.
@@ -222,10 +223,10 @@ impl<'a> LayerWriter<'a> {
         for path in &changes.removed {
             let mut name = WHITEOUT.to_vec();
             name.extend_from_slice(path.file_name().unwrap_or_default().as_bytes());
-            ops.push((path.with_file_name(OsStr::from_bytes(&name)), Op::Whiteout));
+            ops.push((path.with_file_name(OsStr::from_bytes(&name)), Op::Marker));
         }
         for path in &changes.opaque {
-            ops.push((path.join(OsStr::from_bytes(OPAQUE)), Op::Opaque));
+            ops.push((path.join(OsStr::from_bytes(OPAQUE)), Op::Marker));
         }
         ops.sort_by(|a, b| a.0.cmp(&b.0));
         ops.dedup_by(|a, b| a.0 == b.0);
@@ -233,7 +234,7 @@ impl<'a> LayerWriter<'a> {
         for (path, op) in &ops {
             match op {
                 Op::Put(entry) => self.put(root, path, entry)?,
-                Op::Whiteout | Op::Opaque => self.marker(path.as_os_str().as_bytes())?,
+                Op::Marker => self.marker(path.as_os_str().as_bytes())?,
             }
         }
         self.finish()
@@ -665,16 +666,15 @@ struct Meta {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
-impl Meta {
-    fn timestamps(&self) -> Timestamps {
-        let t = Timespec {
-            tv_sec: self.mtime.sec,
-            tv_nsec: i64::from(self.mtime.nsec),
-        };
-        Timestamps {
-            last_access: t,
-            last_modification: t,
-        }
+/// Access and modification times both set to `mtime` (a layer carries no atime).
+fn timestamps(mtime: Timestamp) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime.sec,
+        tv_nsec: i64::from(mtime.nsec),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
     }
 }
 
@@ -950,7 +950,7 @@ impl Applier {
                 }
                 self.stats.bytes += written;
                 set_fd_meta(file.as_fd(), &meta).map_err(|(what, e)| failed(what, e.into()))?;
-                rustix::fs::futimens(&file, &meta.timestamps())
+                rustix::fs::futimens(&file, &timestamps(meta.mtime))
                     .map_err(|e| failed("cannot set its times", e.into()))?;
             }
             EntryType::Directory => {
@@ -1015,7 +1015,7 @@ impl Applier {
 
     /// Resolves a hard link's target beneath the root: its directory and name.
     fn hard_link_target(
-        &mut self,
+        &self,
         link: &[u8],
         comps: &[OsString],
         shown: &str,
@@ -1125,14 +1125,7 @@ impl Applier {
                 Ok(None) | Err(WalkError::Symlink(_) | WalkError::NotDir(_)) => continue,
                 Err(e) => return Err(walk_error(e, &shown)),
             };
-            let meta = Meta {
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                mtime,
-                xattrs: Vec::new(),
-            };
-            match rustix::fs::utimensat(parent, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+            match rustix::fs::utimensat(parent, name, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
             {
                 Ok(()) | Err(Errno::NOENT) => {}
                 Err(e) => {
@@ -1350,8 +1343,13 @@ fn set_at_meta(
             }
         }
     }
-    rustix::fs::utimensat(parent, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| ("cannot set its times", e))
+    rustix::fs::utimensat(
+        parent,
+        name,
+        &timestamps(meta.mtime),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| ("cannot set its times", e))
 }
 
 #[cfg(test)]

@@ -9,11 +9,25 @@ pub const PATH: &str = "/dev/termination-log";
 /// The most Kubernetes keeps.
 pub const LIMIT: usize = 4096;
 
-/// Writes the summary if the file exists (inside a pod); elsewhere does nothing.
+/// Also writes the message to this file when set: podman, which runs our pods without a
+/// cluster, keeps no termination messages, so the local runner reads them from the
+/// workspace instead.
+pub const OUTCOME_FILE_ENV: &str = "STAGECOACH_OUTCOME_FILE";
+
+/// Writes the summary where the kubelet reads it (if the file exists, inside a pod) and
+/// to `$STAGECOACH_OUTCOME_FILE` when set; elsewhere does nothing.
 pub fn write<T: Serialize>(summary: &T) {
+    let message = compact(summary);
     let path = std::path::Path::new(PATH);
     if path.exists() {
-        let _ = std::fs::write(path, compact(summary));
+        let _ = std::fs::write(path, &message);
+    }
+    if let Some(file) = std::env::var_os(OUTCOME_FILE_ENV) {
+        let file = std::path::PathBuf::from(file);
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(file, &message);
     }
 }
 

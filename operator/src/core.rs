@@ -377,10 +377,7 @@ impl<'a> Step<'a, '_> {
                 }
                 Progress::Done(pod) => {
                     entry.phase = StagePhase::Succeeded;
-                    entry.finish_time = pod
-                        .finished
-                        .clone()
-                        .or(Some(Time(self.observed.now)));
+                    entry.finish_time = pod.finished.clone().or(Some(Time(self.observed.now)));
                     entry.node = pod.node.clone().or(entry.node.take());
                     let name = entry.name.clone();
                     self.actions

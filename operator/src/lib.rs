@@ -3,4 +3,5 @@
 
 pub mod api;
 pub mod core;
+pub mod local;
 pub mod render;
