@@ -3,7 +3,11 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
+.PHONY: demo test deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
+
+## demo: build examples/hello through real pods on podman, push it, run it
+demo:
+	./scripts/demo.sh
 
 ## test: install what the tests need, then run every check (end-to-end tests included)
 test: deps fmt-check clippy e2e-env unit

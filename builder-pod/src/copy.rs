@@ -149,8 +149,9 @@ pub fn copy(
             dir.join(Path::new(dest).file_name().unwrap_or_default())
         };
         if meta.is_dir() {
+            // The destination directory keeps what it had or was created with (owner from
+            // --chown, 0755): only the contents carry the source's attributes (buildah).
             copier.copy_dir_contents(src, &target, "")?;
-            copier.set_attributes(src, &target, &meta, true)?;
         } else {
             copier.copy_entry(src, &target, &file_name(src))?;
         }

@@ -251,6 +251,58 @@ fn from_stage_chain_users_links_and_odd_names() {
     });
 }
 
+#[test]
+fn env_arg_workdir_and_the_base_environment() {
+    assert_same_as_buildah(Case {
+        name: "env",
+        dockerfile: format!(
+            "ARG BASE={}\nFROM $BASE\nARG FLAVOR=plain\nENV PATH=/opt/tools/bin:$PATH APP_HOME=/srv/app\n\
+             WORKDIR $APP_HOME\nWORKDIR data\nRUN mkdir -p /opt/tools/bin && echo \"$FLAVOR $PATH $PWD\" > info && \
+             printf '#!/bin/sh\\necho tool\\n' > /opt/tools/bin/tool && chmod 755 /opt/tools/bin/tool && tool > from-path\n\
+             ENV FLAVOR=env-wins\nRUN echo \"$FLAVOR\" > flavor\n",
+            image("busybox:1")
+        ),
+        context: &[],
+        target: None,
+    });
+}
+
+#[test]
+fn copy_rules_match_docker() {
+    assert_same_as_buildah(Case {
+        name: "copyrules",
+        dockerfile: format!(
+            "FROM {}\nWORKDIR /w\nCOPY dir /contents/\nCOPY dir /w/named\nCOPY dir/a.txt /renamed.txt\n\
+             COPY dir/a.txt dir/b.txt /multi/\nCOPY dir/*.txt /glob/\nCOPY dir/a.txt relative/\n\
+             COPY --chown=1000:1000 --chmod=700 dir /owned/\nCOPY dir/sub /etc/\nCOPY top.txt /tmp\nRUN true\n",
+            image("busybox:1")
+        ),
+        context: &[
+            ("dir/a.txt", "a\n"),
+            ("dir/b.txt", "b\n"),
+            ("dir/c.md", "c\n"),
+            ("dir/sub/deep.conf", "deep\n"),
+            ("top.txt", "top\n"),
+        ],
+        target: None,
+    });
+}
+
+#[test]
+fn replaced_directories_and_copy_from_an_image() {
+    assert_same_as_buildah(Case {
+        name: "opaque",
+        dockerfile: format!(
+            "FROM {} AS main\nRUN rm -rf /home && mkdir -p /home/new && echo fresh > /home/new/file\n\
+             COPY --from={} /usr/bin/tcc /usr/local/bin/tcc-from-image\nRUN ls -l /usr/local/bin > /listing\n",
+            image("busybox:1"),
+            image("tcc:1")
+        ),
+        context: &[],
+        target: None,
+    });
+}
+
 /// Debian's buildah (1.28) predates heredocs, so this case checks the result directly.
 #[test]
 fn heredoc_runs_as_docker_runs_it() {
