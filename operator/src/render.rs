@@ -86,7 +86,7 @@ fn name_of(build: &ImageBuild) -> &str {
 }
 
 /// Stage names allow `_` and `.`; pod names do not.
-fn dns_label(s: &str) -> String {
+pub fn dns_label(s: &str) -> String {
     s.to_ascii_lowercase()
         .chars()
         .map(|c| {
