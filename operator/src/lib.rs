@@ -2,7 +2,10 @@
 //! build state machine, the controller and the local runner.
 
 pub mod api;
+pub mod controller;
 pub mod core;
 pub mod local;
+pub mod metrics;
 pub mod observe;
 pub mod render;
+pub mod serve;

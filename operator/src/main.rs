@@ -22,11 +22,38 @@ struct Cli {
 enum Command {
     /// Prints the ImageBuild CustomResourceDefinition as YAML.
     Crd,
+    /// Runs the operator: watches ImageBuilds and drives their pods.
+    Operator(OperatorArgs),
     /// Runs builds without a cluster: the same pods, on podman.
     Local {
         #[command(subcommand)]
         command: LocalCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// The builder image build pods use.
+    #[arg(long, env = "STAGECOACH_BUILDER_IMAGE")]
+    builder_image: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "STAGECOACH_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Builds reconciled at the same time.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// Default size of a build's workspace claim.
+    #[arg(long, default_value = "10Gi")]
+    workspace_size: String,
+    /// Default storage class of workspace claims.
+    #[arg(long)]
+    storage_class: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// `text` or `json` logs.
+    #[arg(long, default_value = "text")]
+    log_format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +80,13 @@ enum LocalCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Operator(args) => match run_operator(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Crd => {
             print!("{}", stagecoach_operator::api::crd_yaml());
             ExitCode::SUCCESS
@@ -101,4 +135,46 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
+    use stagecoach_operator::controller::{self, Context};
+    use stagecoach_operator::metrics::Metrics;
+    use stagecoach_operator::render::OperatorConfig;
+    use stagecoach_operator::serve::{self, Health};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default().await?;
+        let metrics = Arc::new(Metrics::default());
+        let health = Health {
+            metrics: metrics.clone(),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let config = OperatorConfig {
+            builder_image: args.builder_image,
+            default_workspace_size: args.workspace_size,
+            default_storage_class: args.storage_class,
+        };
+        let ctx = Arc::new(Context::new(client, config, metrics));
+        let server = tokio::spawn(serve::serve(args.listen, health.clone()));
+        health
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        controller::run(ctx, args.namespace, args.concurrency).await;
+        server.abort();
+        Ok(())
+    })
 }

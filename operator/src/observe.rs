@@ -8,7 +8,13 @@ use crate::core::{ObservedPod, PodState};
 use crate::render::{self, Role};
 
 /// Pod failure reasons that are not the build's fault: the pod may be started again.
-const LOST_REASONS: [&str; 5] = ["Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated"];
+const LOST_REASONS: [&str; 5] = [
+    "Evicted",
+    "Preempting",
+    "NodeLost",
+    "Shutdown",
+    "Terminated",
+];
 
 /// Maps a pod the build owns; None for a pod without our labels.
 pub fn observe_pod(pod: &Pod, stage_names: &[String]) -> Option<ObservedPod> {
@@ -36,18 +42,19 @@ pub fn observe_pod(pod: &Pod, stage_names: &[String]) -> Option<ObservedPod> {
         .and_then(|cs| cs.first())
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref());
-    let state = if pod.metadata.deletion_timestamp.is_some() && !matches!(phase, "Succeeded" | "Failed") {
-        PodState::Lost
-    } else {
-        match phase {
-            "Succeeded" => PodState::Succeeded,
-            "Failed" if LOST_REASONS.contains(&reason) => PodState::Lost,
-            "Failed" => PodState::Failed,
-            "Running" => PodState::Running,
-            "Unknown" => PodState::Lost,
-            _ => PodState::Pending,
-        }
-    };
+    let state =
+        if pod.metadata.deletion_timestamp.is_some() && !matches!(phase, "Succeeded" | "Failed") {
+            PodState::Lost
+        } else {
+            match phase {
+                "Succeeded" => PodState::Succeeded,
+                "Failed" if LOST_REASONS.contains(&reason) => PodState::Lost,
+                "Failed" => PodState::Failed,
+                "Running" => PodState::Running,
+                "Unknown" => PodState::Lost,
+                _ => PodState::Pending,
+            }
+        };
     let outcome = terminated
         .and_then(|t| t.message.as_deref())
         .and_then(|m| serde_json::from_str::<PodOutcome>(m).ok())
@@ -66,7 +73,10 @@ pub fn observe_pod(pod: &Pod, stage_names: &[String]) -> Option<ObservedPod> {
         name: pod.metadata.name.clone().unwrap_or_default(),
         role,
         generation: labels.get(render::LABEL_GENERATION)?.parse().ok()?,
-        attempt: labels.get(render::LABEL_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0),
+        attempt: labels
+            .get(render::LABEL_ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
         state,
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         started: status.and_then(|s| s.start_time.clone()),
@@ -102,7 +112,10 @@ mod tests {
         }));
         let o = observe_pod(&running, &names).expect("ours");
         assert_eq!(o.role, Role::Stage("build_x".into()));
-        assert_eq!((o.state, o.generation, o.attempt), (PodState::Running, 2, 1));
+        assert_eq!(
+            (o.state, o.generation, o.attempt),
+            (PodState::Running, 2, 1)
+        );
         assert_eq!(o.node.as_deref(), Some("n1"));
 
         let failed = pod(serde_json::json!({
@@ -116,13 +129,19 @@ mod tests {
         let o = observe_pod(&failed, &names).expect("ours");
         assert_eq!(o.state, PodState::Failed);
         let outcome = o.outcome.expect("outcome");
-        assert_eq!((outcome.reason.as_deref(), outcome.line), (Some("StageFailed"), Some(3)));
+        assert_eq!(
+            (outcome.reason.as_deref(), outcome.line),
+            (Some("StageFailed"), Some(3))
+        );
 
         let evicted = pod(serde_json::json!({
             "metadata": {"name": "p", "labels": labels("source")},
             "status": {"phase": "Failed", "reason": "Evicted"}
         }));
-        assert_eq!(observe_pod(&evicted, &names).expect("ours").state, PodState::Lost);
+        assert_eq!(
+            observe_pod(&evicted, &names).expect("ours").state,
+            PodState::Lost
+        );
 
         let deadline = pod(serde_json::json!({
             "metadata": {"name": "p", "labels": labels("assemble")},
@@ -131,7 +150,8 @@ mod tests {
         let o = observe_pod(&deadline, &names).expect("ours");
         assert_eq!(o.outcome.and_then(|x| x.reason).as_deref(), Some("Timeout"));
 
-        let foreign = pod(serde_json::json!({"metadata": {"name": "x", "labels": {"app": "other"}}}));
+        let foreign =
+            pod(serde_json::json!({"metadata": {"name": "x", "labels": {"app": "other"}}}));
         assert!(observe_pod(&foreign, &names).is_none());
     }
 }

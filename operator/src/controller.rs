@@ -1,0 +1,465 @@
+//! The Kubernetes shell around the core: observe → decide → apply → report.
+//!
+//! A `kube::runtime::Controller` watches ImageBuilds and the pods and claims they own;
+//! each reconcile lists what the build owns, asks [`core::decide`], applies the actions
+//! (creates and deletes, tolerant of "already there" and "already gone"), server-side
+//! applies the status with one field manager, and records Events. Nothing lives only in
+//! memory: a restarted operator reconstructs everything from status and pods.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource as _, ResourceExt as _};
+use tracing::{info, instrument, warn};
+
+use crate::api::{ImageBuild, ImageBuildStatus, Phase, StagePhase};
+use crate::core::{self, Action, Observed};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::observe::observe_pod;
+use crate::render::{self, OperatorConfig};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "stagecoach";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed")]
+    Api(#[from] kube::Error),
+    #[error("the ImageBuild has no namespace")]
+    NoNamespace,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Context {
+        let reporter = Reporter {
+            controller: "stagecoach".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+        }
+    }
+}
+
+/// Runs the controller until the process is asked to stop. `namespace` limits it to one
+/// namespace; None watches the whole cluster. At most `concurrency` builds reconcile at once.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
+    let client = ctx.client.clone();
+    let (builds, pods, claims) = match &namespace {
+        Some(ns) => (
+            Api::<ImageBuild>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<PersistentVolumeClaim>::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach");
+    Controller::new(builds, watcher::Config::default())
+        .owns(pods, owned.clone())
+        .owns(claims, owned)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_build: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.reconcile_errors.inc();
+    warn!(%error, "requeue after an error");
+    Requeue::requeue(Duration::from_secs(15))
+}
+
+/// One reconcile of one build.
+#[instrument(skip(build, ctx), fields(build = %build.name_any()))]
+pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let namespace = build.namespace().ok_or(Error::NoNamespace)?;
+    let name = build.name_any();
+    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &namespace);
+    let claims_api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace);
+    let builds_api = Api::<ImageBuild>::namespaced(ctx.client.clone(), &namespace);
+
+    let selector = format!("{}={name}", render::LABEL_BUILD);
+    let uid = build.meta().uid.clone();
+    let pods: Vec<Pod> = pods_api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .collect();
+    let claim_exists = claims_api
+        .get_opt(&render::claim_name(&build))
+        .await?
+        .is_some();
+    let stage_names: Vec<String> = build
+        .status
+        .iter()
+        .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
+        .collect();
+    let observed: Vec<_> = pods
+        .iter()
+        .filter_map(|p| observe_pod(p, &stage_names))
+        .collect();
+    let decision = core::decide(
+        &Observed {
+            build: &build,
+            pods: &observed,
+            claim_exists,
+            now: Timestamp::now(),
+        },
+        &ctx.config,
+    );
+
+    for action in decision.actions {
+        apply(&ctx, &build, &pods_api, &claims_api, action).await?;
+    }
+    let before = build.status.clone().unwrap_or_default();
+    if before != decision.status {
+        record_metrics(&ctx.metrics, &before, &decision.status);
+        let patch = serde_json::json!({
+            "apiVersion": "stagecoach.dev/v1alpha1",
+            "kind": "ImageBuild",
+            "status": decision.status,
+        });
+        builds_api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    Ok(match decision.status.phase {
+        Some(Phase::Succeeded | Phase::Failed) => Requeue::await_change(),
+        // Pods report through watch events; the requeue catches timeouts.
+        _ => Requeue::requeue(Duration::from_secs(30)),
+    })
+}
+
+async fn apply(
+    ctx: &Context,
+    build: &ImageBuild,
+    pods: &Api<Pod>,
+    claims: &Api<PersistentVolumeClaim>,
+    action: Action,
+) -> Result<(), Error> {
+    match action {
+        Action::CreatePod(pod) => {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            ignore(
+                pods.create(&PostParams::default(), &pod).await.map(|_| ()),
+                409,
+            )?;
+            info!(pod = %name, "pod created");
+        }
+        Action::DeletePod(name) => ignore(
+            pods.delete(&name, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+            404,
+        )?,
+        Action::CreateClaim(claim) => ignore(
+            claims
+                .create(&PostParams::default(), &claim)
+                .await
+                .map(|_| ()),
+            409,
+        )?,
+        Action::DeleteClaim(name) => ignore(
+            claims
+                .delete(&name, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+            404,
+        )?,
+        Action::Event {
+            warning,
+            reason,
+            message,
+        } => {
+            let event = Event {
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason,
+                note: Some(message.chars().take(1000).collect()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            // Events are best effort: a failure to record one never fails the build.
+            if let Err(e) = ctx.recorder.publish(&event, &build.object_ref(&())).await {
+                warn!(error = %e, "cannot record an event");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates that find the object there and deletes that find it gone are fine.
+fn ignore(result: Result<(), kube::Error>, code: u16) -> Result<(), Error> {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == code => Ok(()),
+        other => other.map_err(Error::Api),
+    }
+}
+
+fn record_metrics(metrics: &Metrics, before: &ImageBuildStatus, after: &ImageBuildStatus) {
+    let started = |s: &ImageBuildStatus| s.observed_generation;
+    if started(before) != started(after) {
+        metrics.builds_started.inc();
+        metrics.builds_in_progress.inc();
+    }
+    let finished = |s: &ImageBuildStatus| matches!(s.phase, Some(Phase::Succeeded | Phase::Failed));
+    if !finished(before) && finished(after) {
+        metrics.builds_in_progress.dec();
+        let reason = after
+            .failure
+            .as_ref()
+            .map_or("Succeeded".to_string(), |f| f.reason.clone());
+        let result = format!("{:?}", after.phase.unwrap_or(Phase::Failed));
+        metrics
+            .builds_finished
+            .get_or_create(&ResultLabels { result, reason })
+            .inc();
+        if let (Some(start), Some(end)) = (&after.start_time, &after.completion_time) {
+            metrics
+                .build_duration
+                .observe((end.0.as_second() - start.0.as_second()) as f64);
+        }
+    }
+    for stage in &after.stages {
+        let was_done = before
+            .stages
+            .iter()
+            .any(|s| s.name == stage.name && s.phase == StagePhase::Succeeded);
+        if stage.phase == StagePhase::Succeeded
+            && !was_done
+            && let (Some(start), Some(end)) = (&stage.start_time, &stage.finish_time)
+        {
+            metrics
+                .stage_duration
+                .observe((end.0.as_second() - start.0.as_second()) as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn context() -> (Arc<Context>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let config = OperatorConfig {
+            builder_image: "builder:1".into(),
+            default_workspace_size: "1Gi".into(),
+            default_storage_class: None,
+        };
+        (
+            Arc::new(Context::new(client, config, Arc::new(Metrics::default()))),
+            handle,
+        )
+    }
+
+    fn build() -> ImageBuild {
+        let mut b: ImageBuild = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stagecoach.dev/v1alpha1",
+            "kind": "ImageBuild",
+            "metadata": {"name": "app", "namespace": "team", "uid": "u-1", "generation": 1},
+            "spec": {
+                "source": {"git": {"url": "https://git.example/app.git"}},
+                "output": {"image": "registry.example/app:1"}
+            }
+        }))
+        .expect("build");
+        b.status = None;
+        b
+    }
+
+    fn respond(json: serde_json::Value, status: u16) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&json).expect("json")))
+            .expect("response")
+    }
+
+    async fn body_json(request: Request<Body>) -> serde_json::Value {
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn not_found() -> serde_json::Value {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    }
+
+    /// Plays the API server: checks each request in order and answers it.
+    async fn expect(
+        handle: &mut Handle,
+        method: &str,
+        path_start: &str,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        assert!(
+            request.uri().path().starts_with(path_start),
+            "expected {method} {path_start}…, got {}",
+            request.uri()
+        );
+        (request, send)
+    }
+
+    #[tokio::test]
+    async fn new_build_creates_claim_and_source_pod_and_reports_cloning() {
+        let (ctx, mut handle) = context();
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
+            send.send_response(respond(serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}), 200));
+            let (_, send) = expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/team/persistentvolumeclaims/app-workspace",
+            )
+            .await;
+            send.send_response(respond(not_found(), 404));
+            // The event of a new build, then the claim, then the source pod.
+            let (_, send) = expect(
+                &mut handle,
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/team/events",
+            )
+            .await;
+            send.send_response(respond(serde_json::json!({}), 201));
+            let (req, send) = expect(
+                &mut handle,
+                "POST",
+                "/api/v1/namespaces/team/persistentvolumeclaims",
+            )
+            .await;
+            let claim = body_json(req).await;
+            assert_eq!(claim["metadata"]["ownerReferences"][0]["uid"], "u-1");
+            send.send_response(respond(claim, 201));
+            let (req, send) = expect(&mut handle, "POST", "/api/v1/namespaces/team/pods").await;
+            let pod = body_json(req).await;
+            assert_eq!(pod["metadata"]["name"], "app-source-g1");
+            assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+            send.send_response(respond(pod, 201));
+            let (req, send) = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/stagecoach.dev/v1alpha1/namespaces/team/imagebuilds/app/status",
+            )
+            .await;
+            assert!(
+                req.uri()
+                    .query()
+                    .unwrap_or_default()
+                    .contains("fieldManager=stagecoach")
+            );
+            let patch = body_json(req).await;
+            assert_eq!(patch["status"]["phase"], "Cloning");
+            assert_eq!(patch["status"]["observedGeneration"], 1);
+            let mut updated = serde_json::to_value(build()).expect("build");
+            updated["status"] = patch["status"].clone();
+            send.send_response(respond(updated, 200));
+        });
+        reconcile(Arc::new(build()), ctx.clone())
+            .await
+            .expect("reconcile");
+        server.await.expect("server");
+        assert!(
+            ctx.metrics
+                .encode()
+                .contains("stagecoach_builds_started_total 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restarted_operator_creates_nothing_that_exists() {
+        let (ctx, mut handle) = context();
+        let mut b = build();
+        b.status = Some(ImageBuildStatus {
+            observed_generation: Some(1),
+            phase: Some(Phase::Cloning),
+            start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::now(),
+            )),
+            ..ImageBuildStatus::default()
+        });
+        let source = render::render_source_pod(&b, &ctx.config, 0);
+        let mut running = serde_json::to_value(&source).expect("pod");
+        running["status"] = serde_json::json!({"phase": "Running"});
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
+            send.send_response(respond(serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [running]}), 200));
+            let (_, send) = expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/team/persistentvolumeclaims/app-workspace",
+            )
+            .await;
+            send.send_response(respond(serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "app-workspace"}}), 200));
+            // Status unchanged except conditions: one status patch, no creates.
+            if let Some((request, send)) = handle.next_request().await {
+                assert_eq!(
+                    request.method().as_str(),
+                    "PATCH",
+                    "nothing may be created: {}",
+                    request.uri()
+                );
+                send.send_response(respond(serde_json::to_value(build()).expect("build"), 200));
+            }
+        });
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        server
+            .await
+            .expect("the API server saw only allowed requests");
+    }
+}
