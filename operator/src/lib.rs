@@ -4,6 +4,7 @@
 pub mod api;
 pub mod controller;
 pub mod core;
+pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod observe;

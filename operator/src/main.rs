@@ -54,6 +54,12 @@ struct OperatorArgs {
     /// `text` or `json` logs.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// Hold a Lease before reconciling (needed with more than one replica).
+    #[arg(long)]
+    leader_election: bool,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "stagecoach-system")]
+    lease_namespace: String,
 }
 
 #[derive(Debug, Subcommand)]
