@@ -77,7 +77,7 @@ pub struct StageOptions {
     pub root: PathBuf,
     /// The build context (`/workspace/source/<contextDir>`).
     pub context: PathBuf,
-    /// The pod's tools directory (the builder binary, heredoc scripts); never snapshotted.
+    /// The pod's tools directory (the builder binary, mounted read-only); never snapshotted.
     pub tools: PathBuf,
     /// Clamp for layer and history times (`SOURCE_DATE_EPOCH`, the commit time).
     pub source_date_epoch: Option<i64>,
@@ -487,13 +487,10 @@ impl<'a> StagePod<'a> {
             env.push(("HOME".into(), home_of(&self.opts.root, ids.uid)));
         }
         let mounts = self.mount(stage, line, r, sc).map_err(|e| plain(&e))?;
-        let argv = run::argv(
-            r,
-            &sc.config.shell(),
-            &self.opts.tools.join("scripts"),
-            step,
-        )
-        .map_err(|e| plain(&e))?;
+        // Heredoc scripts go to the pod's scratch space on the workspace: never snapshotted,
+        // and the tools directory stays read-only.
+        let scripts = self.opts.workspace.scratch(&self.opts.pod).join("scripts");
+        let argv = run::argv(r, &sc.config.shell(), &scripts, step).map_err(|e| plain(&e))?;
         let result = run::run(&RunSpec {
             argv,
             env,

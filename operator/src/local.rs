@@ -62,6 +62,66 @@ fn outcome_path(pod: &str) -> String {
     format!("{}/outcomes/{pod}.json", render::WORKSPACE)
 }
 
+/// A rendered pod as podman runs it: its outcome written to the workspace (podman keeps
+/// no termination messages), a `file://` repository mounted read-only into the source
+/// pod, and emptyDir names made unique (podman names those volumes globally).
+pub fn podman_manifest(mut pod: Pod, repository: Option<&str>) -> Result<String, String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    if let Some(spec) = pod.spec.as_mut() {
+        for c in &mut spec.containers {
+            c.env.get_or_insert_with(Vec::new).push(EnvVar {
+                name: "STAGECOACH_OUTCOME_FILE".into(),
+                value: Some(outcome_path(&name)),
+                value_from: None,
+            });
+        }
+        if let Some(repo) = repository {
+            spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+                name: format!("{name}-repository"),
+                host_path: Some(HostPathVolumeSource {
+                    path: repo.to_string(),
+                    type_: Some("Directory".into()),
+                }),
+                ..Volume::default()
+            });
+            for c in &mut spec.containers {
+                c.volume_mounts
+                    .get_or_insert_with(Vec::new)
+                    .push(VolumeMount {
+                        name: format!("{name}-repository"),
+                        mount_path: repo.to_string(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    });
+            }
+        }
+        for v in spec
+            .volumes
+            .iter_mut()
+            .flatten()
+            .filter(|v| v.empty_dir.is_some())
+        {
+            let unique = format!("{name}-{}", v.name);
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
+                for m in c
+                    .volume_mounts
+                    .iter_mut()
+                    .flatten()
+                    .filter(|m| m.name == v.name)
+                {
+                    m.name = unique.clone();
+                }
+            }
+            v.name = unique;
+        }
+    }
+    serde_saphyr::to_string(&pod).map_err(|e| e.to_string())
+}
+
 /// Reads an ImageBuild manifest and runs it to the end.
 pub fn build(manifest: &Path, opts: &LocalOptions) -> Result<LocalResult> {
     let text = std::fs::read_to_string(manifest).map_err(|source| Error::Read {
@@ -320,7 +380,7 @@ impl<'a> Runner<'a> {
 
     /// Runs a rendered pod with podman, with the two local adjustments: the outcome file,
     /// and a `file://` repository mounted read-only into the source pod.
-    fn play(&mut self, mut pod: Pod) -> Result<()> {
+    fn play(&mut self, pod: Pod) -> Result<()> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let role = match labels.get(render::LABEL_ROLE).map(String::as_str) {
@@ -336,64 +396,12 @@ impl<'a> Runner<'a> {
             .get(render::LABEL_ATTEMPT)
             .and_then(|a| a.parse().ok())
             .unwrap_or(0);
-        if let Some(spec) = pod.spec.as_mut() {
-            for c in &mut spec.containers {
-                c.env.get_or_insert_with(Vec::new).push(EnvVar {
-                    name: "STAGECOACH_OUTCOME_FILE".into(),
-                    value: Some(outcome_path(&name)),
-                    value_from: None,
-                });
-            }
-            if role == Role::Source
-                && let Some(repo) = self.build.spec.source.git.url.strip_prefix("file://")
-            {
-                spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-                    name: format!("{name}-repository"),
-                    host_path: Some(HostPathVolumeSource {
-                        path: repo.to_string(),
-                        type_: Some("Directory".into()),
-                    }),
-                    ..Volume::default()
-                });
-                for c in &mut spec.containers {
-                    c.volume_mounts
-                        .get_or_insert_with(Vec::new)
-                        .push(VolumeMount {
-                            name: format!("{name}-repository"),
-                            mount_path: repo.to_string(),
-                            read_only: Some(true),
-                            ..VolumeMount::default()
-                        });
-                }
-            }
-            // podman names emptyDir volumes globally: make them unique to this pod.
-            for v in spec
-                .volumes
-                .iter_mut()
-                .flatten()
-                .filter(|v| v.empty_dir.is_some())
-            {
-                let unique = format!("{name}-{}", v.name);
-                for c in spec
-                    .containers
-                    .iter_mut()
-                    .chain(spec.init_containers.iter_mut().flatten())
-                {
-                    for m in c
-                        .volume_mounts
-                        .iter_mut()
-                        .flatten()
-                        .filter(|m| m.name == v.name)
-                    {
-                        m.name = unique.clone();
-                    }
-                }
-                v.name = unique;
-            }
-        }
-        let yaml = serde_saphyr::to_string(&pod).map_err(|e| Error::Podman {
+        let repository = (role == Role::Source)
+            .then(|| self.build.spec.source.git.url.strip_prefix("file://"))
+            .flatten();
+        let yaml = podman_manifest(pod, repository).map_err(|message| Error::Podman {
             args: "kube play".into(),
-            message: e.to_string(),
+            message,
         })?;
         let file = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, yaml).map_err(|source| Error::Read {

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use stagecoach_builder::workspace::{LayerRecord, Workspace, read_json};
 use stagecoach_e2e::podman::{PodRun, Volume, builder_image, check, play, registry, tool};
 use stagecoach_e2e::rootfs::{Layout, buildah_bud, differences};
+use stagecoach_operator::api::ImageBuild;
+use stagecoach_operator::local::podman_manifest;
+use stagecoach_operator::render::{self, OperatorConfig};
 use stagecoach_plan::contract::{Base, Execution, Plan};
 use stagecoach_plan::{PlanOptions, plan};
 
@@ -23,47 +26,25 @@ fn image(name: &str) -> String {
     format!("{}/stagecoach/{name}", registry())
 }
 
-/// The pod manifest the operator renders for a stage pod (see ARCHITECTURE.md).
-fn stage_pod_manifest(pod: &str, image: &str, stage: &str, claim: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {pod}
-  labels:
-    app.kubernetes.io/name: stagecoach
-    stagecoach.dev/stage: {stage}
-spec:
-  restartPolicy: Never
-  automountServiceAccountToken: false
-  initContainers:
-  - name: install
-    image: {builder}
-    imagePullPolicy: Always
-    args: ["install", "/stagecoach"]
-    volumeMounts:
-    - {{name: {pod}-tools, mountPath: /stagecoach}}
-  containers:
-  - name: stage
-    image: {image}
-    imagePullPolicy: IfNotPresent
-    command: ["/stagecoach/stagecoach-builder", "stage", "{stage}"]
-    env:
-    - {{name: SOURCE_DATE_EPOCH, value: "1700000000"}}
-    securityContext:
-      runAsUser: 0
-      allowPrivilegeEscalation: false
-    volumeMounts:
-    - {{name: workspace, mountPath: /workspace}}
-    - {{name: {pod}-tools, mountPath: /stagecoach}}
-  volumes:
-  - name: workspace
-    persistentVolumeClaim: {{claimName: {claim}}}
-  - name: {pod}-tools
-    emptyDir: {{}}
-"#,
-        builder = builder_image()
-    )
+/// A minimal ImageBuild standing for the build the pods belong to.
+fn image_build(name: &str) -> ImageBuild {
+    let mut build: ImageBuild = serde_json::from_value(serde_json::json!({
+        "apiVersion": "stagecoach.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": format!("e2e-{name}"), "namespace": "default", "uid": "e2e", "generation": 1},
+        "spec": {"source": {"git": {"url": "file:///dev/null"}}, "output": {"image": "127.0.0.1:5000/e2e/x:1"}}
+    }))
+    .expect("ImageBuild");
+    build.status = None;
+    build
+}
+
+fn operator_config() -> OperatorConfig {
+    OperatorConfig {
+        builder_image: builder_image(),
+        default_workspace_size: "1Gi".into(),
+        default_storage_class: None,
+    }
 }
 
 /// Writes what the source pod would: plan, context, base image configs.
@@ -100,33 +81,33 @@ fn prepare_workspace(case: &Case, volume: &Volume) -> Plan {
 
 /// The image a stage's pod runs on: the root of its FROM chain.
 fn root_image(plan: &Plan, stage: &str) -> String {
-    let mut current = plan.stage(stage).expect("stage");
-    loop {
-        match &current.base {
-            Base::Image { reference, .. } => return reference.clone(),
-            Base::Stage { id } => current = plan.stage(id).expect("parent"),
-            Base::Scratch => panic!("stage pods on scratch are not part of these tests"),
-        }
-    }
+    plan.root_image(stage)
+        .expect("stage pods on scratch are not part of these tests")
 }
 
-/// Runs every pod of the plan, wave by wave; returns each pod's result.
-fn run_pods(case: &Case, plan: &Plan, volume: &Volume) -> Vec<(String, PodRun)> {
+/// Runs every stage pod of the plan as the operator renders it, wave by wave; returns
+/// each pod's result.
+fn run_pods(case: &Case, plan: &Plan) -> Vec<(String, PodRun)> {
+    let build = image_build(case.name);
     let mut results = Vec::new();
-    for wave in &plan.waves {
-        for pod_stage in wave {
-            let pod = format!("e2e-{}-{}", case.name, pod_stage).replace('_', "-");
-            let manifest =
-                stage_pod_manifest(&pod, &root_image(plan, pod_stage), pod_stage, &volume.name);
-            let run = play(&manifest, &pod, "stage");
-            let failed = run.exit_code != 0;
-            results.push((pod_stage.clone(), run));
-            if failed {
-                return results;
-            }
+    for summary in plan.summary(None, Some(1_700_000_000)).pods {
+        let pod =
+            render::render_stage_pod(&build, &operator_config(), &summary, Some(1_700_000_000), 0);
+        let name = pod.metadata.name.clone().expect("name");
+        let manifest = podman_manifest(pod, None).expect("manifest");
+        let run = play(&manifest, &name, "stage");
+        let failed = run.exit_code != 0;
+        results.push((summary.id, run));
+        if failed {
+            return results;
         }
     }
     results
+}
+
+/// The workspace volume of a case, named as the operator names the claim.
+fn volume_for(case: &str) -> Volume {
+    Volume::create(&render::claim_name(&image_build(case)))
 }
 
 /// The layers of a stage and its FROM ancestors, root first.
@@ -152,9 +133,9 @@ fn chain_layers(plan: &Plan, ws: &Workspace, stage: &str) -> Vec<(PathBuf, Strin
 
 /// Builds the case with our pods and with buildah; their filesystems must be equal.
 fn assert_same_as_buildah(case: Case) {
-    let volume = Volume::create(&format!("e2e-{}", case.name));
+    let volume = volume_for(case.name);
     let plan = prepare_workspace(&case, &volume);
-    let results = run_pods(&case, &plan, &volume);
+    let results = run_pods(&case, &plan);
     for (stage, run) in &results {
         assert_eq!(
             run.exit_code, 0,
@@ -317,9 +298,9 @@ fn heredoc_runs_as_docker_runs_it() {
         context: &[],
         target: None,
     };
-    let volume = Volume::create("e2e-heredoc");
+    let volume = volume_for("heredoc");
     let plan = prepare_workspace(&case, &volume);
-    for (stage, run) in run_pods(&case, &plan, &volume) {
+    for (stage, run) in run_pods(&case, &plan) {
         assert_eq!(run.exit_code, 0, "pod {stage} failed:\n{}", run.logs);
     }
     let ours = Layout::from_registry(&root_image(&plan, &plan.target));
@@ -346,10 +327,10 @@ fn copy_outside_the_context_fails_and_writes_nothing() {
         context: &[],
         target: None,
     };
-    let volume = Volume::create("e2e-escape");
+    let volume = volume_for("escape");
     std::fs::write(volume.path.join("secret"), "do not copy").expect("secret");
     let plan = prepare_workspace(&case, &volume);
-    let (_, run) = run_pods(&case, &plan, &volume).pop().expect("a pod ran");
+    let (_, run) = run_pods(&case, &plan).pop().expect("a pod ran");
     assert_ne!(run.exit_code, 0);
     assert!(
         run.logs.contains("Dockerfile:2: COPY ../secret /stolen: forbidden path outside the build context: ../secret"),
@@ -372,9 +353,9 @@ fn failing_run_names_stage_line_command_and_exit_code() {
         context: &[],
         target: None,
     };
-    let volume = Volume::create("e2e-failing");
+    let volume = volume_for("failing");
     let plan = prepare_workspace(&case, &volume);
-    let results = run_pods(&case, &plan, &volume);
+    let results = run_pods(&case, &plan);
     let (_, run) = results.last().expect("a pod ran");
     assert_ne!(run.exit_code, 0);
     assert!(
