@@ -464,12 +464,15 @@ impl<'a> StagePod<'a> {
                 None,
             ));
         }
-        if r.network.as_deref().is_some_and(|n| n != "default")
+        // `--network=none` only takes something away, so running with the pod's network
+        // builds the same result; host networking, insecure mode and devices would need
+        // privileges a stage pod never has.
+        if r.network.as_deref().is_some_and(|n| n != "default" && n != "none")
             || r.security.as_deref().is_some_and(|s| s != "sandbox")
             || !r.devices.is_empty()
         {
             return Err((
-                "RUN --network, --security and --device are not supported".into(),
+                "RUN --network=host, --security=insecure and --device need privileges stage pods never have".into(),
                 None,
             ));
         }
