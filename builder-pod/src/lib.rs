@@ -2,6 +2,7 @@
 
 pub mod copy;
 pub mod export;
+pub mod fetch;
 pub mod image_config;
 pub mod layer;
 pub mod pattern;

@@ -111,6 +111,11 @@ fn install(dir: &std::path::Path) -> anyhow::Result<()> {
         anyhow::anyhow!("cannot copy {} to {}: {e}", me.display(), target.display())
     })?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+    // The CA bundle too: stages run on base images that may have none (ADD <https-url>).
+    let bundle = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if bundle.exists() {
+        std::fs::copy(bundle, dir.join(stage::CA_BUNDLE))?;
+    }
     println!("installed {}", target.display());
     Ok(())
 }

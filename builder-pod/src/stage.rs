@@ -20,7 +20,10 @@ use crate::run::{self, RunSpec};
 use crate::snapshot::{self, Snapshot};
 use crate::users::{self, Ids};
 use crate::workspace::{self, LayerRecord, Workspace};
-use crate::{export, rootfs};
+use crate::{export, fetch, rootfs};
+
+/// The CA bundle `install` puts beside the builder in the tools directory.
+pub const CA_BUNDLE: &str = "ca-certificates.crt";
 
 /// A stage that could not run, with everything a user needs to find why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -467,7 +470,9 @@ impl<'a> StagePod<'a> {
         // `--network=none` only takes something away, so running with the pod's network
         // builds the same result; host networking, insecure mode and devices would need
         // privileges a stage pod never has.
-        if r.network.as_deref().is_some_and(|n| n != "default" && n != "none")
+        if r.network
+            .as_deref()
+            .is_some_and(|n| n != "default" && n != "none")
             || r.security.as_deref().is_some_and(|s| s != "sandbox")
             || !r.devices.is_empty()
         {
@@ -595,9 +600,7 @@ impl<'a> StagePod<'a> {
             .iter()
             .map(|s| expand(s))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(url) = sources.iter().find(|s| instruction::is_url(s)) {
-            return Err(format!("{url}: ADD from a URL is not supported yet"));
-        }
+
         let dest = expand(&c.destination)?;
         let absolute = image_config::join_workdir(&sc.config.working_dir(), &dest);
         let dest = if dest.ends_with('/') && absolute != "/" {
@@ -630,6 +633,45 @@ impl<'a> StagePod<'a> {
         for doc in &c.heredocs {
             copy::write_inline(&self.opts.root, &dest, &doc.name, &doc.body, &opts)
                 .map_err(|e| e.to_string())?;
+        }
+        // ADD <url>: each download becomes a source in a directory of its own.
+        let (urls, sources): (Vec<String>, Vec<String>) =
+            sources.into_iter().partition(|s| instruction::is_url(s));
+        for (n, url) in urls.iter().enumerate() {
+            let dir = self
+                .opts
+                .workspace
+                .scratch(&self.opts.pod)
+                .join(format!("add-{line}-{n}"));
+            let checksum = c.checksum.as_deref().map(&expand).transpose()?;
+            let file = fetch::download(
+                url,
+                &dir,
+                checksum.as_deref(),
+                Some(&self.opts.tools.join(CA_BUNDLE)),
+            )
+            .map_err(|e| e.to_string())?;
+            let name = file
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let remote = CopyOptions {
+                // Remote archives are not unpacked (Docker's rule).
+                unpack_archives: false,
+                ..opts.clone()
+            };
+            copy::copy(
+                SourceRoot {
+                    root: &dir,
+                    keep_owner: false,
+                },
+                &[name],
+                &self.opts.root,
+                &dest,
+                &remote,
+            )
+            .map_err(|e| e.to_string())?;
         }
         if sources.is_empty() {
             return Ok(());

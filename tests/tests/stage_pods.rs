@@ -284,6 +284,86 @@ fn replaced_directories_and_copy_from_an_image() {
     });
 }
 
+/// A file server on loopback for ADD <url>; stopped on drop.
+struct FileServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl FileServer {
+    fn start(files: &[(&str, &str)]) -> FileServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (path, content) in files {
+            std::fs::write(dir.path().join(path), content).expect("file");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        FileServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn add_downloads_urls_and_unpacks_local_archives() {
+    let server = FileServer::start(&[("tool.sh", "#!/bin/sh\necho tool\n")]);
+    let url = format!("http://127.0.0.1:{}/tool.sh", server.port);
+    let archive = {
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o640);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        t.append_data(&mut h, "pkg/data.txt", &b"abc"[..])
+            .expect("append");
+        t.into_inner().expect("tar")
+    };
+    let archive = String::from_utf8(archive).expect("ascii tar");
+    assert_same_as_buildah(Case {
+        name: "add",
+        dockerfile: format!(
+            "FROM {}\nADD {url} /opt/bin/\nADD {url} /renamed.sh\nADD bundle.tar /srv/\nRUN chmod 755 /opt/bin/tool.sh\n",
+            image("busybox:1")
+        ),
+        context: &[("bundle.tar", archive.as_str())],
+        target: None,
+    });
+}
+
 /// Debian's buildah (1.28) predates heredocs, so this case checks the result directly.
 #[test]
 fn heredoc_runs_as_docker_runs_it() {
