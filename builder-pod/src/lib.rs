@@ -1,6 +1,7 @@
 //! The build-pod side of Stagecoach: everything `stagecoach-builder` does inside a pod.
 
 pub mod copy;
+pub mod dockerignore;
 pub mod export;
 pub mod fetch;
 pub mod image_config;

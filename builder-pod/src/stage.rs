@@ -170,6 +170,8 @@ impl<'a> StagePod<'a> {
     }
 
     fn run_all(&mut self, report: &mut PodReport) -> Result<(), StageError> {
+        // A chain from scratch builds in a directory of the workspace, not on `/`.
+        std::fs::create_dir_all(&self.opts.root).map_err(StageError::general)?;
         let pod = self.plan.stage(&self.opts.pod).ok_or_else(|| {
             StageError::general(format!("no stage {:?} in the plan", self.opts.pod))
         })?;
