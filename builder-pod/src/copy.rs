@@ -33,6 +33,8 @@ pub enum Error {
     #[error(transparent)]
     Pattern(#[from] pattern::BadPattern),
     #[error(transparent)]
+    Find(#[from] pattern::FindError),
+    #[error(transparent)]
     Resolve(#[from] rootfs::Error),
     #[error("{path}")]
     Io {
@@ -91,7 +93,7 @@ pub fn copy(
     for source in sources {
         let clean = clean_relative(source).ok_or_else(|| Error::OutsideContext(source.clone()))?;
         if pattern::has_magic(&clean) {
-            let found = glob(from.root, &clean)?;
+            let found = pattern::find(from.root, &clean)?;
             if found.is_empty() {
                 return Err(Error::NoMatch(source.clone()));
             }
@@ -434,40 +436,6 @@ fn kept_path(source: &str, matched: &str, parents: bool) -> String {
         }
         None => matched.to_string(),
     }
-}
-
-/// Walks `root` for paths matching the pattern (relative, `/`-separated), sorted.
-fn glob(root: &Path, pat: &str) -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    let mut pending = vec![String::new()];
-    while let Some(rel) = pending.pop() {
-        let dir = if rel.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&rel)
-        };
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            if pattern::matches_path(pat, &child)? {
-                found.push(child.clone());
-            }
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if is_dir && pattern::could_match_below(pat, &child)? {
-                pending.push(child);
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
 }
 
 fn read_magic(path: &Path, len: usize, offset: u64) -> Result<Vec<u8>> {

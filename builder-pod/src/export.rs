@@ -23,6 +23,8 @@ pub enum Error {
     Resolve(#[from] rootfs::Error),
     #[error(transparent)]
     Pattern(#[from] pattern::BadPattern),
+    #[error(transparent)]
+    Find(#[from] pattern::FindError),
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -43,7 +45,7 @@ pub fn write(root: &Path, paths: &[String], skip: &[PathBuf], out: &Path) -> Res
     for path in paths {
         let rel = path.trim_start_matches('/').to_string();
         if pattern::has_magic(&rel) {
-            for m in glob(root, &rel)? {
+            for m in pattern::find(root, &rel)? {
                 add_with_links(root, &m, &mut wanted)?;
             }
         } else {
@@ -245,36 +247,6 @@ pub fn extract(export: &Path, dir: &Path) -> Result<()> {
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     archive.unpack(dir).map_err(io_err(export))
-}
-
-fn glob(root: &Path, pat: &str) -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    let mut pending = vec![String::new()];
-    while let Some(rel) = pending.pop() {
-        let dir = root.join(&rel);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            if pattern::matches_path(pat, &child)? {
-                found.push(child.clone());
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir())
-                && pattern::could_match_below(pat, &child)?
-            {
-                pending.push(child);
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
 }
 
 #[cfg(test)]

@@ -7,6 +7,52 @@
 #[error("bad pattern {0:?}")]
 pub struct BadPattern(pub String);
 
+/// A walk for a pattern that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error(transparent)]
+    Pattern(#[from] BadPattern),
+    #[error("cannot read {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The paths under `root` (relative, `/`-separated, sorted) that match the pattern,
+/// walking only directories the pattern could still match below.
+pub fn find(root: &std::path::Path, pattern: &str) -> Result<Vec<String>, FindError> {
+    let mut found = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = root.join(&rel);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.map_err(|source| FindError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if matches_path(pattern, &child)? {
+                found.push(child.clone());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && could_match_below(pattern, &child)? {
+                pending.push(child);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// Whether the text has glob metacharacters (a plain path is looked up directly).
 pub fn has_magic(s: &str) -> bool {
     s.contains(['*', '?', '['])
