@@ -22,8 +22,6 @@ pub enum Error {
     #[error(transparent)]
     Resolve(#[from] rootfs::Error),
     #[error(transparent)]
-    Pattern(#[from] pattern::BadPattern),
-    #[error(transparent)]
     Find(#[from] pattern::FindError),
 }
 
