@@ -284,6 +284,21 @@ fn replaced_directories_and_copy_from_an_image() {
     });
 }
 
+#[test]
+fn a_stage_from_scratch_builds_in_the_builder_image() {
+    assert_same_as_buildah(Case {
+        name: "scratch",
+        dockerfile: format!(
+            "FROM {b} AS certs\nRUN mkdir -p /etc/ssl && echo pem > /etc/ssl/ca.pem\n\
+             FROM scratch AS base\nCOPY --from=certs /etc/ssl/ca.pem /etc/ssl/\n\
+             FROM {b}\nCOPY --from=base / /copied/\nRUN cat /copied/etc/ssl/ca.pem\n",
+            b = image("busybox:1")
+        ),
+        context: &[],
+        target: None,
+    });
+}
+
 /// A file server on loopback for ADD <url>; stopped on drop.
 struct FileServer {
     child: std::process::Child,
