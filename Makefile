@@ -1,13 +1,9 @@
-# Stagecoach: the two commands are `make demo` and `make test` (see README.md).
+# Stagecoach: `make test` runs every check (see README.md).
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
-
-## demo: build examples/hello through real pods on podman, push it, run it
-demo:
-	./scripts/demo.sh
+.PHONY: test deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
 
 ## test: install what the tests need, then run every check (end-to-end tests included)
 test: deps fmt-check clippy e2e-env unit
