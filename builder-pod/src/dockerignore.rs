@@ -192,7 +192,10 @@ enum Token {
     /// `?`: one character that is not `/`.
     Any,
     /// `[...]`: a character class, as Go's regexp reads it (it may match `/`).
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
     /// `**` followed by more pattern: any number of leading directories, or none.
     Dirs,
     /// `**` at the end after other tokens: anything at all.
@@ -546,9 +549,17 @@ mod tests {
             (&["!README.md", "*.md"], "README.md", true),
             (&["docs", "!docs/keep.md"], "docs/keep.md", false),
             (&["docs", "!docs/keep.md"], "docs/other.md", true),
-            (&["docs", "!docs/keep.md", "docs/keep.md"], "docs/keep.md", true),
+            (
+                &["docs", "!docs/keep.md", "docs/keep.md"],
+                "docs/keep.md",
+                true,
+            ),
             (&["**/*.log", "!important/*.log"], "important/a.log", false),
-            (&["**/*.log", "!important/*.log"], "important/sub/a.log", true),
+            (
+                &["**/*.log", "!important/*.log"],
+                "important/sub/a.log",
+                true,
+            ),
             // An exception for a directory keeps what is below it.
             (&["*", "!src"], "src/main.rs", false),
             (&["*", "!src"], "target/x", true),
@@ -581,7 +592,10 @@ mod tests {
         assert!(!m.is_ignored("keep.tmp"));
         match parse("ok\n!\n", "ctx/.dockerignore") {
             Err(e @ Error::LoneExclamation { .. }) => {
-                assert_eq!(e.to_string(), "ctx/.dockerignore:2: illegal exclusion pattern \"!\"")
+                assert_eq!(
+                    e.to_string(),
+                    "ctx/.dockerignore:2: illegal exclusion pattern \"!\""
+                )
             }
             other => panic!("want an error, got {other:?}"),
         }
