@@ -6,7 +6,7 @@ export CARGO_TERM_COLOR ?= never
 .PHONY: test deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
 
 ## test: install what the tests need, then run every check (end-to-end tests included)
-test: deps fmt-check clippy e2e-env unit
+test: deps fmt-check clippy e2e-env unit chart-check
 
 ## deps: install the tools the checks need (idempotent)
 deps:
@@ -40,3 +40,9 @@ builder-image:
 ## bench-plan: time planning a generated 500-stage Dockerfile
 bench-plan:
 	$(CARGO) bench -p stagecoach-plan --bench plan
+
+## chart-check: the Helm chart, RBAC, images' Dockerfiles, examples and GitOps health checks, offline
+.PHONY: chart-check
+chart-check:
+	./scripts/check-chart.sh
+	./scripts/check-gitops.sh

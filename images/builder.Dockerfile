@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# The builder image: `stagecoach-builder` (source, stage and assemble pods; stage pods'
+# init containers copy it out with `stagecoach-builder install`),
+# fully static, with a CA bundle, on scratch. Build it from the repository root:
+#
+#   docker build -f images/builder.Dockerfile -t registry.example.com/stagecoach/builder:0.1.0 .
+#   buildah bud -f images/builder.Dockerfile -t registry.example.com/stagecoach/builder:0.1.0 .
+#
+# or with Stagecoach itself (examples/stagecoach-images.imagebuild.yaml). linux/amd64
+# only: the toolchain here targets x86_64-unknown-linux-gnu (glibc, statically linked;
+# no musl needed).
+ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
+
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the crate registry and the target directory between builds (Docker,
+# buildah and Stagecoach all honour them); the binary leaves the cache in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    RUSTFLAGS='-C target-feature=+crt-static' \
+      cargo build --release --locked -p stagecoach-builder --bin stagecoach-builder \
+      --target x86_64-unknown-linux-gnu \
+ && mkdir -p /out/etc/ssl/certs \
+ && install -m 0755 target/x86_64-unknown-linux-gnu/release/stagecoach-builder /out/stagecoach-builder \
+ && install -m 0644 /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt \
+ && if readelf -l /out/stagecoach-builder | grep -q 'program interpreter'; then \
+      echo "stagecoach-builder is not static" >&2; exit 1; \
+    fi
+
+FROM scratch
+COPY --from=build /out/ /
+# rustls reads the CA bundle from here (SSL_CERT_FILE) for registries and git over https.
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+LABEL org.opencontainers.image.title="stagecoach-builder" \
+      org.opencontainers.image.source="https://github.com/stagecoach-dev/stagecoach" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The non-root uid the chart and build pods run as.
+USER 65532:65532
+ENTRYPOINT ["/stagecoach-builder"]
