@@ -24,6 +24,7 @@ apt_packages=(
   podman runc conmon catatonit golang-github-containers-common
   buildah skopeo umoci
   docker-registry apache2-utils busybox-static
+  openssh-server # sshd for the source pod's ssh clone test
 )
 
 # Root on our machines; sudo elsewhere.

@@ -103,12 +103,8 @@ fn snapshot_figures(tree: &Path) {
     for file in files.iter().step_by(100) {
         fs::write(file, "changed by the instruction\n").expect("write");
     }
-    let start = Instant::now();
-    let after = Snapshot::take(tree, &[]).expect("snapshot");
-    let taken = start.elapsed();
-    let start = Instant::now();
-    let changes = snapshot::diff(&before, &after);
-    let diffed = start.elapsed();
+    let (taken, after) = best(3, || Snapshot::take(tree, &[]).expect("snapshot"));
+    let (diffed, changes) = best(3, || snapshot::diff(&before, &after));
     let out = tree.with_extension("layer.tar.gz");
     let start = Instant::now();
     let info = layer::write_layer(tree, &changes, &after, &out, None).expect("write layer");

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use stagecoach_builder::assemble::{self, AssembleOptions, MediaTypes};
+use stagecoach_builder::registry::{self, RetryPolicy};
 use stagecoach_builder::stage::{self, StageOptions};
 use stagecoach_builder::termination;
 use stagecoach_builder::workspace::{Workspace, write_json};
@@ -33,6 +35,137 @@ enum Command {
     },
     /// Runs the stages of one stage pod (see the plan's waves).
     Stage(StageArgs),
+    /// Checks out the source, applies .dockerignore and writes the plan (the source pod).
+    Source(SourceArgs),
+    /// Builds the target stage's image and pushes it (the assemble pod).
+    Assemble(AssembleArgs),
+    /// Prints the manifest digest of each image reference for a platform.
+    Resolve(ResolveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AssembleArgs {
+    /// Where to push, `registry/repository[:tag]`.
+    #[arg(long)]
+    image: String,
+    /// Another tag for the same image (repeatable), pushed after the image.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    #[arg(long, default_value = "/workspace")]
+    workspace: PathBuf,
+    /// The pod's name, for `reports/<pod>.json`.
+    #[arg(long, default_value = "assemble")]
+    pod: String,
+    /// The context directory inside the checkout (`spec.source.contextDir`).
+    #[arg(long, default_value = "")]
+    context_dir: String,
+    /// The repository URL, as the `org.opencontainers.image.source` label.
+    #[arg(long)]
+    source_url: Option<String>,
+    /// The commit, as the `org.opencontainers.image.revision` label.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Clamp layer, history and config times to this Unix time (the commit time).
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<i64>,
+    /// Push Docker v2 schema 2 manifests instead of OCI ones (for old registries).
+    #[arg(long)]
+    docker_media_types: bool,
+    /// Blobs transferred at the same time.
+    #[arg(long, default_value_t = 3)]
+    jobs: usize,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ResolveArgs {
+    /// Image references (`busybox`, `registry:5000/team/app:1.2`).
+    #[arg(required = true)]
+    references: Vec<String>,
+    /// The platform whose manifest an index resolves to, `os/arch[/variant]`.
+    #[arg(long, default_value = "linux/amd64")]
+    platform: Platform,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// How registries are reached (the assemble pod's and the source pod's credentials).
+#[derive(Debug, clap::Args)]
+struct RegistryArgs {
+    /// A Docker config.json with registry credentials (a dockerconfigjson Secret's file).
+    #[arg(long, env = "REGISTRY_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// A registry (`host:port`) to reach over plain HTTP; every other one is HTTPS.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "STAGECOACH_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure: Vec<String>,
+    /// Attempts per registry request before giving up (transient failures only).
+    #[arg(long, default_value_t = RetryPolicy::default().attempts)]
+    attempts: u32,
+}
+
+impl RegistryArgs {
+    fn settings(self) -> registry::Settings {
+        registry::Settings {
+            auth_file: self.auth_file,
+            insecure: self.insecure,
+            retry: RetryPolicy {
+                attempts: self.attempts.max(1),
+                ..RetryPolicy::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// The repository: https://, ssh://, git@host:path, git://, file:// or a path.
+    #[arg(long)]
+    url: String,
+    /// Branch, tag, full or short commit SHA (default: the default branch).
+    #[arg(long, default_value = "")]
+    revision: String,
+    /// Check out the submodules too, at the commits the repository records.
+    #[arg(long)]
+    submodules: bool,
+    /// A mounted kubernetes.io/basic-auth or kubernetes.io/ssh-auth Secret.
+    #[arg(long)]
+    git_secret: Option<PathBuf>,
+    /// The context directory inside the checkout (`spec.source.contextDir`).
+    #[arg(long, default_value = "")]
+    context_dir: String,
+    /// The Dockerfile, relative to the context.
+    #[arg(long, default_value = "Dockerfile")]
+    dockerfile: String,
+    /// The Dockerfile's text, instead of a file.
+    #[arg(long, conflicts_with = "dockerfile")]
+    dockerfile_inline: Option<String>,
+    /// The stage to build (default: the last one).
+    #[arg(long)]
+    target: Option<String>,
+    /// A build argument, `NAME=value` (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_build_arg)]
+    build_args: Vec<(String, String)>,
+    /// The platform of the image, `os/arch[/variant]`.
+    #[arg(long, default_value = "linux/amd64")]
+    platform: Platform,
+    #[arg(long, default_value = "/workspace")]
+    workspace: PathBuf,
+    /// Private scratch space outside the workspace (an emptyDir in the pod).
+    #[arg(long, default_value = "/tmp")]
+    tmp: PathBuf,
+    /// The mounted image pull secrets, one directory each (used without --auth-file).
+    #[arg(long, default_value = "/var/run/secrets/stagecoach/pull")]
+    pull_secrets: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +225,9 @@ fn main() -> ExitCode {
         Command::Plan(args) => run_plan(args),
         Command::Install { dir } => install(&dir),
         Command::Stage(args) => run_stage(args),
+        Command::Source(args) => run_source(args),
+        Command::Assemble(args) => run_assemble(args),
+        Command::Resolve(args) => run_resolve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,6 +284,103 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
         }
         Some(e) => Err(anyhow::anyhow!(e)),
     }
+}
+
+fn run_source(args: SourceArgs) -> anyhow::Result<()> {
+    use stagecoach_builder::source::{self, Dockerfile, SourceOptions};
+    let opts = SourceOptions {
+        workspace: Workspace::new(&args.workspace),
+        url: args.url,
+        revision: args.revision,
+        submodules: args.submodules,
+        git_secret: args.git_secret,
+        context_dir: args.context_dir,
+        dockerfile: match args.dockerfile_inline {
+            Some(text) => Dockerfile::Inline(text),
+            None => Dockerfile::Path(args.dockerfile),
+        },
+        target: args.target,
+        build_args: args.build_args.into_iter().collect(),
+        platform: args.platform,
+        private_tmp: args.tmp,
+        registry: args.registry.settings(),
+        pull_secrets: args.pull_secrets,
+    };
+    let report = source::run(&opts);
+    source::publish(&opts.workspace, &report)?;
+    match (&report.source, &report.summary, &report.error) {
+        (Some(src), Some(summary), None) => {
+            println!(
+                "source {} at {} ({}): {} pod(s) planned in {} ms",
+                src.url,
+                src.commit,
+                src.resolved_ref.as_deref().unwrap_or("commit"),
+                summary.pods.len(),
+                report.duration_ms
+            );
+            Ok(())
+        }
+        (_, _, error) => Err(anyhow::anyhow!(
+            "{}: {}",
+            report.reason.as_deref().unwrap_or("Failed"),
+            error.as_deref().unwrap_or("unknown error")
+        )),
+    }
+}
+
+fn run_assemble(args: AssembleArgs) -> anyhow::Result<()> {
+    let workspace = Workspace::new(&args.workspace);
+    let opts = AssembleOptions {
+        context: workspace
+            .source()
+            .join(args.context_dir.trim_start_matches('/')),
+        workspace,
+        pod: args.pod,
+        image: args.image,
+        tags: args.tags,
+        source_url: args.source_url,
+        revision: args.revision,
+        source_date_epoch: args.source_date_epoch,
+        media_types: if args.docker_media_types {
+            MediaTypes::Docker
+        } else {
+            MediaTypes::Oci
+        },
+        registry: args.registry.settings(),
+        jobs: args.jobs,
+    };
+    let report = assemble::run(&opts);
+    write_json(&opts.workspace.report(&report.pod), &report)?;
+    termination::write(&report);
+    match (&report.error, &report.image) {
+        (None, Some(image)) => {
+            println!(
+                "pushed {image} ({} layers: {} pushed, {} mounted, {} already there) in {} ms",
+                report.layers,
+                report.blobs.pushed,
+                report.blobs.mounted,
+                report.blobs.skipped,
+                report.timings.total_ms
+            );
+            Ok(())
+        }
+        (Some(e), _) => Err(anyhow::anyhow!("{}: {}", e.reason, e.message)),
+        (None, None) => Err(anyhow::anyhow!("the push reported no image")),
+    }
+}
+
+fn run_resolve(args: ResolveArgs) -> anyhow::Result<()> {
+    let resolved = registry::resolve(&args.registry.settings(), &args.platform, &args.references)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.reason()))?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&resolved)?),
+        Format::Text => {
+            for r in resolved {
+                println!("{} {}", r.reference, r.digest);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_plan(args: PlanArgs) -> anyhow::Result<()> {

@@ -1,0 +1,854 @@
+//! `stagecoach-builder source`: the first pod of every build. It turns "this repository
+//! at this revision" into what the other pods need on the workspace volume:
+//!
+//! checkout ([`crate::git`]) → context (`source/<contextDir>`, inside the checkout) →
+//! Dockerfile → `.dockerignore` applied ([`crate::dockerignore`]) → plan → base images
+//! pinned ([`pin_base_images`]) → `plan.json`, `reports/source.json` and the termination
+//! message (the plan summary the operator schedules the stage pods from).
+//!
+//! Git credentials are used by the checkout only: they never reach the checkout, the
+//! plan, the report, the termination message or the output.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use stagecoach_plan::contract::{Base, PlanSummary, PodOutcome};
+use stagecoach_plan::{Plan, PlanError, PlanOptions, Platform};
+
+use crate::dockerignore;
+use crate::git::{self, Checkout, Credentials};
+use crate::registry::{self, Registry};
+use crate::termination;
+use crate::workspace::{self, Workspace};
+
+/// The name of the source pod's report (`reports/source.json`) and scratch space.
+pub const POD: &str = "source";
+
+/// Why the source pod failed; [`SourceError::reason`] is the stable word the build
+/// reports.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Git(#[from] git::Error),
+    #[error("context directory {context_dir:?}: {message}")]
+    ContextInvalid {
+        context_dir: String,
+        message: String,
+    },
+    #[error("Dockerfile {path:?} not found in the context")]
+    DockerfileNotFound { path: String },
+    #[error("Dockerfile {path:?}: {message}")]
+    DockerfileUnreadable { path: String, message: String },
+    #[error(transparent)]
+    DockerfileInvalid(#[from] PlanError),
+    #[error(transparent)]
+    Dockerignore(#[from] dockerignore::Error),
+    #[error("{dockerfile}:{line}: cannot pin the image {reference}")]
+    BaseImage {
+        dockerfile: String,
+        line: usize,
+        reference: String,
+        #[source]
+        source: Box<registry::Error>,
+    },
+    #[error("cannot reach registries")]
+    Registry(#[source] Box<registry::Error>),
+    #[error("the pull secrets in {}: {message}", dir.display())]
+    PullSecrets { dir: PathBuf, message: String },
+    #[error(
+        "the plan summary does not fit a termination message even compressed \
+         ({compressed} of {} bytes); see reports/source.json",
+        termination::LIMIT
+    )]
+    PlanTooLarge { compressed: usize },
+    #[error("cannot write {}", path.display())]
+    Workspace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = SourceError> = std::result::Result<T, E>;
+
+impl SourceError {
+    /// The stable CamelCase reason (metrics label, `Succeeded` condition reason).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Git(e) => e.reason(),
+            SourceError::ContextInvalid { .. } => "ContextInvalid",
+            SourceError::DockerfileNotFound { .. } => "DockerfileNotFound",
+            SourceError::DockerfileUnreadable { .. } | SourceError::DockerfileInvalid(_) => {
+                "DockerfileInvalid"
+            }
+            SourceError::Dockerignore(
+                dockerignore::Error::Read { .. } | dockerignore::Error::Remove { .. },
+            )
+            | SourceError::Workspace { .. } => "WorkspaceFailed",
+            SourceError::Dockerignore(_) => "DockerignoreInvalid",
+            SourceError::BaseImage { source, .. } | SourceError::Registry(source) => {
+                source.reason()
+            }
+            SourceError::PullSecrets { .. } => "CredentialsInvalid",
+            SourceError::PlanTooLarge { .. } => "PlanTooLarge",
+        }
+    }
+
+    /// The Dockerfile line of a plan error.
+    fn line(&self) -> Option<usize> {
+        match self {
+            SourceError::DockerfileInvalid(e) => e.line,
+            SourceError::BaseImage { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+/// Where the Dockerfile comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dockerfile {
+    /// A path relative to the context (`spec.dockerfile`, default `Dockerfile`).
+    Path(String),
+    /// The text itself (`spec.dockerfileInline`).
+    Inline(String),
+}
+
+/// Everything the source pod is told.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    pub workspace: Workspace,
+    pub url: String,
+    /// Branch, tag, full or short commit SHA; empty for the default branch.
+    pub revision: String,
+    pub submodules: bool,
+    /// A mounted `kubernetes.io/basic-auth` or `kubernetes.io/ssh-auth` Secret.
+    pub git_secret: Option<PathBuf>,
+    /// `spec.source.contextDir`, relative to the checkout.
+    pub context_dir: String,
+    pub dockerfile: Dockerfile,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub platform: Platform,
+    /// A private scratch directory outside the workspace (`/tmp`, an emptyDir).
+    pub private_tmp: PathBuf,
+    /// How registries are reached to pin base images.
+    pub registry: registry::Settings,
+    /// Where the operator mounts the build's image pull secrets, one directory each
+    /// (`<dir>/<n>/.dockerconfigjson`); used when `registry.auth_file` is not set.
+    pub pull_secrets: PathBuf,
+}
+
+/// What the source pod did, written to `reports/source.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceReport {
+    pub pod: String,
+    pub succeeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The checkout: URL without credentials, commit, commit time, resolved ref.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Checkout>,
+    /// The Dockerfile as messages name it.
+    pub dockerfile: String,
+    pub context_dir: String,
+    /// The ignore file applied, relative to the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_file: Option<String>,
+    /// Files and directories the ignore file removed from the context.
+    pub ignored_files: u64,
+    pub ignored_dirs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<PlanSummary>,
+    pub duration_ms: u64,
+}
+
+/// Runs the source pod's pipeline. The report says how far it got; its scratch space
+/// on the volume is removed whatever happened.
+pub fn run(opts: &SourceOptions) -> SourceReport {
+    let started = Instant::now();
+    let mut report = SourceReport {
+        pod: POD.to_string(),
+        dockerfile: match &opts.dockerfile {
+            Dockerfile::Path(p) => p.clone(),
+            Dockerfile::Inline(_) => "Dockerfile".to_string(),
+        },
+        context_dir: opts.context_dir.clone(),
+        ..SourceReport::default()
+    };
+    let result = pipeline(opts, &mut report);
+    let _ = fs::remove_dir_all(opts.workspace.scratch(POD));
+    let error = result.err().or_else(|| {
+        // The operator cannot schedule what it cannot read: a summary too large for the
+        // termination message fails the pod rather than leaving the build waiting.
+        encode_message(&outcome(&report))
+            .err()
+            .map(|compressed| SourceError::PlanTooLarge { compressed })
+    });
+    report.succeeded = error.is_none();
+    if let Some(e) = &error {
+        report.reason = Some(e.reason().to_string());
+        report.error = Some(render_error(e));
+        report.line = e.line();
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
+    let ws = &opts.workspace;
+    let credentials = match &opts.git_secret {
+        Some(dir) => Credentials::from_secret_dir(dir)?,
+        None => Credentials::None,
+    };
+    let checkout_dir = ws.source();
+    let scratch = ws.scratch(POD);
+    for dir in [&checkout_dir, &scratch] {
+        // A pod started again after a failure begins from nothing.
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SourceError::Workspace {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    let checkout = git::checkout(
+        &git::Request {
+            url: &opts.url,
+            revision: &opts.revision,
+            submodules: opts.submodules,
+            credentials: &credentials,
+            scratch: &scratch,
+            private_tmp: &opts.private_tmp,
+        },
+        &checkout_dir,
+    )?;
+    let _ = fs::remove_dir_all(&scratch);
+    let commit = checkout.commit.clone();
+    let commit_time = checkout.commit_time;
+    report.source = Some(checkout);
+
+    let root = canonical(&checkout_dir).map_err(|source| SourceError::Workspace {
+        path: checkout_dir.clone(),
+        source,
+    })?;
+    let context = context_dir(&root, &opts.context_dir)?;
+    let (dockerfile_rel, text) = read_dockerfile(&root, &context, &opts.dockerfile)?;
+
+    let dockerfile_path = match &opts.dockerfile {
+        Dockerfile::Path(p) => Some(p.as_str()),
+        Dockerfile::Inline(_) => None,
+    };
+    let ignore = read_ignore_file(&root, &context, dockerfile_path)?;
+    if let Some((file, mut matcher)) = ignore {
+        // Docker keeps the Dockerfile and the ignore file whatever the patterns say.
+        if let Some(df) = &dockerfile_rel {
+            matcher.keep(df);
+        }
+        matcher.keep(&file);
+        let removed = dockerignore::apply(&context, &matcher)?;
+        report.ignore_file = Some(file);
+        report.ignored_files = removed.files;
+        report.ignored_dirs = removed.dirs;
+    }
+
+    let mut plan = stagecoach_plan::plan(
+        &text,
+        &PlanOptions {
+            dockerfile_name: report.dockerfile.clone(),
+            target: opts.target.clone(),
+            build_args: opts.build_args.clone(),
+            platform: opts.platform.clone(),
+        },
+    )?;
+    let pull = registry_settings(opts)?;
+    pin_base_images(&mut plan, ws, &pull.settings)?;
+    workspace::write_json(&ws.plan(), &plan).map_err(|source| SourceError::Workspace {
+        path: ws.plan(),
+        source,
+    })?;
+    report.summary = Some(plan.summary(Some(commit), Some(commit_time)));
+    Ok(())
+}
+
+/// The largest image config read (they are a few KiB; a bigger one is not a config).
+const CONFIG_LIMIT: u64 = 8 << 20;
+
+/// Pins every registry image of the plan (each `FROM <image>` and `COPY --from=<image>`
+/// source) to the digest of its manifest for the stage's platform, and writes the
+/// image's config to `bases/<stage-id>.json`, which the stage pod starts from. Each
+/// image is looked up once, all of them at the same time.
+pub fn pin_base_images(
+    plan: &mut Plan,
+    workspace: &Workspace,
+    settings: &registry::Settings,
+) -> Result<()> {
+    // (stage index, reference, platform) of every image still to pin.
+    let mut wanted = Vec::new();
+    for (i, stage) in plan.stages.iter().enumerate() {
+        if let Base::Image {
+            reference,
+            digest: None,
+        } = &stage.base
+        {
+            let platform = match &stage.platform {
+                Some(p) => p.parse().map_err(|message: String| {
+                    SourceError::DockerfileInvalid(PlanError {
+                        file: plan.dockerfile.clone(),
+                        line: Some(stage.line),
+                        message,
+                    })
+                })?,
+                None => plan.platform.clone(),
+            };
+            wanted.push((i, reference.clone(), platform));
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut unique: Vec<(String, Platform)> = Vec::new();
+    for (_, reference, platform) in &wanted {
+        if !unique.iter().any(|(r, p)| r == reference && p == platform) {
+            unique.push((reference.clone(), platform.clone()));
+        }
+    }
+    let runtime = registry::runtime().map_err(|e| SourceError::Registry(Box::new(e)))?;
+    let mut found = runtime.block_on(async {
+        let registry = Registry::new(settings).map_err(|e| SourceError::Registry(Box::new(e)))?;
+        let lookups = unique.iter().map(|(reference, platform)| {
+            let registry = &registry;
+            async move {
+                let result = base_image(registry, reference, platform).await;
+                (reference.clone(), platform.clone(), result)
+            }
+        });
+        Ok::<_, SourceError>(futures::future::join_all(lookups).await)
+    })?;
+    for (i, reference, platform) in wanted {
+        let stage = &mut plan.stages[i];
+        let at = found
+            .iter()
+            .position(|(r, p, _)| *r == reference && *p == platform)
+            .expect("every wanted image was looked up");
+        let (digest, config) = match &found[at].2 {
+            Ok((digest, config)) => (digest.clone(), config.clone()),
+            Err(_) => {
+                let (_, _, result) = found.swap_remove(at);
+                return Err(SourceError::BaseImage {
+                    dockerfile: plan.dockerfile.clone(),
+                    line: stage.line,
+                    reference,
+                    source: Box::new(result.expect_err("a failed lookup")),
+                });
+            }
+        };
+        write_atomically(&workspace.base_config(&stage.id), &config)?;
+        stage.base = Base::Image {
+            reference,
+            digest: Some(digest),
+        };
+    }
+    Ok(())
+}
+
+/// The manifest digest of an image for a platform and its config's bytes.
+async fn base_image(
+    registry: &Registry,
+    reference: &str,
+    platform: &Platform,
+) -> Result<(String, bytes::Bytes), registry::Error> {
+    let parsed = registry::parse_reference(reference)?;
+    let manifest = registry.manifest(&parsed, platform).await?;
+    let config = registry
+        .blob_bytes(&parsed, &manifest.manifest.config.digest, CONFIG_LIMIT)
+        .await?;
+    Ok((manifest.digest, config))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let failed = |source| SourceError::Workspace {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, bytes).map_err(failed)?;
+    fs::rename(&tmp, path).map_err(failed)
+}
+
+/// The registry settings of the run, with the mounted pull secrets as one credentials
+/// file when none was given. Several secrets are merged (the first to name a registry
+/// wins) into a private file that is deleted when the value drops.
+struct PullSettings {
+    settings: registry::Settings,
+    merged: Option<PathBuf>,
+}
+
+impl Drop for PullSettings {
+    fn drop(&mut self) {
+        if let Some(path) = &self.merged {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+fn registry_settings(opts: &SourceOptions) -> Result<PullSettings> {
+    let mut settings = opts.registry.clone();
+    if settings.auth_file.is_some() {
+        return Ok(PullSettings {
+            settings,
+            merged: None,
+        });
+    }
+    let dir = &opts.pull_secrets;
+    let bad = |message: String| SourceError::PullSecrets {
+        dir: dir.clone(),
+        message,
+    };
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join(".dockerconfigjson"))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let merged = match files.len() {
+        0 => None,
+        1 => {
+            settings.auth_file = files.pop();
+            None
+        }
+        _ => {
+            let mut auths = serde_json::Map::new();
+            for file in &files {
+                let text = fs::read_to_string(file)
+                    .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| bad(format!("{} is not JSON: {e}", file.display())))?;
+                if let Some(entries) = value.get("auths").and_then(|a| a.as_object()) {
+                    for (registry, entry) in entries {
+                        auths
+                            .entry(registry.clone())
+                            .or_insert_with(|| entry.clone());
+                    }
+                }
+            }
+            let path = opts
+                .private_tmp
+                .join(format!("stagecoach-pull-{}.json", std::process::id()));
+            let json = serde_json::json!({ "auths": auths }).to_string();
+            write_private(&path, json.as_bytes())
+                .map_err(|e| bad(format!("cannot write {}: {e}", path.display())))?;
+            settings.auth_file = Some(path.clone());
+            Some(path)
+        }
+    };
+    Ok(PullSettings { settings, merged })
+}
+
+/// A file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// The error as a user reads it: the error and each cause.
+fn render_error(e: &SourceError) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn canonical(path: &Path) -> io::Result<PathBuf> {
+    fs::canonicalize(path)
+}
+
+/// `source/<contextDir>`, symlinks resolved, refused unless it is a directory inside the
+/// checkout (a repository must not point the build at the pod's own files).
+fn context_dir(root: &Path, context_dir: &str) -> Result<PathBuf> {
+    let invalid = |message: String| SourceError::ContextInvalid {
+        context_dir: context_dir.to_string(),
+        message,
+    };
+    let joined = root.join(context_dir.trim_start_matches('/'));
+    let resolved = canonical(&joined).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => invalid("no such directory in the repository".into()),
+        _ => invalid(e.to_string()),
+    })?;
+    if !resolved.starts_with(root) {
+        return Err(invalid("leads outside the repository".into()));
+    }
+    if !resolved.is_dir() {
+        return Err(invalid("is not a directory".into()));
+    }
+    Ok(resolved)
+}
+
+/// The Dockerfile's text and, when it is a file inside the context, its path relative to
+/// the context (for `<Dockerfile>.dockerignore` and for keeping it).
+fn read_dockerfile(
+    root: &Path,
+    context: &Path,
+    dockerfile: &Dockerfile,
+) -> Result<(Option<String>, String)> {
+    let path = match dockerfile {
+        Dockerfile::Inline(text) => return Ok((None, text.clone())),
+        Dockerfile::Path(p) => p,
+    };
+    let not_found = || SourceError::DockerfileNotFound { path: path.clone() };
+    let resolved = inside(root, &context.join(path)).ok_or_else(not_found)?;
+    if !resolved.is_file() {
+        return Err(not_found());
+    }
+    let text = fs::read_to_string(&resolved).map_err(|e| SourceError::DockerfileUnreadable {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let rel = resolved
+        .strip_prefix(context)
+        .ok()
+        .map(|r| r.to_string_lossy().into_owned());
+    Ok((rel, text))
+}
+
+/// A path with symlinks resolved, if it exists and stays inside `root`.
+fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
+    canonical(path).ok().filter(|p| p.starts_with(root))
+}
+
+/// The ignore file Docker would use and its patterns: `<Dockerfile>.dockerignore` beside
+/// the Dockerfile, else `.dockerignore` at the context root.
+fn read_ignore_file(
+    root: &Path,
+    context: &Path,
+    dockerfile: Option<&str>,
+) -> Result<Option<(String, dockerignore::Matcher)>> {
+    for candidate in dockerignore::ignore_file_candidates(dockerfile) {
+        let Some(path) = inside(root, &context.join(&candidate)) else {
+            continue;
+        };
+        if !path.is_file() {
+            continue;
+        }
+        let text = fs::read_to_string(&path).map_err(|source| dockerignore::Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let matcher = dockerignore::parse(&text, &candidate)?;
+        return Ok(Some((candidate, matcher)));
+    }
+    Ok(None)
+}
+
+/// The termination message's content: success with the plan summary, or the reason.
+pub fn outcome(report: &SourceReport) -> PodOutcome {
+    PodOutcome {
+        succeeded: report.succeeded,
+        reason: report.reason.clone(),
+        message: report.error.as_deref().map(bounded),
+        line: report.line,
+        summary: report.summary.clone(),
+        ..PodOutcome::default()
+    }
+}
+
+/// Error messages can quote long things; the whole text is in the report.
+fn bounded(message: &str) -> String {
+    const MAX: usize = 1024;
+    if message.len() <= MAX {
+        return message.to_string();
+    }
+    let mut end = MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (see reports/{POD}.json)", &message[..end])
+}
+
+/// The marker of a compressed termination message.
+pub const ENCODING: &str = "gzip+base64";
+
+/// The termination message for an outcome: its JSON when that fits the 4 KiB Kubernetes
+/// keeps; otherwise `{"succeeded":…,"encoding":"gzip+base64","data":…}` with the JSON
+/// gzipped and base64-encoded (a reader that knows no encoding still sees `succeeded`
+/// and no summary). Err with the compressed size when even that does not fit.
+pub fn encode_message(outcome: &PodOutcome) -> Result<String, usize> {
+    let json = serde_json::to_string(outcome).expect("an outcome always serialises");
+    if json.len() <= termination::LIMIT {
+        return Ok(json);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(json.as_bytes()).expect("writing to memory");
+    let compressed = gz.finish().expect("writing to memory");
+    let envelope = serde_json::json!({
+        "succeeded": outcome.succeeded,
+        "encoding": ENCODING,
+        "data": base64::engine::general_purpose::STANDARD.encode(&compressed),
+    })
+    .to_string();
+    if envelope.len() <= termination::LIMIT {
+        Ok(envelope)
+    } else {
+        Err(envelope.len())
+    }
+}
+
+/// Reads a termination message written by [`encode_message`], plain or compressed.
+pub fn decode_message(message: &str) -> Option<PodOutcome> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        encoding: String,
+        data: String,
+    }
+    if let Ok(envelope) = serde_json::from_str::<Envelope>(message) {
+        if envelope.encoding != ENCODING {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(envelope.data)
+            .ok()?;
+        let mut json = String::new();
+        io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut json).ok()?;
+        return serde_json::from_str(&json).ok();
+    }
+    serde_json::from_str(message).ok()
+}
+
+/// Writes the report and the termination message; what the operator sees of the pod.
+pub fn publish(workspace: &Workspace, report: &SourceReport) -> io::Result<()> {
+    let outcome = outcome(report);
+    let message = match encode_message(&outcome) {
+        Ok(m) => m,
+        // `run` turned an oversized success into PlanTooLarge; a failure's outcome is
+        // small. This is the last guard.
+        Err(_) => serde_json::to_string(&PodOutcome {
+            succeeded: false,
+            reason: Some("PlanTooLarge".into()),
+            ..PodOutcome::default()
+        })
+        .expect("an outcome always serialises"),
+    };
+    let value: serde_json::Value = serde_json::from_str(&message).expect("the message is JSON");
+    termination::write(&value);
+    workspace::write_json(&workspace.report(POD), report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagecoach_plan::contract::PodSummary;
+
+    fn outcome_with_pods(n: usize, image: impl Fn(usize) -> String) -> PodOutcome {
+        PodOutcome {
+            succeeded: true,
+            summary: Some(PlanSummary {
+                commit: Some("a".repeat(40)),
+                commit_time: Some(1_700_000_000),
+                target: "final".into(),
+                pods: (0..n)
+                    .map(|i| PodSummary {
+                        id: format!("stage-{i}"),
+                        stages: vec![format!("stage-{i}")],
+                        image: Some(image(i)),
+                        waits_for: (i > 0)
+                            .then(|| format!("stage-{}", i - 1))
+                            .into_iter()
+                            .collect(),
+                    })
+                    .collect(),
+            }),
+            ..PodOutcome::default()
+        }
+    }
+
+    #[test]
+    fn small_outcomes_are_plain_json() {
+        let o = outcome_with_pods(3, |_| "docker.io/library/alpine:3".into());
+        let m = encode_message(&o).expect("fits");
+        assert!(m.starts_with("{\"succeeded\":true"));
+        assert_eq!(decode_message(&m), Some(o));
+    }
+
+    #[test]
+    fn large_outcomes_are_compressed_under_the_limit() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let o = outcome_with_pods(120, |_| format!("docker.io/library/golang:1.22@{digest}"));
+        assert!(serde_json::to_string(&o).expect("json").len() > termination::LIMIT);
+        let m = encode_message(&o).expect("fits compressed");
+        assert!(m.len() <= termination::LIMIT);
+        let v: serde_json::Value = serde_json::from_str(&m).expect("json");
+        assert_eq!(v["encoding"], ENCODING);
+        assert_eq!(v["succeeded"], true);
+        // A reader that knows only PodOutcome still parses it.
+        let plain: PodOutcome = serde_json::from_str(&m).expect("a PodOutcome");
+        assert!(plain.succeeded && plain.summary.is_none());
+        assert_eq!(decode_message(&m), Some(o));
+    }
+
+    #[test]
+    fn outcomes_too_large_even_compressed_are_refused() {
+        // Distinct digests do not compress.
+        let o = outcome_with_pods(400, |i| {
+            format!(
+                "registry.example.com/team/image-{i}@sha256:{:064x}",
+                i * 7919
+            )
+        });
+        let size = encode_message(&o).expect_err("too large");
+        assert!(size > termination::LIMIT);
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(2000);
+        let cut = bounded(&long);
+        assert!(cut.len() < 1100 && cut.ends_with("(see reports/source.json)"));
+    }
+
+    #[test]
+    fn plans_without_images_need_no_registry() {
+        let ws = tempfile::tempdir().expect("tempdir");
+        let mut plan = stagecoach_plan::plan(
+            "FROM scratch AS a\nCOPY x /x\nFROM a\n",
+            &PlanOptions::default(),
+        )
+        .expect("plan");
+        let before = plan.clone();
+        // No registry is contacted: an unreachable one would fail.
+        let settings = registry::Settings {
+            retry: registry::RetryPolicy {
+                attempts: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        pin_base_images(&mut plan, &Workspace::new(ws.path()), &settings).expect("pins");
+        assert_eq!(plan, before);
+    }
+
+    #[test]
+    fn several_pull_secrets_become_one_private_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pull = dir.path().join("pull");
+        for (n, json) in [
+            (
+                0,
+                r#"{"auths":{"a.example":{"auth":"YTpi"},"b.example":{"auth":"Yjpj"}}}"#,
+            ),
+            (
+                1,
+                r#"{"auths":{"b.example":{"auth":"eDp5"},"c.example":{"auth":"Yzpk"}}}"#,
+            ),
+        ] {
+            fs::create_dir_all(pull.join(n.to_string())).expect("mkdir");
+            fs::write(pull.join(format!("{n}/.dockerconfigjson")), json).expect("write");
+        }
+        let opts = SourceOptions {
+            workspace: Workspace::new(dir.path()),
+            url: String::new(),
+            revision: String::new(),
+            submodules: false,
+            git_secret: None,
+            context_dir: String::new(),
+            dockerfile: Dockerfile::Path("Dockerfile".into()),
+            target: None,
+            build_args: BTreeMap::new(),
+            platform: Platform::default(),
+            private_tmp: dir.path().to_path_buf(),
+            registry: registry::Settings::default(),
+            pull_secrets: pull.clone(),
+        };
+        let merged = registry_settings(&opts).expect("settings");
+        let path = merged.settings.auth_file.clone().expect("a file");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "only the owner reads it");
+        }
+        let creds = registry::Credentials::load(&path).expect("loads");
+        assert_eq!(
+            creds.get("b.example").expect("b"),
+            oci_client::secrets::RegistryAuth::Basic("b".into(), "c".into()),
+            "the first secret naming a registry wins"
+        );
+        assert!(creds.get("c.example").is_ok());
+        drop(merged);
+        assert!(!path.exists(), "the merged file is deleted");
+
+        fs::remove_dir_all(pull.join("1")).expect("rm");
+        let single = registry_settings(&opts).expect("settings");
+        assert_eq!(
+            single.settings.auth_file,
+            Some(pull.join("0/.dockerconfigjson"))
+        );
+        drop(single);
+        assert!(
+            pull.join("0/.dockerconfigjson").exists(),
+            "a mounted file stays"
+        );
+    }
+
+    #[test]
+    fn context_and_dockerfile_stay_inside_the_checkout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("source");
+        fs::create_dir_all(root.join("app")).expect("mkdir");
+        fs::write(root.join("app/Dockerfile"), "FROM scratch\n").expect("write");
+        fs::write(dir.path().join("secret"), "hunter2").expect("write");
+        std::os::unix::fs::symlink("../secret", root.join("app/leak")).expect("symlink");
+        std::os::unix::fs::symlink("..", root.join("up")).expect("symlink");
+        let root = canonical(&root).expect("root");
+
+        let context = context_dir(&root, "app").expect("context");
+        assert_eq!(context, root.join("app"));
+        assert_eq!(context_dir(&root, "/app").expect("context"), context);
+        for bad in ["..", "up", "missing", "app/Dockerfile"] {
+            let e = context_dir(&root, bad).expect_err(bad);
+            assert_eq!(e.reason(), "ContextInvalid", "{bad}");
+        }
+        let (rel, text) =
+            read_dockerfile(&root, &context, &Dockerfile::Path("Dockerfile".into())).expect("df");
+        assert_eq!(
+            (rel.as_deref(), text.as_str()),
+            (Some("Dockerfile"), "FROM scratch\n")
+        );
+        for bad in ["leak", "../../secret", "nope"] {
+            let e = read_dockerfile(&root, &context, &Dockerfile::Path(bad.into())).expect_err(bad);
+            assert_eq!(e.reason(), "DockerfileNotFound", "{bad}");
+        }
+        let (rel, text) =
+            read_dockerfile(&root, &context, &Dockerfile::Inline("FROM x".into())).expect("df");
+        assert_eq!((rel, text.as_str()), (None, "FROM x"));
+    }
+}
