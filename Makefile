@@ -3,10 +3,14 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
+.PHONY: test demo deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
 
 ## test: install what the tests need, then run every check (end-to-end tests included)
 test: deps fmt-check clippy e2e-env unit chart-check
+
+## demo: build examples/hello through the real pods on podman, push it, run it
+demo:
+	./scripts/demo.sh
 
 ## deps: install the tools the checks need (idempotent)
 deps:

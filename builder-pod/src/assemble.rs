@@ -6,7 +6,7 @@
 //! `rootfs.diff_ids`, history, clamped times) → the manifest → push (registry.rs) →
 //! report (`reports/<pod>.json` and the termination message).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,7 @@ use oci_client::manifest::{
     OciDescriptor, OciImageManifest,
 };
 use serde::{Deserialize, Serialize};
-use stagecoach_plan::contract::{Base, Execution, Plan, Stage};
+use stagecoach_plan::contract::{Base, Execution, Plan, PodOutcome, Stage};
 use stagecoach_plan::instruction::{self, Copy as CopyArgs, Instruction, Kind};
 use stagecoach_plan::scope::Scope;
 use stagecoach_plan::shell::Lexer;
@@ -108,6 +108,10 @@ pub struct AssembleOptions {
     /// `org.opencontainers.image.source` and `.revision` labels.
     pub source_url: Option<String>,
     pub revision: Option<String>,
+    /// Labels for the image config (`spec.output.labels`), over the Dockerfile's.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations for the image manifest (`spec.output.annotations`).
+    pub annotations: BTreeMap<String, String>,
     /// Clamp for layer entry, history and config times (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
     pub media_types: MediaTypes,
@@ -179,6 +183,17 @@ pub fn run(opts: &AssembleOptions) -> AssembleReport {
     report.timings.total_ms = millis(started);
     let _ = std::fs::remove_dir_all(opts.workspace.scratch(&opts.pod));
     report
+}
+
+/// The termination message's content: success with the pushed image, or the reason.
+pub fn outcome(report: &AssembleReport) -> PodOutcome {
+    PodOutcome {
+        succeeded: report.succeeded,
+        reason: report.error.as_ref().map(|e| e.reason.clone()),
+        message: report.error.as_ref().map(|e| e.message.clone()),
+        image: report.image.clone(),
+        ..PodOutcome::default()
+    }
 }
 
 /// One layer of the image: its descriptor, its diff id and where its bytes are.
@@ -268,7 +283,8 @@ async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result
     let config_bytes = Bytes::from(
         serde_json::to_vec(&config).map_err(|e| workspace_err(format!("config: {e}")))?,
     );
-    let (manifest, media_type) = manifest(&config_bytes, &layers, opts.media_types)?;
+    let (manifest, media_type) =
+        manifest(&config_bytes, &layers, opts.media_types, &opts.annotations)?;
 
     let started = Instant::now();
     let mut blobs: Vec<Blob> = layers
@@ -763,17 +779,18 @@ fn image_config(
     opts: &AssembleOptions,
     plan: &Plan,
 ) -> Result<ImageConfig> {
-    for (key, value) in [
+    let source = [
         (SOURCE_LABEL, &opts.source_url),
         (REVISION_LABEL, &opts.revision),
-    ] {
-        if let Some(value) = value {
-            config
-                .config
-                .labels
-                .get_or_insert_with(Default::default)
-                .insert(key.to_string(), value.clone());
-        }
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key.to_string(), value.clone()?)));
+    for (key, value) in source.chain(opts.labels.clone()) {
+        config
+            .config
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(key, value);
     }
     if config.os.is_empty() {
         config.os = plan.platform.os.clone();
@@ -875,7 +892,12 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 }
 
 /// The manifest of the image and its media type.
-fn manifest(config: &Bytes, layers: &[ImageLayer], types: MediaTypes) -> Result<(Bytes, String)> {
+fn manifest(
+    config: &Bytes,
+    layers: &[ImageLayer],
+    types: MediaTypes,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(Bytes, String)> {
     let (manifest_type, config_type) = match types {
         MediaTypes::Oci => (OCI_IMAGE_MEDIA_TYPE, IMAGE_CONFIG_MEDIA_TYPE),
         MediaTypes::Docker => (IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_DOCKER_CONFIG_MEDIA_TYPE),
@@ -896,6 +918,7 @@ fn manifest(config: &Bytes, layers: &[ImageLayer], types: MediaTypes) -> Result<
                 ..l.descriptor.clone()
             })
             .collect(),
+        annotations: (!annotations.is_empty()).then(|| annotations.clone().into_iter().collect()),
         ..OciImageManifest::default()
     };
     let bytes =
@@ -1042,7 +1065,8 @@ mod tests {
             source: BlobSource::Bytes(Bytes::new()),
         };
         let config = Bytes::from_static(b"{}");
-        let (bytes, media_type) = manifest(&config, &[layer], MediaTypes::Oci).expect("manifest");
+        let (bytes, media_type) =
+            manifest(&config, &[layer], MediaTypes::Oci, &BTreeMap::new()).expect("manifest");
         assert_eq!(media_type, OCI_IMAGE_MEDIA_TYPE);
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(json["schemaVersion"], 2);

@@ -62,6 +62,12 @@ struct AssembleArgs {
     /// The repository URL, as the `org.opencontainers.image.source` label.
     #[arg(long)]
     source_url: Option<String>,
+    /// A label for the image config, `KEY=VALUE` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    labels: Vec<(String, String)>,
+    /// An annotation for the image manifest, `KEY=VALUE` (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    annotations: Vec<(String, String)>,
     /// The commit, as the `org.opencontainers.image.revision` label.
     #[arg(long)]
     revision: Option<String>,
@@ -151,7 +157,7 @@ struct SourceArgs {
     #[arg(long)]
     target: Option<String>,
     /// A build argument, `NAME=value` (repeatable).
-    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_build_arg)]
+    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_key_value)]
     build_args: Vec<(String, String)>,
     /// The platform of the image, `os/arch[/variant]`.
     #[arg(long, default_value = "linux/amd64")]
@@ -197,7 +203,7 @@ struct PlanArgs {
     #[arg(long)]
     target: Option<String>,
     /// A build argument, `NAME=value` (repeatable).
-    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_build_arg)]
+    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_key_value)]
     build_args: Vec<(String, String)>,
     /// The platform of the image, `os/arch[/variant]`.
     #[arg(long, default_value = "linux/amd64")]
@@ -212,7 +218,7 @@ enum Format {
     Text,
 }
 
-fn parse_build_arg(s: &str) -> Result<(String, String), String> {
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not NAME=VALUE")),
@@ -340,6 +346,8 @@ fn run_assemble(args: AssembleArgs) -> anyhow::Result<()> {
         tags: args.tags,
         source_url: args.source_url,
         revision: args.revision,
+        labels: args.labels.into_iter().collect(),
+        annotations: args.annotations.into_iter().collect(),
         source_date_epoch: args.source_date_epoch,
         media_types: if args.docker_media_types {
             MediaTypes::Docker
@@ -351,7 +359,7 @@ fn run_assemble(args: AssembleArgs) -> anyhow::Result<()> {
     };
     let report = assemble::run(&opts);
     write_json(&opts.workspace.report(&report.pod), &report)?;
-    termination::write(&report);
+    termination::write(&assemble::outcome(&report));
     match (&report.error, &report.image) {
         (None, Some(image)) => {
             println!(

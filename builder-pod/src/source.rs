@@ -15,7 +15,6 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use stagecoach_plan::contract::{Base, PlanSummary, PodOutcome};
 use stagecoach_plan::{Plan, PlanError, PlanOptions, Platform};
@@ -190,7 +189,8 @@ pub fn run(opts: &SourceOptions) -> SourceReport {
     let error = result.err().or_else(|| {
         // The operator cannot schedule what it cannot read: a summary too large for the
         // termination message fails the pod rather than leaving the build waiting.
-        encode_message(&outcome(&report))
+        outcome(&report)
+            .to_message()
             .err()
             .map(|compressed| SourceError::PlanTooLarge { compressed })
     });
@@ -280,6 +280,11 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
         path: ws.plan(),
         source,
     })?;
+    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()))
+        .map_err(|source| SourceError::Workspace {
+            path: ws.root().to_path_buf(),
+            source,
+        })?;
     report.summary = Some(plan.summary(Some(commit), Some(commit_time)));
     Ok(())
 }
@@ -596,59 +601,9 @@ fn bounded(message: &str) -> String {
     format!("{}… (see reports/{POD}.json)", &message[..end])
 }
 
-/// The marker of a compressed termination message.
-pub const ENCODING: &str = "gzip+base64";
-
-/// The termination message for an outcome: its JSON when that fits the 4 KiB Kubernetes
-/// keeps; otherwise `{"succeeded":…,"encoding":"gzip+base64","data":…}` with the JSON
-/// gzipped and base64-encoded (a reader that knows no encoding still sees `succeeded`
-/// and no summary). Err with the compressed size when even that does not fit.
-pub fn encode_message(outcome: &PodOutcome) -> Result<String, usize> {
-    let json = serde_json::to_string(outcome).expect("an outcome always serialises");
-    if json.len() <= termination::LIMIT {
-        return Ok(json);
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(json.as_bytes()).expect("writing to memory");
-    let compressed = gz.finish().expect("writing to memory");
-    let envelope = serde_json::json!({
-        "succeeded": outcome.succeeded,
-        "encoding": ENCODING,
-        "data": base64::engine::general_purpose::STANDARD.encode(&compressed),
-    })
-    .to_string();
-    if envelope.len() <= termination::LIMIT {
-        Ok(envelope)
-    } else {
-        Err(envelope.len())
-    }
-}
-
-/// Reads a termination message written by [`encode_message`], plain or compressed.
-pub fn decode_message(message: &str) -> Option<PodOutcome> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        encoding: String,
-        data: String,
-    }
-    if let Ok(envelope) = serde_json::from_str::<Envelope>(message) {
-        if envelope.encoding != ENCODING {
-            return None;
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(envelope.data)
-            .ok()?;
-        let mut json = String::new();
-        io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut json).ok()?;
-        return serde_json::from_str(&json).ok();
-    }
-    serde_json::from_str(message).ok()
-}
-
-/// Writes the report and the termination message; what the operator sees of the pod.
 pub fn publish(workspace: &Workspace, report: &SourceReport) -> io::Result<()> {
     let outcome = outcome(report);
-    let message = match encode_message(&outcome) {
+    let message = match outcome.to_message() {
         Ok(m) => m,
         // `run` turned an oversized success into PlanTooLarge; a failure's outcome is
         // small. This is the last guard.
@@ -667,7 +622,7 @@ pub fn publish(workspace: &Workspace, report: &SourceReport) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stagecoach_plan::contract::PodSummary;
+    use stagecoach_plan::contract::{MESSAGE_ENCODING, PodSummary};
 
     fn outcome_with_pods(n: usize, image: impl Fn(usize) -> String) -> PodOutcome {
         PodOutcome {
@@ -695,9 +650,9 @@ mod tests {
     #[test]
     fn small_outcomes_are_plain_json() {
         let o = outcome_with_pods(3, |_| "docker.io/library/alpine:3".into());
-        let m = encode_message(&o).expect("fits");
+        let m = o.to_message().expect("fits");
         assert!(m.starts_with("{\"succeeded\":true"));
-        assert_eq!(decode_message(&m), Some(o));
+        assert_eq!(PodOutcome::from_message(&m), Some(o));
     }
 
     #[test]
@@ -705,15 +660,15 @@ mod tests {
         let digest = format!("sha256:{}", "b".repeat(64));
         let o = outcome_with_pods(120, |_| format!("docker.io/library/golang:1.22@{digest}"));
         assert!(serde_json::to_string(&o).expect("json").len() > termination::LIMIT);
-        let m = encode_message(&o).expect("fits compressed");
+        let m = o.to_message().expect("fits compressed");
         assert!(m.len() <= termination::LIMIT);
         let v: serde_json::Value = serde_json::from_str(&m).expect("json");
-        assert_eq!(v["encoding"], ENCODING);
+        assert_eq!(v["encoding"], MESSAGE_ENCODING);
         assert_eq!(v["succeeded"], true);
         // A reader that knows only PodOutcome still parses it.
         let plain: PodOutcome = serde_json::from_str(&m).expect("a PodOutcome");
         assert!(plain.succeeded && plain.summary.is_none());
-        assert_eq!(decode_message(&m), Some(o));
+        assert_eq!(PodOutcome::from_message(&m), Some(o));
     }
 
     #[test]
@@ -725,7 +680,7 @@ mod tests {
                 i * 7919
             )
         });
-        let size = encode_message(&o).expect_err("too large");
+        let size = o.to_message().expect_err("too large");
         assert!(size > termination::LIMIT);
     }
 

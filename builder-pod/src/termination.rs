@@ -7,7 +7,7 @@ use serde::Serialize;
 pub const PATH: &str = "/dev/termination-log";
 
 /// The most Kubernetes keeps.
-pub const LIMIT: usize = 4096;
+pub const LIMIT: usize = stagecoach_plan::contract::MESSAGE_LIMIT;
 
 /// Also writes the message to this file when set: podman, which runs our pods without a
 /// cluster, keeps no termination messages, so the local runner reads them from the

@@ -72,6 +72,25 @@ impl Workspace {
     pub fn scratch(&self, pod: &str) -> PathBuf {
         self.root.join("tmp").join(pod)
     }
+
+    /// Creates the directories every later pod writes into, owned by the source pod's
+    /// user: stage pods run as root but the assemble pod does not, and it must be able
+    /// to write into a COPY-only target's stage directory, `reports/` and `tmp/`.
+    pub fn create_dirs<'a>(
+        &self,
+        stages: impl IntoIterator<Item = &'a str>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dirs = [self.root.join("reports"), self.root.join("tmp")]
+            .into_iter()
+            .chain(stages.into_iter().map(|s| self.stage_dir(s)));
+        for dir in dirs {
+            std::fs::create_dir_all(&dir)?;
+            // Group-writable and setgid, like a volume a kubelet gives to fsGroup.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775))?;
+        }
+        Ok(())
+    }
 }
 
 /// One layer a stage wrote, as listed in its layer index.

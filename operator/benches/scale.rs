@@ -63,6 +63,7 @@ fn main() {
         builder_image: "builder:1".into(),
         default_workspace_size: "1Gi".into(),
         default_storage_class: None,
+        insecure_registries: Vec::new(),
     };
     let mut builds: Vec<(ImageBuild, Vec<ObservedPod>, bool)> =
         (0..1000).map(|n| (build(n), Vec::new(), false)).collect();

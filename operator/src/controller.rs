@@ -299,6 +299,7 @@ mod tests {
             builder_image: "builder:1".into(),
             default_workspace_size: "1Gi".into(),
             default_storage_class: None,
+            insecure_registries: Vec::new(),
         };
         (
             Arc::new(Context::new(client, config, Arc::new(Metrics::default()))),

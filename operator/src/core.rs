@@ -610,6 +610,7 @@ spec:
             builder_image: "builder:1".into(),
             default_workspace_size: "1Gi".into(),
             default_storage_class: None,
+            insecure_registries: Vec::new(),
         }
     }
 

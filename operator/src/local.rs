@@ -44,6 +44,8 @@ pub struct LocalOptions {
     pub keep: bool,
     /// Stream every pod's output with its stage as prefix.
     pub logs: bool,
+    /// Registries (`host:port`) the pods reach over plain HTTP.
+    pub insecure_registries: Vec<String>,
     /// The project's containers.conf and registries.conf, given to podman.
     pub containers_conf: Option<PathBuf>,
     pub registries_conf: Option<PathBuf>,
@@ -164,6 +166,7 @@ impl<'a> Runner<'a> {
                 builder_image: opts.builder_image.clone(),
                 default_workspace_size: "10Gi".into(),
                 default_storage_class: None,
+                insecure_registries: opts.insecure_registries.clone(),
             },
             pods: BTreeMap::new(),
             claim: None,
@@ -316,7 +319,7 @@ impl<'a> Runner<'a> {
             rel.trim_start_matches(render::WORKSPACE)
                 .trim_start_matches('/'),
         );
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        PodOutcome::from_message(&std::fs::read_to_string(path).ok()?)
     }
 
     fn log_tail(&self, container: &str) -> String {

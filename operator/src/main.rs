@@ -48,6 +48,14 @@ struct OperatorArgs {
     /// Default storage class of workspace claims.
     #[arg(long)]
     storage_class: Option<String>,
+    /// A registry (`host:port`) build pods reach over plain HTTP (repeatable).
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "STAGECOACH_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
@@ -81,6 +89,16 @@ enum LocalCommand {
         /// Stream every pod's output, prefixed with its stage.
         #[arg(long)]
         logs: bool,
+        /// A registry (`host:port`) reached over plain HTTP (repeatable); the local
+        /// registry of `make demo` by default.
+        #[arg(
+            long = "insecure-registry",
+            value_name = "HOST:PORT",
+            env = "STAGECOACH_INSECURE_REGISTRIES",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:5000"
+        )]
+        insecure_registries: Vec<String>,
     },
 }
 
@@ -104,12 +122,14 @@ fn main() -> ExitCode {
                     builder_image,
                     keep,
                     logs,
+                    insecure_registries,
                 },
         } => {
             let opts = LocalOptions {
                 builder_image,
                 keep,
                 logs,
+                insecure_registries,
                 containers_conf: std::env::var_os("CONTAINERS_CONF").map(PathBuf::from),
                 registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
             };
@@ -173,6 +193,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             builder_image: args.builder_image,
             default_workspace_size: args.workspace_size,
             default_storage_class: args.storage_class,
+            insecure_registries: args.insecure_registries,
         };
         let ctx = Arc::new(Context::new(client, config, metrics));
         let server = tokio::spawn(serve::serve(args.listen, health.clone()));

@@ -57,7 +57,7 @@ pub fn observe_pod(pod: &Pod, stage_names: &[String]) -> Option<ObservedPod> {
         };
     let outcome = terminated
         .and_then(|t| t.message.as_deref())
-        .and_then(|m| serde_json::from_str::<PodOutcome>(m).ok())
+        .and_then(PodOutcome::from_message)
         .or_else(|| {
             // Deadline or a container killed before it could report.
             (state == PodState::Failed).then(|| PodOutcome {

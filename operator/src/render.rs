@@ -41,6 +41,9 @@ pub struct OperatorConfig {
     pub builder_image: String,
     pub default_workspace_size: String,
     pub default_storage_class: Option<String>,
+    /// Registries (`host:port`) reached over plain HTTP by the source and assemble pods
+    /// (base images and pushes); every other registry is HTTPS.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Which pod of a build.
@@ -363,6 +366,9 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
     for arg in &spec.build_args {
         args.extend(["--build-arg".into(), format!("{}={}", arg.name, arg.value)]);
     }
+    for registry in &config.insecure_registries {
+        args.extend(["--insecure-registry".into(), registry.clone()]);
+    }
     let mut volumes = vec![workspace_volume(build), empty_dir("tmp")];
     let mut mounts = vec![
         mount("workspace", WORKSPACE, false),
@@ -440,6 +446,15 @@ pub fn render_stage_pod(
     )
 }
 
+/// The registry part of an image reference (`host[:port]`), Docker Hub's for a
+/// reference without one.
+fn registry_host(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.into(),
+        _ => "docker.io".into(),
+    }
+}
+
 /// The assemble pod: builds the runtime image and pushes it. The push credentials are
 /// mounted here and nowhere else.
 pub fn render_assemble_pod(
@@ -454,9 +469,14 @@ pub fn render_assemble_pod(
         "assemble".to_string(),
         "--image".into(),
         out.image.clone(),
+        "--pod".into(),
+        pod_name(build, &Role::Assemble, attempt),
         "--source-url".into(),
         build.spec.source.git.url.clone(),
     ];
+    if let Some(dir) = &build.spec.source.context_dir {
+        args.extend(["--context-dir".into(), dir.clone()]);
+    }
     for tag in &out.tags {
         args.extend(["--tag".into(), tag.clone()]);
     }
@@ -466,8 +486,13 @@ pub fn render_assemble_pod(
     if let Some(t) = source_date_epoch {
         args.extend(["--source-date-epoch".into(), t.to_string()]);
     }
-    if out.insecure_registry {
-        args.push("--insecure".into());
+    let output_registry = out.insecure_registry.then(|| registry_host(&out.image));
+    for registry in config
+        .insecure_registries
+        .iter()
+        .chain(output_registry.iter())
+    {
+        args.extend(["--insecure-registry".into(), registry.clone()]);
     }
     for (k, v) in &out.labels {
         args.extend(["--label".into(), format!("{k}={v}")]);
@@ -480,7 +505,6 @@ pub fn render_assemble_pod(
         mount("workspace", WORKSPACE, false),
         mount("tmp", "/tmp", false),
     ];
-    let mut env = Vec::new();
     if let Some(secret) = &out.push_secret_ref {
         volumes.push(Volume {
             name: "push-credentials".into(),
@@ -497,17 +521,12 @@ pub fn render_assemble_pod(
             ..Volume::default()
         });
         mounts.push(mount("push-credentials", PUSH_SECRET, true));
-        env.push(EnvVar {
-            name: "DOCKER_CONFIG".into(),
-            value: Some(PUSH_SECRET.into()),
-            value_from: None,
-        });
+        args.extend(["--auth-file".into(), format!("{PUSH_SECRET}/config.json")]);
     }
     let mut c = container("assemble", &config.builder_image, args);
     c.volume_mounts = Some(mounts);
     c.security_context = Some(restricted());
     c.resources = resources_for(build, None);
-    c.env = (!env.is_empty()).then_some(env);
     pod(build, &Role::Assemble, attempt, vec![c], vec![], volumes)
 }
 
@@ -527,6 +546,7 @@ mod tests {
             builder_image: "registry.example/stagecoach/builder:1".into(),
             default_workspace_size: "10Gi".into(),
             default_storage_class: None,
+            insecure_registries: Vec::new(),
         }
     }
 

@@ -411,3 +411,63 @@ pub struct PodOutcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 }
+
+/// The most of a termination message Kubernetes keeps.
+pub const MESSAGE_LIMIT: usize = 4096;
+
+/// The marker of a compressed termination message.
+pub const MESSAGE_ENCODING: &str = "gzip+base64";
+
+impl PodOutcome {
+    /// The termination message for this outcome: its JSON when that fits the 4 KiB
+    /// Kubernetes keeps; otherwise `{"succeeded":…,"encoding":"gzip+base64","data":…}`
+    /// with the JSON gzipped and base64-encoded (a reader that knows no encoding still
+    /// sees `succeeded` and no summary). Err with the envelope's size when even that
+    /// does not fit.
+    pub fn to_message(&self) -> Result<String, usize> {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        let json = serde_json::to_string(self).expect("an outcome always serialises");
+        if json.len() <= MESSAGE_LIMIT {
+            return Ok(json);
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(json.as_bytes()).expect("writing to memory");
+        let compressed = gz.finish().expect("writing to memory");
+        let envelope = serde_json::json!({
+            "succeeded": self.succeeded,
+            "encoding": MESSAGE_ENCODING,
+            "data": base64::engine::general_purpose::STANDARD.encode(&compressed),
+        })
+        .to_string();
+        if envelope.len() <= MESSAGE_LIMIT {
+            Ok(envelope)
+        } else {
+            Err(envelope.len())
+        }
+    }
+
+    /// Reads a termination message written by [`PodOutcome::to_message`], plain or
+    /// compressed; None for anything else.
+    pub fn from_message(message: &str) -> Option<PodOutcome> {
+        use base64::Engine as _;
+        #[derive(Deserialize)]
+        struct Envelope {
+            encoding: String,
+            data: String,
+        }
+        if let Ok(envelope) = serde_json::from_str::<Envelope>(message) {
+            if envelope.encoding != MESSAGE_ENCODING {
+                return None;
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(envelope.data)
+                .ok()?;
+            let mut json = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut json)
+                .ok()?;
+            return serde_json::from_str(&json).ok();
+        }
+        serde_json::from_str(message).ok()
+    }
+}

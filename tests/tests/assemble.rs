@@ -6,6 +6,7 @@
 //! the context, and a build stage's `export.tar` from a directory (or from buildah's
 //! build of that stage), so no stage pod has to run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,6 +68,8 @@ impl Build {
             tags: Vec::new(),
             source_url: None,
             revision: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             source_date_epoch: Some(EPOCH),
             media_types: MediaTypes::Oci,
             registry: Settings {

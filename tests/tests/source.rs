@@ -397,9 +397,9 @@ fn ignored_files_never_reach_the_context_on_the_volume() {
     let summary = report.summary.clone().expect("summary");
     assert_eq!(summary.commit.as_deref(), Some(fixture.c1.as_str()));
     assert_eq!(summary.commit_time, Some(fixture.commit_time(&fixture.c1)));
-    let message = source::encode_message(&source::outcome(&report)).expect("fits");
+    let message = source::outcome(&report).to_message().expect("fits");
     assert_eq!(
-        source::decode_message(&message).and_then(|o| o.summary),
+        PodOutcome::from_message(&message).and_then(|o| o.summary),
         Some(summary)
     );
 
@@ -446,9 +446,8 @@ fn failures_report_stable_reasons() {
 
     let report = source::run(&options(ws.path(), url.clone(), "no-such-branch"));
     assert_eq!(report.reason.as_deref(), Some("RevisionNotFound"));
-    let outcome =
-        source::decode_message(&source::encode_message(&source::outcome(&report)).expect("fits"))
-            .expect("outcome");
+    let outcome = PodOutcome::from_message(&source::outcome(&report).to_message().expect("fits"))
+        .expect("outcome");
     assert!(!outcome.succeeded);
     assert!(outcome.message.expect("message").contains(&url));
 
@@ -627,7 +626,7 @@ fn https_with_basic_auth_in_a_pod_leaks_no_secret() {
             "source",
         );
         let outcome: PodOutcome =
-            source::decode_message(&read(&volume.path.join(format!("outcomes/{name}.json"))))
+            PodOutcome::from_message(&read(&volume.path.join(format!("outcomes/{name}.json"))))
                 .unwrap_or_else(|| panic!("an outcome; logs:\n{}", run.logs));
         if ok {
             assert_eq!(run.exit_code, 0, "{}", run.logs);

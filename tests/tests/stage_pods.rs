@@ -44,6 +44,7 @@ fn operator_config() -> OperatorConfig {
         builder_image: builder_image(),
         default_workspace_size: "1Gi".into(),
         default_storage_class: None,
+        insecure_registries: Vec::new(),
     }
 }
 
