@@ -81,9 +81,6 @@ pub struct Entry {
     /// The containing filesystem (`major << 32 | minor`), for hard-link identity.
     pub dev: u64,
     pub ino: u64,
-    /// Birth time, where the filesystem keeps one: inode numbers are reused at once (ext4
-    /// gives a directory deleted and made again its old number), birth times are not.
-    pub btime: Option<Timestamp>,
     pub nlink: u32,
     /// The target of a symlink, as stored (never resolved).
     pub link_target: Option<PathBuf>,
@@ -106,18 +103,6 @@ impl Entry {
             || self.ino != other.ino
             || self.link_target != other.link_target
             || self.rdev != other.rdev
-    }
-
-    /// A directory that exists in both snapshots but is another inode: it was deleted
-    /// and made again, so nothing of the lower one may show through. Missing one (same
-    /// inode number, no birth time) still gives a correct layer: each removed child then
-    /// gets its own whiteout.
-    fn replaced_dir(&self, after: &Entry) -> bool {
-        self.kind == FileKind::Directory
-            && after.kind == FileKind::Directory
-            && (self.ino != after.ino
-                || self.dev != after.dev
-                || (self.btime.is_some() && after.btime.is_some() && self.btime != after.btime))
     }
 }
 
@@ -426,7 +411,6 @@ fn stat_entry(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Entry, Errno> {
         ctime: st.stx_ctime.into(),
         dev: (u64::from(st.stx_dev_major) << 32) | u64::from(st.stx_dev_minor),
         ino: st.stx_ino,
-        btime: (st.stx_mask & StatxFlags::BTIME.bits() != 0).then(|| st.stx_btime.into()),
         nlink: st.stx_nlink,
         link_target,
         rdev,
@@ -474,16 +458,17 @@ fn unescape_octal(field: &str) -> PathBuf {
 pub struct Changes {
     /// Paths that did not exist before.
     pub added: Vec<PathBuf>,
-    /// Paths whose metadata (or content, seen through size, mtime and ctime) changed. Also
-    /// every entry under an opaque directory, changed or not: the opaque marker hides the
-    /// lower copy, so the layer must carry them all.
+    /// Paths whose metadata (or content, seen through size, mtime and ctime) changed.
     pub changed: Vec<PathBuf>,
     /// Paths that are gone. A removed directory is listed alone, without its contents;
-    /// nothing is listed under a directory that was replaced (it is opaque) or that
-    /// became another kind of file.
+    /// nothing is listed under a directory that became another kind of file.
+    ///
+    /// A directory deleted and made again is not told apart from one changed in place:
+    /// on overlayfs, where stage pods run, a directory copied up to write into it gets
+    /// a new inode and birth time too. Its old entries that are gone are listed here
+    /// one by one (as kaniko does), which gives the same image as an opaque marker and
+    /// never re-ships a lower directory's whole contents.
     pub removed: Vec<PathBuf>,
-    /// Directories deleted and made again (another inode): also in `changed`.
-    pub opaque: Vec<PathBuf>,
 }
 
 impl Changes {
@@ -499,8 +484,6 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Changes {
     let mut new = after.entries.iter().peekable();
     // Before-only paths under this one are not reported (their ancestor covers them).
     let mut hidden: Option<&Path> = None;
-    // After paths under this opaque directory are all reported.
-    let mut opaque: Option<&Path> = None;
     let under = |scope: Option<&Path>, p: &Path| scope.is_some_and(|s| p.starts_with(s));
     loop {
         let order = match (old.peek(), new.peek()) {
@@ -530,16 +513,7 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Changes {
                 let (Some((path, was)), Some((_, now))) = (old.next(), new.next()) else {
                     break;
                 };
-                if was.replaced_dir(now) {
-                    changes.changed.push(path.clone());
-                    changes.opaque.push(path.clone());
-                    if !under(hidden, path) {
-                        hidden = Some(path);
-                    }
-                    if !under(opaque, path) {
-                        opaque = Some(path);
-                    }
-                } else if was.differs(now) || under(opaque, path) {
+                if was.differs(now) {
                     changes.changed.push(path.clone());
                     let dir_gone =
                         was.kind == FileKind::Directory && now.kind != FileKind::Directory;
@@ -687,7 +661,6 @@ mod tests {
         );
         // The removed directory once, not its contents.
         assert_eq!(paths(&changes.removed), ["lib", "usr/lib/deep"]);
-        assert!(changes.opaque.is_empty());
         assert_eq!(
             after.get(Path::new("etc/conf.d/a")).expect("a").mode,
             0o4755
@@ -699,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn recreated_directory_is_opaque_and_carries_all_its_contents() {
+    fn recreated_directory_lists_each_entry_that_is_gone() {
         let dir = tree();
         let r = dir.path();
         fs::write(r.join("usr/lib/old"), "old").expect("write");
@@ -715,13 +688,12 @@ mod tests {
         fs::write(r.join("var/cache"), "now a file").expect("write");
         let after = Snapshot::take(r, &[]).expect("snapshot");
         let changes = diff(&before, &after);
-        assert_eq!(paths(&changes.opaque), ["usr/lib"]);
         assert_eq!(paths(&changes.added), ["usr/lib/new"]);
         assert_eq!(
             paths(&changes.changed),
             ["usr", "usr/lib", "usr/lib/keep", "var", "var/cache"]
         );
-        assert!(changes.removed.is_empty(), "{:?}", changes.removed);
+        assert_eq!(paths(&changes.removed), ["usr/lib/deep", "usr/lib/old"]);
     }
 
     #[test]

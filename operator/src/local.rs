@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{EnvVar, HostPathVolumeSource, Pod, Volume, VolumeMount};
 use k8s_openapi::jiff::Timestamp;
 use stagecoach_plan::contract::PodOutcome;
+use std::os::unix::fs::PermissionsExt as _;
 
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, StagePhase};
 use crate::core::{self, Action, ObservedPod, PodState};
@@ -30,6 +31,8 @@ pub enum Error {
     },
     #[error("{path} is not a valid ImageBuild: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("the pods need Secret {name:?}: give it with --secret {name}=DIR")]
+    MissingSecret { name: String },
     #[error("podman {args}: {message}")]
     Podman { args: String, message: String },
 }
@@ -46,6 +49,9 @@ pub struct LocalOptions {
     pub logs: bool,
     /// Registries (`host:port`) the pods reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Kubernetes Secrets the build names, each a directory holding one file per key
+    /// (as `kubectl create secret generic --from-file` reads them).
+    pub secrets: BTreeMap<String, PathBuf>,
     /// The project's containers.conf and registries.conf, given to podman.
     pub containers_conf: Option<PathBuf>,
     pub registries_conf: Option<PathBuf>,
@@ -383,7 +389,8 @@ impl<'a> Runner<'a> {
 
     /// Runs a rendered pod with podman, with the two local adjustments: the outcome file,
     /// and a `file://` repository mounted read-only into the source pod.
-    fn play(&mut self, pod: Pod) -> Result<()> {
+    fn play(&mut self, mut pod: Pod) -> Result<()> {
+        self.mount_secrets(&mut pod)?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let role = match labels.get(render::LABEL_ROLE).map(String::as_str) {
@@ -428,6 +435,64 @@ impl<'a> Runner<'a> {
         self.timings
             .insert(name.clone(), (self.started.elapsed(), None));
         self.pods.insert(name, (role, generation, attempt, file));
+        Ok(())
+    }
+
+    /// Secret volumes become read-only host directories holding the Secret's keys (from
+    /// `--secret NAME=DIR`, with the volume's key-to-path items applied), owned by the
+    /// builder user as a kubelet would give them to the pod's fsGroup.
+    fn mount_secrets(&self, pod: &mut Pod) -> Result<()> {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let Some(spec) = pod.spec.as_mut() else {
+            return Ok(());
+        };
+        for volume in spec.volumes.iter_mut().flatten() {
+            let Some(secret) = volume.secret.take() else {
+                continue;
+            };
+            let name = secret.secret_name.clone().unwrap_or_default();
+            let source = self
+                .opts
+                .secrets
+                .get(&name)
+                .ok_or_else(|| Error::MissingSecret { name: name.clone() })?;
+            let io = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| Error::Read { path, source }
+            };
+            let keys: Vec<(String, String)> = match &secret.items {
+                Some(items) => items
+                    .iter()
+                    .map(|i| (i.key.clone(), i.path.clone()))
+                    .collect(),
+                None => std::fs::read_dir(source)
+                    .map_err(io(source))?
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .map(|k| (k.clone(), k))
+                    .collect(),
+            };
+            let dir = self
+                .dir
+                .path()
+                .join("secrets")
+                .join(format!("{pod_name}-{}", volume.name));
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            for (key, path) in keys {
+                let target = dir.join(&path);
+                std::fs::copy(source.join(&key), &target).map_err(io(&source.join(&key)))?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o440))
+                    .map_err(io(&target))?;
+            }
+            let _ = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{0}:{0}", render::BUILDER_UID))
+                .arg(&dir)
+                .status();
+            volume.host_path = Some(HostPathVolumeSource {
+                path: dir.display().to_string(),
+                type_: Some("Directory".into()),
+            });
+        }
         Ok(())
     }
 

@@ -99,6 +99,10 @@ enum LocalCommand {
             default_value = "127.0.0.1:5000"
         )]
         insecure_registries: Vec<String>,
+        /// A Secret the ImageBuild names, as a directory with one file per key
+        /// (repeatable): `--secret push-creds=./push-creds`.
+        #[arg(long = "secret", value_name = "NAME=DIR", value_parser = parse_secret)]
+        secrets: Vec<(String, PathBuf)>,
     },
 }
 
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
                     keep,
                     logs,
                     insecure_registries,
+                    secrets,
                 },
         } => {
             let opts = LocalOptions {
@@ -130,6 +135,7 @@ fn main() -> ExitCode {
                 keep,
                 logs,
                 insecure_registries,
+                secrets: secrets.into_iter().collect(),
                 containers_conf: std::env::var_os("CONTAINERS_CONF").map(PathBuf::from),
                 registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
             };
@@ -160,6 +166,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn parse_secret(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!("{s:?} is not NAME=DIR")),
     }
 }
 

@@ -158,6 +158,41 @@ impl Layout {
         Layout { dir }
     }
 
+    /// The image's config blob, as stored (Docker's extensions included).
+    pub fn config(&self) -> serde_json::Value {
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.dir.path().join("index.json")).expect("index"))
+                .expect("json");
+        let manifest = self.read_json(index["manifests"][0]["digest"].as_str().expect("digest"));
+        self.read_json(manifest["config"]["digest"].as_str().expect("config"))
+    }
+
+    /// The paths in the image's last layer, as its tar lists them (whiteouts included).
+    pub fn last_layer_paths(&self) -> Vec<String> {
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.dir.path().join("index.json")).expect("index"))
+                .expect("json");
+        let manifest = self.read_json(index["manifests"][0]["digest"].as_str().expect("digest"));
+        let last = manifest["layers"]
+            .as_array()
+            .and_then(|l| l.last())
+            .expect("a layer");
+        let file =
+            fs::File::open(self.blob(last["digest"].as_str().expect("digest"))).expect("blob");
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        archive
+            .entries()
+            .expect("tar")
+            .map(|e| {
+                e.expect("entry")
+                    .path()
+                    .expect("path")
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    }
+
     fn blob(&self, digest: &str) -> PathBuf {
         let (alg, hex) = digest.split_once(':').expect("digest");
         self.dir.path().join("blobs").join(alg).join(hex)
@@ -231,7 +266,13 @@ impl Layout {
 }
 
 /// Builds a Dockerfile target with buildah (the reference builder), returns the image name.
-pub fn buildah_bud(dockerfile: &Path, context: &Path, target: Option<&str>, tag: &str) -> String {
+pub fn buildah_bud(
+    dockerfile: &Path,
+    context: &Path,
+    target: Option<&str>,
+    build_args: &[(&str, &str)],
+    tag: &str,
+) -> String {
     let mut cmd = tool("buildah");
     cmd.args([
         "bud",
@@ -246,6 +287,9 @@ pub fn buildah_bud(dockerfile: &Path, context: &Path, target: Option<&str>, tag:
     .args(["-t", tag]);
     if let Some(t) = target {
         cmd.args(["--target", t]);
+    }
+    for (k, v) in build_args {
+        cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
     cmd.arg(context);
     check(&mut cmd);

@@ -313,6 +313,7 @@ fn stage_pod_layers_are_pushed_with_docker_media_types() {
         &dir.path().join("Dockerfile"),
         dir.path(),
         None,
+        &[],
         tag,
     ));
     let _ = tool("buildah").args(["rmi", "-f", tag]).output();
@@ -631,12 +632,13 @@ fn copy_only_stage_gives_the_filesystem_buildah_gives() {
     let file = dir.path().join("Dockerfile");
     std::fs::write(&file, &dockerfile).expect("Dockerfile");
     let stage_tag = "localhost/stagecoach-e2e/assemble-copy:build";
-    let build_stage = Layout::from_buildah(&buildah_bud(&file, &ctx, Some("build"), stage_tag));
+    let build_stage =
+        Layout::from_buildah(&buildah_bud(&file, &ctx, Some("build"), &[], stage_tag));
     let _ = tool("buildah").args(["rmi", "-f", stage_tag]).output();
     let build_root = build_stage.unpack();
     build.export_from("build", &build_root.path().join("b/rootfs"));
     let tag = "localhost/stagecoach-e2e/assemble-copy:buildah";
-    let theirs = Layout::from_buildah(&buildah_bud(&file, &ctx, None, tag));
+    let theirs = Layout::from_buildah(&buildah_bud(&file, &ctx, None, &[], tag));
     let _ = tool("buildah").args(["rmi", "-f", tag]).output();
 
     let target = format!("{}/e2e/assemble-copy:1", registry());

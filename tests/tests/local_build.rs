@@ -2,11 +2,14 @@
 //! podman): source pod, stage pods, assemble pod, the local registry. The images are
 //! checked with podman, skopeo and umoci, and compared with `buildah bud`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use stagecoach_e2e::git_server::{commit, git};
 use stagecoach_e2e::podman::{builder_image, check, podman, registry, tool};
+use stagecoach_e2e::registry::{RegistryServer, auth_file};
 use stagecoach_e2e::rootfs::{Layout, buildah_bud, differences};
 use stagecoach_operator::api::{ImageBuildStatus, Phase};
 use stagecoach_operator::local::{self, LocalOptions, LocalResult};
@@ -21,22 +24,31 @@ fn options() -> LocalOptions {
         keep: false,
         logs: false,
         insecure_registries: vec![registry()],
+        secrets: BTreeMap::new(),
         containers_conf: Some(repo_root().join("containers/containers.conf")),
         registries_conf: Some(repo_root().join("containers/registries.conf")),
     }
 }
 
-/// A build of the files as a git repository; `extra` is appended to the spec.
+/// A build of the files as a git repository; the `*_extra` texts are appended to the
+/// spec, its `output` and its `source.git`.
+#[derive(Default)]
 struct Build<'a> {
     name: &'a str,
     files: &'a [(&'a str, &'a str)],
     extra: &'a str,
+    output_extra: &'a str,
+    git_extra: &'a str,
     revision: &'a str,
+    /// Another registry than the local one (`host:port`).
+    registry: Option<String>,
+    secrets: BTreeMap<String, PathBuf>,
 }
 
 impl Build<'_> {
     fn image(&self) -> String {
-        format!("{}/e2e/{}:latest", registry(), self.name)
+        let registry = self.registry.clone().unwrap_or_else(registry);
+        format!("{registry}/e2e/{}:latest", self.name)
     }
 
     fn run(&self, dir: &Path) -> LocalResult {
@@ -46,22 +58,37 @@ impl Build<'_> {
         commit(&repo, self.files, self.name);
         let manifest = dir.join("build.yaml");
         let yaml = format!(
-            "apiVersion: stagecoach.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: {name}\nspec:\n  source:\n    git:\n      url: file://{repo}\n      revision: {rev}\n  output:\n    image: {image}\n    insecureRegistry: true\n  timeout: 10m\n{extra}",
+            "apiVersion: stagecoach.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: {name}\nspec:\n  source:\n    git:\n      url: file://{repo}\n      revision: {rev}\n{git_extra}  output:\n    image: {image}\n    insecureRegistry: true\n{output_extra}  timeout: 10m\n{extra}",
             name = self.name,
             repo = repo.display(),
-            rev = self.revision,
+            rev = if self.revision.is_empty() {
+                "main"
+            } else {
+                self.revision
+            },
+            git_extra = self.git_extra,
             image = self.image(),
+            output_extra = self.output_extra,
             extra = self.extra
         );
         std::fs::write(&manifest, yaml).expect("manifest");
-        local::build(&manifest, &options()).unwrap_or_else(|e| panic!("{}: {e}", self.name))
+        let mut opts = options();
+        opts.secrets = self.secrets.clone();
+        opts.insecure_registries.extend(self.registry.clone());
+        local::build(&manifest, &opts).unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 }
 
 fn succeeded(status: &ImageBuildStatus) -> String {
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
     let image = status.image.clone().expect("image");
-    format!("{}@{}", image.reference, image.digest)
+    // `repository@digest`: skopeo refuses a tag beside the digest.
+    let (name, last) = image
+        .reference
+        .rsplit_once('/')
+        .expect("registry/repository");
+    let repository = last.split(':').next().unwrap_or(last);
+    format!("{name}/{repository}@{}", image.digest)
 }
 
 fn failure(status: &ImageBuildStatus) -> (String, String, Option<i64>) {
@@ -70,7 +97,38 @@ fn failure(status: &ImageBuildStatus) -> (String, String, Option<i64>) {
     (f.reason, f.message, f.line)
 }
 
-/// Compares our pushed image with buildah's build of the same Dockerfile and context.
+/// The parts of an image config a Dockerfile decides, for comparing with buildah's:
+/// the labels of the build's source and of buildah itself are left out.
+fn dockerfile_config(config: &serde_json::Value) -> serde_json::Value {
+    let mut c = config["config"].clone();
+    if let Some(labels) = c.get_mut("Labels").and_then(|l| l.as_object_mut()) {
+        labels.retain(|k, _| {
+            !k.starts_with("org.opencontainers.image.") && k != "io.buildah.version"
+        });
+    }
+    let keys = [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+        "Volumes",
+        "Labels",
+        "StopSignal",
+        "Healthcheck",
+        "Shell",
+        "OnBuild",
+    ];
+    keys.iter()
+        .filter(|k| !c[**k].is_null() && c[**k] != serde_json::json!({}))
+        .map(|k| (k.to_string(), c[*k].clone()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Compares our pushed image with buildah's build of the same Dockerfile and context:
+/// the root filesystem file by file, and the config.
 fn assert_same_as_buildah(
     image: &str,
     files: &[(&str, &str)],
@@ -80,25 +138,15 @@ fn assert_same_as_buildah(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     for (path, content) in files {
-        let file = dir.path().join("ctx").join(path);
+        let file = dir.path().join(path);
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
         std::fs::write(&file, content).expect("write");
     }
-    let mut dockerfile = dir.path().join("ctx/Dockerfile");
-    if !build_args.is_empty() {
-        // buildah takes build args on the command line: bake them into a copy as defaults.
-        let text = std::fs::read_to_string(&dockerfile).expect("Dockerfile");
-        let mut baked = text.clone();
-        for (k, v) in build_args {
-            baked = baked.replace(&format!("ARG {k}\n"), &format!("ARG {k}={v}\n"));
-        }
-        dockerfile = dir.path().join("Dockerfile.baked");
-        std::fs::write(&dockerfile, baked).expect("baked");
-    }
     let theirs = Layout::from_buildah(&buildah_bud(
-        &dockerfile,
-        &dir.path().join("ctx"),
+        &dir.path().join("Dockerfile"),
+        dir.path(),
         target,
+        build_args,
         tag,
     ));
     let _ = tool("buildah").args(["rmi", "-f", tag]).output();
@@ -111,6 +159,11 @@ fn assert_same_as_buildah(
         diffs.is_empty(),
         "{image}: differs from buildah:\n{}",
         diffs.join("\n")
+    );
+    assert_eq!(
+        dockerfile_config(&ours.config()),
+        dockerfile_config(&theirs.config()),
+        "{image}: config differs from buildah's"
     );
 }
 
@@ -133,8 +186,7 @@ fn classic_c_example_runs_and_ships_only_the_binary() {
     let b = Build {
         name: "classic",
         files: &files,
-        extra: "",
-        revision: "main",
+        ..Build::default()
     };
     let result = b.run(dir.path());
     let image = succeeded(&result.status);
@@ -189,8 +241,7 @@ fn independent_stages_run_at_the_same_time() {
     let result = Build {
         name: "parallel",
         files: &files,
-        extra: "",
-        revision: "main",
+        ..Build::default()
     }
     .run(dir.path());
     let image = succeeded(&result.status);
@@ -229,7 +280,7 @@ fn args_targets_indexes_images_and_chains() {
         name: "targets",
         files: &files,
         extra: "  target: middle\n  buildArgs:\n  - {name: GREETING, value: hi there}\n",
-        revision: "main",
+        ..Build::default()
     }
     .run(dir.path());
     let image = succeeded(&result.status);
@@ -250,9 +301,9 @@ fn args_targets_indexes_images_and_chains() {
 fn metadata_lands_in_the_image_config() {
     let r = registry();
     let dockerfile = format!(
-        "FROM {r}/stagecoach/busybox:1\nENV MODE=prod\nWORKDIR /app\nUSER 1000:1000\nLABEL team=builders\nEXPOSE 8080/tcp\n\
+        "FROM {r}/stagecoach/busybox:1\nENV MODE=prod\nWORKDIR /app\nRUN chown 1000:1000 /app\nUSER 1000:1000\nLABEL team=builders\nEXPOSE 8080/tcp\n\
          VOLUME /data\nSTOPSIGNAL SIGINT\nHEALTHCHECK --interval=30s CMD [\"true\"]\nENTRYPOINT [\"/bin/sh\", \"-c\"]\nCMD [\"echo $MODE\"]\n\
-         RUN touch /app/ready\n"
+         RUN touch ready\n"
     );
     let files = [("Dockerfile", dockerfile.as_str())];
     let dir = tempfile::tempdir().expect("tempdir");
@@ -260,19 +311,13 @@ fn metadata_lands_in_the_image_config() {
         &Build {
             name: "metadata",
             files: &files,
-            extra: "",
-            revision: "main",
+            ..Build::default()
         }
         .run(dir.path())
         .status,
     );
-    let out = check(tool("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--config",
-        &format!("docker://{image}"),
-    ]));
-    let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config");
+    // skopeo's --config drops Docker's extensions (Healthcheck): read the blob itself.
+    let config = Layout::from_registry(&image).config();
     let c = &config["config"];
     assert!(
         c["Env"]
@@ -309,8 +354,7 @@ fn failures_end_with_their_reason_and_place() {
     let status = Build {
         name: "runfails",
         files: &files,
-        extra: "",
-        revision: "main",
+        ..Build::default()
     }
     .run(&dir.path().join("a"))
     .status;
@@ -339,8 +383,7 @@ fn failures_end_with_their_reason_and_place() {
     let status = Build {
         name: "invalid",
         files: &files,
-        extra: "",
-        revision: "main",
+        ..Build::default()
     }
     .run(&dir.path().join("b"))
     .status;
@@ -351,10 +394,156 @@ fn failures_end_with_their_reason_and_place() {
     let status = Build {
         name: "norev",
         files: &files,
-        extra: "",
         revision: "no-such-branch",
+        ..Build::default()
     }
     .run(&dir.path().join("c"))
     .status;
     assert_eq!(failure(&status).0, "RevisionNotFound");
+}
+
+#[test]
+fn a_final_stage_that_deletes_and_changes_base_files_pushes_whiteouts() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/runtime:1\nRUN rm /etc/group && rm -r /usr/share/doc && echo changed >> /etc/passwd && \
+         rm -r /etc/ld.so.conf.d && mkdir /etc/ld.so.conf.d && echo /opt/lib > /etc/ld.so.conf.d/opt.conf\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = succeeded(
+        &Build {
+            name: "whiteouts",
+            files: &files,
+            ..Build::default()
+        }
+        .run(dir.path())
+        .status,
+    );
+    // The new layer records the deletions as whiteouts.
+    let layout = Layout::from_registry(&image);
+    let paths = layout.last_layer_paths();
+    for whiteout in ["etc/.wh.group", "usr/share/.wh.doc"] {
+        assert!(
+            paths.iter().any(|p| p.trim_start_matches("./") == whiteout),
+            "{whiteout} in {paths:?}"
+        );
+    }
+    let rootfs = layout.unpack();
+    let root = rootfs.path().join("b/rootfs");
+    assert!(!root.join("etc/group").exists());
+    assert!(!root.join("usr/share/doc").exists());
+    assert!(
+        std::fs::read_to_string(root.join("etc/passwd"))
+            .expect("passwd")
+            .ends_with("changed\n")
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("etc/ld.so.conf.d"))
+            .expect("ld.so.conf.d")
+            .count(),
+        1
+    );
+    let out = check(podman().args([
+        "run",
+        "--rm",
+        "--tls-verify=false",
+        &image,
+        "sh",
+        "-c",
+        "test ! -e /etc/group && cat /etc/ld.so.conf.d/*",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/opt/lib\n");
+    assert_same_as_buildah(
+        &image,
+        &files,
+        &[],
+        None,
+        "localhost/stagecoach-e2e/whiteouts:buildah",
+    );
+}
+
+/// Writes a Secret's keys into a directory, as `--secret NAME=DIR` takes them.
+fn secret_dir(dir: &Path, keys: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("secret dir");
+    for (key, value) in keys {
+        std::fs::write(dir.join(key), value).expect("secret key");
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+fn credentials_reach_only_their_pods_and_a_wrong_password_pushes_nothing() {
+    const GIT_TOKEN: &str = "git-token-5p8Qz";
+    const PUSH_PASSWORD: &str = "push-password-7Kw2x";
+    let protected = RegistryServer::start(Some(("pusher", PUSH_PASSWORD)));
+    let r = registry();
+    // The RUN looks for every form of both credentials in its whole filesystem (the
+    // workspace volume included) and environment; the strings are split so that the
+    // Dockerfile and plan on the volume do not hold them.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("pusher:{PUSH_PASSWORD}"));
+    let needles = [GIT_TOKEN, PUSH_PASSWORD, basic.as_str()];
+    let assignments: Vec<String> = needles
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (a, b) = n.split_at(n.len() / 2);
+            format!("n{i}=\"{a}\"\"{b}\"")
+        })
+        .collect();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1\nRUN {}; \
+         for n in \"$n0\" \"$n1\" \"$n2\"; do \
+           if env | grep -qF \"$n\"; then echo \"found in the environment\"; exit 1; fi; \
+           for d in /*; do case $d in /proc|/sys|/dev) ;; *) \
+             if grep -rlsF \"$n\" \"$d\"; then echo \"found in files\"; exit 1; fi;; esac; done; \
+         done; echo searched > /searched\n",
+        assignments.join("; ")
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let git_secret = secret_dir(
+        &dir.path().join("git-creds"),
+        &[("username", "builder"), ("password", GIT_TOKEN)],
+    );
+    let push = |password: &str, sub: &str| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).expect("dir");
+        let config = auth_file(&d, &protected.addr, "pusher", password);
+        let json = std::fs::read_to_string(config).expect("config");
+        secret_dir(&d.join("secret"), &[(".dockerconfigjson", json.as_str())])
+    };
+    let build = |password: &str, sub: &str| Build {
+        name: "credentials",
+        files: &files,
+        git_extra: "      secretRef: {name: git-creds}\n",
+        output_extra: "    pushSecretRef: {name: push-creds}\n",
+        registry: Some(protected.addr.clone()),
+        secrets: BTreeMap::from([
+            ("git-creds".to_string(), git_secret.clone()),
+            ("push-creds".to_string(), push(password, sub)),
+        ]),
+        ..Build::default()
+    };
+
+    let status = build("wrong-password", "wrong")
+        .run(&dir.path().join("a"))
+        .status;
+    let (reason, message, _) = failure(&status);
+    assert_eq!(reason, "PushDenied", "{message}");
+    assert!(message.contains(&protected.addr), "{message}");
+    assert!(
+        protected.repositories().is_empty(),
+        "nothing is pushed: {:?}",
+        protected.repositories()
+    );
+
+    let status = build(PUSH_PASSWORD, "right")
+        .run(&dir.path().join("b"))
+        .status;
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    assert_eq!(
+        protected.repositories(),
+        vec!["e2e/credentials".to_string()]
+    );
 }

@@ -169,7 +169,7 @@ fn assert_same_as_buildah(case: Case) {
     let dockerfile = dir.path().join("Dockerfile");
     std::fs::write(&dockerfile, &case.dockerfile).expect("Dockerfile");
     let tag = format!("localhost/stagecoach-e2e/{}:buildah", case.name);
-    let theirs = Layout::from_buildah(&buildah_bud(&dockerfile, &context, case.target, &tag));
+    let theirs = Layout::from_buildah(&buildah_bud(&dockerfile, &context, case.target, &[], &tag));
     let theirs_root = theirs.unpack();
     let _ = tool("buildah").args(["rmi", "-f", &tag]).output();
 
