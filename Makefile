@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test demo deps fmt-check clippy unit e2e-env builder-static builder-image bench-plan
+.PHONY: test demo deps fmt-check clippy unit e2e-env builder-static builder-image operator-image images bench-plan
 
 ## test: install what the tests need, then run every check (end-to-end tests included)
 test: deps fmt-check clippy e2e-env unit chart-check
@@ -25,11 +25,12 @@ clippy:
 unit:
 	$(CARGO) test --workspace --locked
 
-## e2e-env: the local registry, the base images and the builder image the end-to-end tests use
+## e2e-env: the local registry, the base images and the two images the end-to-end tests use
 e2e-env:
 	./scripts/registry.sh start
 	./scripts/base-images.sh
-	./scripts/builder-image.sh
+	./scripts/image.sh builder
+	./scripts/image.sh operator
 
 ## builder-static: the fully static stagecoach-builder for build pods
 builder-static:
@@ -37,9 +38,17 @@ builder-static:
 		-p stagecoach-builder --target x86_64-unknown-linux-gnu
 	@echo target/x86_64-unknown-linux-gnu/release/stagecoach-builder
 
-## builder-image: the builder image (scratch + static builder + CA bundle) in the local registry
+## builder-image: the builder image (scratch + static builder + CA bundle), made with
+## Stagecoach's own image code, in the local registry (REGISTRY, IMAGE to change where)
 builder-image:
-	./scripts/builder-image.sh
+	./scripts/image.sh builder
+
+## operator-image: the operator image, the same way
+operator-image:
+	./scripts/image.sh operator
+
+## images: both images
+images: builder-image operator-image
 
 ## bench-plan: time planning a generated 500-stage Dockerfile
 bench-plan:

@@ -16,7 +16,7 @@ manifest=$root/.work/hello.imagebuild.yaml
 ./scripts/install-deps.sh
 ./scripts/registry.sh start
 ./scripts/base-images.sh
-./scripts/builder-image.sh >/dev/null
+./scripts/image.sh builder >/dev/null
 cargo build --quiet --release --locked -p stagecoach-operator
 
 # The example as a git repository the source pod clones (file:// is mounted read-only).

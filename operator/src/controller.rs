@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -27,6 +27,11 @@ use crate::render::{self, OperatorConfig};
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "stagecoach";
+
+/// Lines of a failed pod's log kept in `status.failure.logTail`, and the most of each
+/// line (the status is an object in etcd, not a log store).
+const LOG_TAIL_LINES: i64 = 20;
+const LOG_LINE_CHARS: usize = 400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -153,12 +158,26 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
         apply(&ctx, &build, &pods_api, &claims_api, action).await?;
     }
     let before = build.status.clone().unwrap_or_default();
-    if before != decision.status {
-        record_metrics(&ctx.metrics, &before, &decision.status);
+    let mut status = decision.status;
+    // A build that has just failed gets the failed pod's last log lines, once.
+    if before.failure.is_none()
+        && let Some(failure) = status.failure.as_mut()
+        && let Some(pod) = failure.pod.clone()
+    {
+        let container = pods
+            .iter()
+            .find(|p| p.name_any() == pod)
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone());
+        failure.log_tail = log_tail(&pods_api, &pod, container).await;
+    }
+    if before != status {
+        record_metrics(&ctx.metrics, &before, &status);
         let patch = serde_json::json!({
             "apiVersion": "stagecoach.dev/v1alpha1",
             "kind": "ImageBuild",
-            "status": decision.status,
+            "status": status,
         });
         builds_api
             .patch_status(
@@ -168,11 +187,31 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
             )
             .await?;
     }
-    Ok(match decision.status.phase {
+    Ok(match status.phase {
         Some(Phase::Succeeded | Phase::Failed) => Requeue::await_change(),
         // Pods report through watch events; the requeue catches timeouts.
         _ => Requeue::requeue(Duration::from_secs(30)),
     })
+}
+
+/// The last lines of a failed pod's log; none when the log cannot be read (the pod is
+/// gone, or its node is): the failure's reason and message do not depend on it.
+async fn log_tail(pods: &Api<Pod>, pod: &str, container: Option<String>) -> Vec<String> {
+    let params = LogParams {
+        container,
+        tail_lines: Some(LOG_TAIL_LINES),
+        ..LogParams::default()
+    };
+    match pods.logs(pod, &params).await {
+        Ok(text) => text
+            .lines()
+            .map(|line| line.chars().take(LOG_LINE_CHARS).collect())
+            .collect(),
+        Err(e) => {
+            warn!(pod, error = %e, "cannot read the failed pod's log");
+            Vec::new()
+        }
+    }
 }
 
 async fn apply(
@@ -289,6 +328,7 @@ mod tests {
     use super::*;
     use http::{Request, Response};
     use kube::client::Body;
+    use stagecoach_plan::contract::{PlanSummary, PodOutcome, PodSummary};
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -462,5 +502,275 @@ mod tests {
         server
             .await
             .expect("the API server saw only allowed requests");
+    }
+
+    /// A request the fake API server answered: method, path with query, body.
+    #[derive(Debug)]
+    struct Seen {
+        method: String,
+        uri: String,
+        body: serde_json::Value,
+    }
+
+    /// Plays an API server that holds `pods` and the build's claim: answers whatever the
+    /// reconcile asks, in any order, and returns every request once the client is gone.
+    fn api_server(
+        mut handle: Handle,
+        pods: Vec<serde_json::Value>,
+        log: &'static str,
+    ) -> tokio::task::JoinHandle<Vec<Seen>> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let uri = request.uri().to_string();
+                let path = request.uri().path().to_string();
+                let body = body_json(request).await;
+                let response = match method.as_str() {
+                    "GET" if path.ends_with("/log") => Response::builder()
+                        .status(200)
+                        .body(Body::from(log.as_bytes().to_vec()))
+                        .expect("response"),
+                    "GET" if path.ends_with("/pods") => respond(
+                        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
+                        200,
+                    ),
+                    "GET" => respond(
+                        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "app-workspace"}}),
+                        200,
+                    ),
+                    "PATCH" => {
+                        let mut updated = serde_json::to_value(build()).expect("build");
+                        updated["status"] = body["status"].clone();
+                        respond(updated, 200)
+                    }
+                    "DELETE" => respond(
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+                        200,
+                    ),
+                    _ => respond(body.clone(), 201),
+                };
+                seen.push(Seen { method, uri, body });
+                send.send_response(response);
+            }
+            seen
+        })
+    }
+
+    /// A rendered pod as the API server shows it: its phase and, once it ended, its
+    /// container's termination message.
+    fn pod_in(pod: &Pod, phase: &str, outcome: Option<&PodOutcome>) -> serde_json::Value {
+        let mut value = serde_json::to_value(pod).expect("pod");
+        let container = value["spec"]["containers"][0]["name"].clone();
+        let state = match outcome {
+            Some(o) => serde_json::json!({"terminated": {
+                "exitCode": if o.succeeded { 0 } else { 1 },
+                "message": o.to_message().expect("fits"),
+            }}),
+            None => serde_json::json!({"running": {}}),
+        };
+        value["status"] = serde_json::json!({"phase": phase, "containerStatuses": [{
+            "name": container, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": state,
+        }]});
+        value
+    }
+
+    /// Two independent stages and a final one that copies from both.
+    fn planned() -> PodOutcome {
+        let pod = |id: &str, waits: &[&str]| PodSummary {
+            id: id.into(),
+            stages: vec![id.into()],
+            image: Some("registry.example/busybox@sha256:1".into()),
+            waits_for: waits.iter().map(|s| s.to_string()).collect(),
+        };
+        PodOutcome {
+            succeeded: true,
+            summary: Some(PlanSummary {
+                commit: Some("c".repeat(40)),
+                commit_time: Some(1_700_000_000),
+                target: "final".into(),
+                pods: vec![pod("a", &[]), pod("b", &[]), pod("final", &["a", "b"])],
+            }),
+            ..PodOutcome::default()
+        }
+    }
+
+    /// The build as the operator left it after the source pod: Building, with its stages.
+    fn building(ctx: &Context) -> (ImageBuild, serde_json::Value) {
+        let mut b = build();
+        let first = core::decide(
+            &Observed {
+                build: &b,
+                pods: &[],
+                claim_exists: false,
+                now: Timestamp::now(),
+            },
+            &ctx.config,
+        );
+        b.status = Some(first.status);
+        let source = pod_in(
+            &render::render_source_pod(&b, &ctx.config, 0),
+            "Succeeded",
+            Some(&planned()),
+        );
+        let observed: Vec<_> = [&source]
+            .into_iter()
+            .filter_map(|p| observe_pod(&serde_json::from_value(p.clone()).expect("pod"), &[]))
+            .collect();
+        let next = core::decide(
+            &Observed {
+                build: &b,
+                pods: &observed,
+                claim_exists: true,
+                now: Timestamp::now(),
+            },
+            &ctx.config,
+        );
+        b.status = Some(next.status);
+        assert_eq!(
+            b.status.as_ref().and_then(|s| s.phase),
+            Some(Phase::Building)
+        );
+        (b, source)
+    }
+
+    fn stage_pod(ctx: &Context, b: &ImageBuild, stage: &str) -> Pod {
+        let summary = planned().summary.expect("summary");
+        let pod = summary.pods.iter().find(|p| p.id == stage).expect("stage");
+        render::render_stage_pod(b, &ctx.config, pod, Some(1_700_000_000), 0)
+    }
+
+    fn created_pods(seen: &[Seen]) -> Vec<String> {
+        seen.iter()
+            .filter(|r| r.method == "POST" && r.uri.starts_with("/api/v1/namespaces/team/pods"))
+            .map(|r| {
+                r.body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn status_patch(seen: &[Seen]) -> &serde_json::Value {
+        &seen
+            .iter()
+            .find(|r| r.method == "PATCH" && r.uri.contains("/imagebuilds/app/status"))
+            .expect("a status patch")
+            .body["status"]
+    }
+
+    #[tokio::test]
+    async fn a_finished_source_pod_starts_the_first_wave() {
+        let (ctx, handle) = context();
+        let mut b = build();
+        b.status = Some(
+            core::decide(
+                &Observed {
+                    build: &b,
+                    pods: &[],
+                    claim_exists: false,
+                    now: Timestamp::now(),
+                },
+                &ctx.config,
+            )
+            .status,
+        );
+        let source = pod_in(
+            &render::render_source_pod(&b, &ctx.config, 0),
+            "Succeeded",
+            Some(&planned()),
+        );
+        let server = api_server(handle, vec![source], "");
+        let names: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|s| stage_pod(&ctx, &b, s).metadata.name.expect("name"))
+            .collect();
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        // Both independent stages at once; the final one waits for them.
+        assert_eq!(created_pods(&seen), names);
+        let status = status_patch(&seen);
+        assert_eq!(status["phase"], "Building");
+        assert_eq!(status["source"]["commit"], "c".repeat(40));
+        assert_eq!(status["stages"][2]["name"], "final");
+        assert_eq!(status["stages"][2]["phase"], "Waiting");
+        let ready = &status["conditions"][0];
+        assert_eq!(
+            (&ready["type"], &ready["status"]),
+            (&"Ready".into(), &"False".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_stage_fails_the_build_with_its_log_tail() {
+        let (ctx, handle) = context();
+        let (b, source) = building(&ctx);
+        let failed = PodOutcome {
+            succeeded: false,
+            reason: Some("StageFailed".into()),
+            message: Some("stage a: Dockerfile:3: RUN make: exit code 2".into()),
+            stage: Some("a".into()),
+            line: Some(3),
+            ..PodOutcome::default()
+        };
+        let a = stage_pod(&ctx, &b, "a");
+        let a_name = a.metadata.name.clone().expect("name");
+        let pods = vec![
+            source,
+            pod_in(&a, "Failed", Some(&failed)),
+            pod_in(&stage_pod(&ctx, &b, "b"), "Running", None),
+        ];
+        let server = api_server(handle, pods, "[a 2/2] RUN make\nmake: *** [all] Error 2\n");
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        let log = seen
+            .iter()
+            .find(|r| r.uri.contains("/log"))
+            .expect("the failed pod's log is read");
+        assert!(
+            log.uri
+                .starts_with(&format!("/api/v1/namespaces/team/pods/{a_name}/log"))
+        );
+        assert!(log.uri.contains("container=stage") && log.uri.contains("tailLines=20"));
+        let status = status_patch(&seen);
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["failure"]["reason"], "StageFailed");
+        assert_eq!(status["failure"]["line"], 3);
+        assert_eq!(status["failure"]["pod"], a_name.as_str());
+        assert_eq!(
+            status["failure"]["logTail"],
+            serde_json::json!(["[a 2/2] RUN make", "make: *** [all] Error 2"])
+        );
+        let ready = &status["conditions"][0];
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "StageFailed");
+        assert!(
+            created_pods(&seen).is_empty(),
+            "nothing starts after a failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_deleted_mid_build_is_recreated() {
+        let (ctx, handle) = context();
+        let (b, source) = building(&ctx);
+        // Stage b's pod was deleted (by a person, or with its node): only a is there.
+        let pods = vec![source, pod_in(&stage_pod(&ctx, &b, "a"), "Running", None)];
+        let server = api_server(handle, pods, "");
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        let created = created_pods(&seen);
+        assert_eq!(created.len(), 1, "{created:?}");
+        let recreated = seen
+            .iter()
+            .find(|r| r.method == "POST" && r.uri.starts_with("/api/v1/namespaces/team/pods"))
+            .expect("a pod");
+        assert_eq!(
+            recreated.body["metadata"]["labels"][render::LABEL_STAGE],
+            "b"
+        );
+        assert_eq!(status_patch(&seen)["phase"], "Building");
     }
 }

@@ -214,7 +214,21 @@ impl<'a> Runner<'a> {
     }
 
     fn run(mut self) -> Result<LocalResult> {
-        let result = self.drive();
+        let result = self.drive().map(|mut status| {
+            // As the operator does: the failed pod's last log lines go into the status.
+            if let Some(failure) = status.failure.as_mut()
+                && let Some(pod) = &failure.pod
+                && let Some((role, ..)) = self.pods.get(pod)
+            {
+                let container = format!("{pod}-{}", role.label());
+                failure.log_tail = self
+                    .log_tail(&container)
+                    .lines()
+                    .map(String::from)
+                    .collect();
+            }
+            status
+        });
         if !self.opts.keep {
             self.clean_up();
         }

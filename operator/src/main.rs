@@ -157,6 +157,13 @@ fn main() -> ExitCode {
                             log_tail: vec![],
                         }
                     });
+                    if !failure.log_tail.is_empty() {
+                        let pod = failure.pod.as_deref().unwrap_or("the failed pod");
+                        eprintln!("last lines of {pod}'s log:");
+                        for line in &failure.log_tail {
+                            eprintln!("  {line}");
+                        }
+                    }
                     eprintln!("build failed: {}: {}", failure.reason, failure.message);
                     ExitCode::FAILURE
                 }

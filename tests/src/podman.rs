@@ -9,7 +9,7 @@ pub fn registry() -> String {
     std::env::var("REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
 }
 
-/// The builder image reference (built and pushed by `scripts/builder-image.sh`).
+/// The builder image reference (built and pushed by `scripts/image.sh builder`).
 pub fn builder_image() -> String {
     std::env::var("BUILDER_IMAGE")
         .unwrap_or_else(|_| format!("{}/stagecoach/builder:dev", registry()))

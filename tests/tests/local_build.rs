@@ -368,6 +368,11 @@ fn failures_end_with_their_reason_and_place() {
         message.contains("stage build: Dockerfile:3: RUN exit 3: exit code 3"),
         "{message}"
     );
+    let tail = status.failure.as_ref().map(|f| f.log_tail.join("\n"));
+    assert!(
+        tail.as_deref().is_some_and(|t| t.contains("RUN exit 3")),
+        "the failed pod's log tail: {tail:?}"
+    );
     let pushed = tool("skopeo")
         .args([
             "inspect",

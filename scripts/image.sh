@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds one of Stagecoach's images with its own image code (scripts/package-image.sh:
+# no Docker, no buildah) and pushes it: FROM scratch, the fully static binary and a CA
+# bundle, nothing else.
+#
+# usage: image.sh builder|operator
+#   builder   stagecoach-builder: the source and assemble pods, and the init container
+#             that installs the builder into stage pods
+#   operator  stagecoach: the controller
+#
+# REGISTRY  where to push (default 127.0.0.1:5000)
+# IMAGE     the reference to push (default $REGISTRY/stagecoach/<name>:dev)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+name=${1:?usage: image.sh builder|operator}
+case $name in
+  builder) package=stagecoach-builder binary=stagecoach-builder ;;
+  operator) package=stagecoach-operator binary=stagecoach ;;
+  *) echo "image.sh: no image $name (builder or operator)" >&2; exit 2 ;;
+esac
+registry=${REGISTRY:-127.0.0.1:5000}
+image=${IMAGE:-$registry/stagecoach/$name:dev}
+target=x86_64-unknown-linux-gnu
+path=$root/target/$target/release/$binary
+
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --locked \
+  -p "$package" --bin "$binary" --target "$target" --manifest-path "$root/Cargo.toml"
+# A static binary has no interpreter; refuse to ship one that does.
+if readelf -l "$path" | grep -q 'Requesting program interpreter'; then
+  echo "image.sh: $path is not static" >&2
+  exit 1
+fi
+# The packaging runs the builder binary: build it too when packaging the operator.
+if [ "$name" != builder ]; then
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --locked \
+    -p stagecoach-builder --bin stagecoach-builder --target "$target" --manifest-path "$root/Cargo.toml"
+fi
+"$root/scripts/package-image.sh" "$image" "$root/images/package/$name.Dockerfile" \
+  "$path" /etc/ssl/certs/ca-certificates.crt

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Packages files into an image with Stagecoach's own image code (no Docker, no buildah)
+# and pushes it: the files and a Dockerfile of COPY and metadata instructions become a
+# build context, `stagecoach-builder plan` plans it, and `stagecoach-builder assemble`
+# builds the layers and pushes the image, as the assemble pod does for a COPY-only
+# final stage.
+#
+# usage: package-image.sh IMAGE DOCKERFILE FILE...
+#   REGISTRY  a registry reached over plain HTTP (default 127.0.0.1:5000)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+image=$1 dockerfile=$2
+shift 2
+registry=${REGISTRY:-127.0.0.1:5000}
+builder=$root/target/x86_64-unknown-linux-gnu/release/stagecoach-builder
+
+workspace=$(mktemp -d)
+trap 'rm -rf "$workspace"' EXIT
+mkdir -p "$workspace/source"
+cp "$dockerfile" "$workspace/source/Dockerfile"
+cp -p "$@" "$workspace/source/"
+"$builder" plan -f "$workspace/source/Dockerfile" --format json >"$workspace/plan.json"
+# The commit time keeps the image reproducible: the same commit gives the same digest.
+epoch=$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)
+"$builder" assemble --workspace "$workspace" --image "$image" \
+  --insecure-registry "$registry" --source-date-epoch "$epoch" >/dev/null
+echo "$image"
