@@ -5,8 +5,9 @@
 #   parallel  three independent stages of five seconds each (sleep: waiting, as for a
 #             download, so the figure shows scheduling rather than this machine's
 #             cores) and a final stage copying from all three
-# Each tool builds each case once to warm its caches (base images pulled), then RUNS
-# times (default 5); the medians and ratios are printed.
+# Both push the image to the local registry. Each tool builds each case once to warm
+# its caches (base images pulled), then RUNS times (default 5); the medians and ratios
+# are printed.
 #
 # usage: bench/local-build.sh      (after `make demo` or `make test` set things up)
 set -euo pipefail
@@ -76,9 +77,12 @@ seconds() { # runs a command quietly, prints its wall time in seconds
 }
 
 stagecoach() { ./target/release/stagecoach local build "$work/$1/build.yaml"; }
+# buildah builds, then pushes to the same registry: the same work product as ours.
 buildah_jobs() {
   buildah bud --quiet --isolation chroot --tls-verify=false --layers=false --jobs "$2" \
-    -t "localhost/bench/$1:buildah" "$work/$1/repo"
+    -t "localhost/bench/$1:buildah" "$work/$1/repo" &&
+    buildah push --quiet --tls-verify=false "localhost/bench/$1:buildah" \
+      "docker://$registry/bench/$1:buildah"
 }
 
 results=$work/results

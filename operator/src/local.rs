@@ -65,6 +65,16 @@ pub struct LocalResult {
     pub timings: Vec<(String, Duration, Duration)>,
 }
 
+/// A container as `podman ps --format json` lists it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PsEntry {
+    names: Vec<String>,
+    /// `created`, `running`, `exited`, ...
+    state: String,
+    exit_code: i32,
+}
+
 /// Where a pod's outcome lands on the workspace volume.
 fn outcome_path(pod: &str) -> String {
     format!("{}/outcomes/{pod}.json", render::WORKSPACE)
@@ -161,6 +171,8 @@ struct Runner<'a> {
     timings: BTreeMap<String, (Duration, Option<Duration>)>,
     log_offsets: BTreeMap<String, usize>,
     printed: BTreeMap<String, String>,
+    /// Pods prepared but not started yet.
+    pending: Vec<String>,
 }
 
 impl<'a> Runner<'a> {
@@ -181,6 +193,7 @@ impl<'a> Runner<'a> {
             timings: BTreeMap::new(),
             log_offsets: BTreeMap::new(),
             printed: BTreeMap::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -257,6 +270,7 @@ impl<'a> Runner<'a> {
             for action in decision.actions {
                 self.apply(action)?;
             }
+            self.play_pending();
             self.show(&decision.status);
             if self.opts.logs {
                 self.stream_logs();
@@ -267,39 +281,23 @@ impl<'a> Runner<'a> {
             ) {
                 return Ok(decision.status);
             }
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// What podman shows of every pod created so far.
     fn observe(&mut self) -> Result<Vec<ObservedPod>> {
         let mut observed = Vec::new();
+        let containers = self.containers()?;
         let names: Vec<String> = self.pods.keys().cloned().collect();
         for name in names {
             let (role, generation, attempt, _) = self.pods[&name].clone();
             let container = format!("{name}-{}", role.label());
-            let state = self
-                .podman()
-                .args([
-                    "inspect",
-                    &container,
-                    "--format",
-                    "{{.State.Status}} {{.State.ExitCode}}",
-                ])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
             let outcome = self.read_outcome(&name);
-            let state = match state.as_deref().and_then(|s| s.split_once(' ')) {
-                Some(("exited", code)) => {
-                    if code == "0" {
-                        PodState::Succeeded
-                    } else {
-                        PodState::Failed
-                    }
-                }
-                Some(("running", _)) => PodState::Running,
+            let state = match containers.get(&container) {
+                Some(c) if c.state == "exited" && c.exit_code == 0 => PodState::Succeeded,
+                Some(c) if c.state == "exited" => PodState::Failed,
+                Some(c) if c.state == "running" => PodState::Running,
                 Some(_) => PodState::Pending,
                 // The main container never came: the init container failed.
                 None => PodState::Failed,
@@ -330,6 +328,24 @@ impl<'a> Runner<'a> {
             });
         }
         Ok(observed)
+    }
+
+    /// Every container podman knows, by name: one `podman ps` for all pods.
+    fn containers(&self) -> Result<BTreeMap<String, PsEntry>> {
+        let json = self.podman_ok(&["ps", "--all", "--format", "json"])?;
+        let entries: Vec<PsEntry> = serde_json::from_str(&json).map_err(|e| Error::Podman {
+            args: "ps --all --format json".into(),
+            message: e.to_string(),
+        })?;
+        Ok(entries
+            .into_iter()
+            .flat_map(|e| {
+                e.names
+                    .clone()
+                    .into_iter()
+                    .map(move |name| (name, e.clone()))
+            })
+            .collect())
     }
 
     fn read_outcome(&self, pod: &str) -> Option<PodOutcome> {
@@ -375,7 +391,7 @@ impl<'a> Runner<'a> {
                 let _ = Command::new("chmod").arg("2775").arg(&path).status();
                 self.claim = Some(path);
             }
-            Action::CreatePod(pod) => self.play(*pod)?,
+            Action::CreatePod(pod) => self.prepare(*pod)?,
             Action::DeletePod(name) => {
                 if let Some((_, _, _, file)) = self.pods.get(&name) {
                     let file = file.display().to_string();
@@ -401,9 +417,10 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Runs a rendered pod with podman, with the two local adjustments: the outcome file,
-    /// and a `file://` repository mounted read-only into the source pod.
-    fn play(&mut self, mut pod: Pod) -> Result<()> {
+    /// Writes a rendered pod's manifest for podman, with the local adjustments (Secrets
+    /// as host directories, the outcome file, a `file://` repository mounted read-only
+    /// into the source pod); [`Runner::play_pending`] starts it.
+    fn prepare(&mut self, mut pod: Pod) -> Result<()> {
         self.mount_secrets(&mut pod)?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -432,24 +449,52 @@ impl<'a> Runner<'a> {
             path: file.clone(),
             source,
         })?;
-        let path = file.display().to_string();
-        let _ = self.podman().args(["kube", "down", &path]).output();
-        // An init container that fails makes kube play fail: observe() reports it.
-        let _ = self
-            .podman()
-            .args([
-                "kube",
-                "play",
-                "--network",
-                "host",
-                "--tls-verify=false",
-                &path,
-            ])
-            .output();
-        self.timings
-            .insert(name.clone(), (self.started.elapsed(), None));
+        self.pending.push(name.clone());
         self.pods.insert(name, (role, generation, attempt, file));
         Ok(())
+    }
+
+    /// Starts the pods prepared since the last call, all at once: `podman kube play`
+    /// returns only when a pod's init containers have run, so one after the other would
+    /// hold back independent stages.
+    fn play_pending(&mut self) {
+        let pending: Vec<(String, String)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|name| {
+                let file = self.pods.get(&name)?.3.display().to_string();
+                Some((name, file))
+            })
+            .collect();
+        let started = self.started;
+        let played: Vec<(String, Duration)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = pending
+                .iter()
+                .map(|(name, file)| {
+                    let mut down = self.podman();
+                    let mut play = self.podman();
+                    scope.spawn(move || {
+                        let _ = down.args(["kube", "down", file]).output();
+                        // An init container that fails makes kube play fail: observe()
+                        // reports it.
+                        let _ = play
+                            .args([
+                                "kube",
+                                "play",
+                                "--network",
+                                "host",
+                                "--tls-verify=false",
+                                file,
+                            ])
+                            .output();
+                        (name.clone(), started.elapsed())
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for (name, at) in played {
+            self.timings.insert(name, (at, None));
+        }
     }
 
     /// Secret volumes become read-only host directories holding the Secret's keys (from
