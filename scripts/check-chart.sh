@@ -13,6 +13,8 @@
 #  7. examples/*.yaml and docs/fixtures/*.yaml against the CRD's openAPIV3Schema
 #     (jsonschema, unknown fields refused) and its CEL rules (cel-python);
 #  8. images/*.Dockerfile and the examples' own Dockerfiles planned by our planner.
+#  9. the objects the operator renders for every example ImageBuild (claim, source,
+#     stage and assemble pods) validated by kubernetes-validate --strict.
 # Needs scripts/install-deps.sh (.work/tools/bin/helm, .work/tools/venv).
 set -euo pipefail
 
@@ -567,5 +569,41 @@ PY
 )
   echo "   $what: plan ${fields[*]:1}: $summary"
 done <"$work/example-plans.tsv"
+
+echo "== 9. the build pods the operator renders for every example, validated by kubernetes-validate --strict"
+# A source pod's outcome as it leaves it: a plan of two stage pods (one waits for the
+# other) and the commit, so every kind of pod gets rendered.
+cat >"$work/source-outcome.json" <<'JSON'
+{"succeeded":true,"summary":{"commit":"3f9c2a1e0b7d4c5f8a6e9d2b1c0f3e4a5b6c7d8e","commitTime":1793610000,"target":"runtime","pods":[{"id":"build","stages":["deps","build"],"image":"docker.io/library/golang:1.23@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","waitsFor":[]},{"id":"runtime","stages":["runtime"],"image":"gcr.io/distroless/static@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","waitsFor":["build"]}]}}
+JSON
+for example in examples/*.imagebuild.yaml; do
+  # Some files hold more than one ImageBuild: render each.
+  "$py" - "$example" "$work/render" <<'PY'
+import os, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "ImageBuild"]
+os.makedirs(sys.argv[2], exist_ok=True)
+base = os.path.basename(sys.argv[1])
+for i, d in enumerate(docs):
+    yaml.safe_dump(d, open(os.path.join(sys.argv[2], f"{base}.{i}.yaml"), "w"))
+PY
+done
+rendered=0
+for build in "$work"/render/*.yaml; do
+  "$CARGO" run -q --locked -p stagecoach-operator -- render "$build" \
+    --source-outcome "$work/source-outcome.json" --builder-image registry.example.com/stagecoach/builder:0.1.0 \
+    >"$build.objects"
+  out=$("$kubernetes_validate" --strict --kubernetes-version "$k8s_version" "$build.objects" 2>&1) || {
+    echo "$out" >&2
+    echo "check-chart: kubernetes-validate rejected the objects rendered for $build" >&2
+    exit 1
+  }
+  if grep -v ' passed for resource ' <<<"$out" | grep -q .; then
+    echo "$out" >&2
+    echo "check-chart: kubernetes-validate warned on the objects rendered for $build" >&2
+    exit 1
+  fi
+  rendered=$((rendered + $(grep -c ' passed for resource ' <<<"$out")))
+done
+echo "   $rendered objects (claims and source, stage and assemble pods) of $(ls "$work"/render/*.yaml | wc -l) ImageBuilds passed"
 
 echo "check-chart: all checks passed"

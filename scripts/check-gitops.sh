@@ -197,6 +197,9 @@ def rules(name, obj):
             bad("Failed: status.failure.reason must be the Ready condition's reason")
         if not status.get("completionTime"):
             bad("Failed without completionTime")
+        stalled = conds.get("Stalled", {})
+        if stalled.get("status") != "True" or stalled.get("reason") != ready.get("reason"):
+            bad("Failed needs Stalled=True with the Ready condition's reason (kstatus: Failed)")
     elif phase == "Succeeded":
         if ready.get("status") != "True" or succeeded.get("status") != "True":
             bad("Succeeded needs Ready=True and Succeeded=True")
@@ -204,6 +207,8 @@ def rules(name, obj):
             bad("Succeeded without status.image.digest")
         if not status.get("completionTime"):
             bad("Succeeded without completionTime")
+        if "Stalled" in conds:
+            bad("Succeeded with a Stalled condition")
     elif phase in ("Pending", "Cloning", "Building", "Pushing"):
         if ready.get("status") != "False" or succeeded.get("status") != "Unknown":
             bad(f"{phase} needs Ready=False and Succeeded=Unknown")

@@ -188,7 +188,10 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
             .await?;
     }
     Ok(match status.phase {
-        Some(Phase::Succeeded | Phase::Failed) => Requeue::await_change(),
+        Some(Phase::Succeeded | Phase::Failed) => match decision.recheck_after {
+            Some(after) => Requeue::requeue(after),
+            None => Requeue::await_change(),
+        },
         // Pods report through watch events; the requeue catches timeouts.
         _ => Requeue::requeue(Duration::from_secs(30)),
     })

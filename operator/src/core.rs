@@ -84,6 +84,9 @@ pub enum Action {
 pub struct Decision {
     pub actions: Vec<Action>,
     pub status: ImageBuildStatus,
+    /// Decide again after this long even if nothing changes: a finished build keeps
+    /// pods or its workspace until the retention TTL passes.
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 /// Decides what the build needs next.
@@ -119,8 +122,13 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
         ));
     }
     if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
-        actions.extend(retention(observed, &status));
-        return Decision { actions, status };
+        let (deletes, recheck_after) = retention(observed, &status);
+        actions.extend(deletes);
+        return Decision {
+            actions,
+            status,
+            recheck_after,
+        };
     }
     let pods: Vec<&ObservedPod> = observed
         .pods
@@ -135,7 +143,11 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
         actions: &mut actions,
     };
     step.advance();
-    Decision { actions, status }
+    Decision {
+        actions,
+        status,
+        recheck_after: None,
+    }
 }
 
 struct Step<'a, 'b> {
@@ -514,7 +526,8 @@ impl<'a> Step<'a, '_> {
         self.actions.push(event(true, reason, message));
     }
 
-    /// `Ready` (kstatus) and `Succeeded`, with the transition time kept when unchanged.
+    /// `Ready` (kstatus) and `Succeeded`, with the transition time kept when unchanged,
+    /// and `Stalled` while the build has failed.
     fn set_conditions(&mut self, ready: &str, reason: &str, message: &str, succeeded: &str) {
         let generation = self.status.observed_generation;
         let now = self.observed.now;
@@ -535,6 +548,24 @@ impl<'a> Step<'a, '_> {
             self.status.conditions.retain(|c| c.type_ != kind);
             self.status.conditions.push(condition);
         }
+        // kstatus (Flux, kubectl-style tools) reads a failure for good from Stalled=True;
+        // Ready=False alone means "still in progress" to it.
+        let stalled = self.status.conditions.iter().find(|c| c.type_ == "Stalled");
+        let since = stalled
+            .filter(|c| c.reason == reason)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        self.status.conditions.retain(|c| c.type_ != "Stalled");
+        if succeeded == "False" {
+            self.status.conditions.push(Condition {
+                type_: "Stalled".into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: generation,
+                last_transition_time: since,
+            });
+        }
     }
 }
 
@@ -547,8 +578,11 @@ fn event(warning: bool, reason: &str, message: String) -> Action {
 }
 
 /// After the end: delete pods and the claim unless the retention settings keep them (a
-/// TTL, once passed, deletes what was kept).
-fn retention(observed: &Observed<'_>, status: &ImageBuildStatus) -> Vec<Action> {
+/// TTL, once passed, deletes what was kept); and when to look again for that TTL.
+fn retention(
+    observed: &Observed<'_>,
+    status: &ImageBuildStatus,
+) -> (Vec<Action>, Option<std::time::Duration>) {
     let build = observed.build;
     let retention = build.spec.retention.as_ref();
     let succeeded = status.phase == Some(Phase::Succeeded);
@@ -564,16 +598,17 @@ fn retention(observed: &Observed<'_>, status: &ImageBuildStatus) -> Vec<Action> 
             pods: !succeeded,
             workspace: false,
         });
-    let ttl_passed = match (
+    // Seconds of the TTL still to run (zero or less: passed).
+    let ttl_left = match (
         retention.and_then(|r| r.ttl.as_deref()),
         &status.completion_time,
     ) {
-        (Some(ttl), Some(done)) => stagecoach_plan::instruction::parse_go_duration(ttl)
-            .is_some_and(|ns| {
-                observed.now.as_second() - done.0.as_second() >= (ns / 1_000_000_000) as i64
-            }),
-        _ => false,
+        (Some(ttl), Some(done)) => stagecoach_plan::instruction::parse_go_duration(ttl).map(|ns| {
+            (ns / 1_000_000_000) as i64 - (observed.now.as_second() - done.0.as_second())
+        }),
+        _ => None,
     };
+    let ttl_passed = ttl_left.is_some_and(|left| left <= 0);
     let mut actions = Vec::new();
     if !keep.pods || ttl_passed {
         actions.extend(
@@ -586,7 +621,12 @@ fn retention(observed: &Observed<'_>, status: &ImageBuildStatus) -> Vec<Action> 
     if (!keep.workspace || ttl_passed) && observed.claim_exists {
         actions.push(Action::DeleteClaim(render::claim_name(build)));
     }
-    actions
+    let kept =
+        (keep.pods && !observed.pods.is_empty()) || (keep.workspace && observed.claim_exists);
+    let recheck = ttl_left
+        .filter(|left| *left > 0 && kept)
+        .map(|left| std::time::Duration::from_secs(left as u64));
+    (actions, recheck)
 }
 
 #[cfg(test)]
@@ -950,5 +990,59 @@ spec:
         let actions = sim.step(6);
         assert_eq!(actions, [Action::DeleteClaim("app-workspace".into())]);
         assert!(sim.step(7).is_empty(), "nothing more to do");
+    }
+
+    #[test]
+    fn kept_pods_and_workspace_go_when_the_ttl_passes() {
+        let mut sim = Sim::new();
+        sim.build.spec.retention = Some(crate::api::Retention {
+            on_success: None,
+            on_failure: Some(crate::api::Keep {
+                pods: true,
+                workspace: true,
+            }),
+            ttl: Some("1m".into()),
+        });
+        sim.step(0);
+        sim.set(
+            Role::Source,
+            PodState::Failed,
+            failed("GitAuthFailed", "no", None),
+        );
+        sim.step(10);
+        assert_eq!(sim.phase(), Phase::Failed);
+        let failed_status = sim.status();
+        let stalled = failed_status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled");
+        assert_eq!(
+            stalled.map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("True", "GitAuthFailed"))
+        );
+        // Kept for the TTL: nothing deleted, and a look again when it runs out.
+        let recheck = |sim: &Sim, now: i64| {
+            decide(
+                &Observed {
+                    build: &sim.build,
+                    pods: &sim.pods,
+                    claim_exists: sim.claim,
+                    now: at(now),
+                },
+                &config(),
+            )
+            .recheck_after
+        };
+        assert!(sim.step(30).is_empty());
+        assert_eq!(recheck(&sim, 30), Some(std::time::Duration::from_secs(40)));
+        let actions = sim.step(71);
+        assert_eq!(
+            actions,
+            [
+                Action::DeletePod("app-source-g1".into()),
+                Action::DeleteClaim("app-workspace".into())
+            ]
+        );
+        assert_eq!(recheck(&sim, 72), None, "nothing kept, nothing to wait for");
     }
 }

@@ -173,6 +173,9 @@ struct Runner<'a> {
     printed: BTreeMap<String, String>,
     /// Pods prepared but not started yet.
     pending: Vec<String>,
+    /// Progress redrawn in place (a terminal, no `--logs`), and how many lines it took.
+    live: bool,
+    drawn: usize,
 }
 
 impl<'a> Runner<'a> {
@@ -194,6 +197,8 @@ impl<'a> Runner<'a> {
             log_offsets: BTreeMap::new(),
             printed: BTreeMap::new(),
             pending: Vec::new(),
+            live: std::io::IsTerminal::is_terminal(&std::io::stdout()) && !opts.logs,
+            drawn: 0,
         }
     }
 
@@ -565,16 +570,17 @@ impl<'a> Runner<'a> {
             .unwrap_or_default()
     }
 
-    /// One line per change: the phase, and each stage's state and time.
+    /// The build's progress: on a terminal, a table of the stages redrawn in place with
+    /// running times; otherwise (or with `--logs`) one line per change.
     fn show(&mut self, status: &ImageBuildStatus) {
         let phase = format!("{:?}", status.phase.unwrap_or(Phase::Pending));
-        self.print_once(
-            "build",
+        let mut lines = vec![(
+            "build".to_string(),
             format!(
                 "{} {phase}",
                 self.build.metadata.name.clone().unwrap_or_default()
             ),
-        );
+        )];
         for stage in &status.stages {
             let secs = stage
                 .pod
@@ -586,19 +592,44 @@ impl<'a> Runner<'a> {
                         .as_secs_f64()
                 })
                 .unwrap_or(0.0);
+            let name = &stage.name;
             let line = match stage.phase {
-                StagePhase::Waiting => format!(
-                    "  stage {:<20} waiting for {}",
-                    stage.name,
-                    stage.waits_for.join(", ")
-                ),
-                StagePhase::Running => format!("  stage {:<20} running", stage.name),
-                StagePhase::Succeeded => format!("  stage {:<20} done in {secs:.1}s", stage.name),
-                StagePhase::Failed => format!("  stage {:<20} FAILED after {secs:.1}s", stage.name),
-                StagePhase::Skipped => format!("  stage {:<20} skipped", stage.name),
+                StagePhase::Waiting => {
+                    format!(
+                        "  stage {name:<20} waiting for {}",
+                        stage.waits_for.join(", ")
+                    )
+                }
+                StagePhase::Running if self.live => {
+                    format!("  stage {name:<20} running {secs:.1}s")
+                }
+                StagePhase::Running => format!("  stage {name:<20} running"),
+                StagePhase::Succeeded => format!("  stage {name:<20} done in {secs:.1}s"),
+                StagePhase::Failed => format!("  stage {name:<20} FAILED after {secs:.1}s"),
+                StagePhase::Skipped => format!("  stage {name:<20} skipped"),
             };
-            self.print_once(&format!("stage/{}", stage.name), line);
+            lines.push((format!("stage/{name}"), line));
         }
+        if self.live {
+            self.redraw(lines.into_iter().map(|(_, line)| line).collect());
+        } else {
+            for (key, line) in lines {
+                self.print_once(&key, line);
+            }
+        }
+    }
+
+    /// Moves the cursor up over the table drawn last time and draws it again.
+    fn redraw(&mut self, lines: Vec<String>) {
+        let mut out = std::io::stdout().lock();
+        if self.drawn > 0 {
+            let _ = write!(out, "\x1b[{}A", self.drawn);
+        }
+        for line in &lines {
+            let _ = writeln!(out, "\x1b[2K{line}");
+        }
+        let _ = out.flush();
+        self.drawn = lines.len();
     }
 
     fn print_once(&mut self, key: &str, line: String) {

@@ -24,6 +24,10 @@ enum Command {
     Crd,
     /// Runs the operator: watches ImageBuilds and drives their pods.
     Operator(OperatorArgs),
+    /// Prints the objects the operator would create for an ImageBuild (the workspace
+    /// claim, the source pod, and with the source pod's outcome every stage pod and the
+    /// assemble pod), as YAML, for review or `kubectl apply --dry-run=server`.
+    Render(RenderArgs),
     /// Runs builds without a cluster: the same pods, on podman.
     Local {
         #[command(subcommand)]
@@ -68,6 +72,22 @@ struct OperatorArgs {
     /// Namespace of the Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "stagecoach-system")]
     lease_namespace: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    /// The ImageBuild YAML.
+    manifest: PathBuf,
+    /// The source pod's termination message (its plan summary), from
+    /// `kubectl get pod NAME-source-g1 -o jsonpath='{..terminated.message}'`.
+    #[arg(long)]
+    source_outcome: Option<PathBuf>,
+    /// The builder image the pods use.
+    #[arg(long, default_value = "127.0.0.1:5000/stagecoach/builder:dev")]
+    builder_image: String,
+    /// A registry (`host:port`) build pods reach over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +139,16 @@ fn main() -> ExitCode {
             print!("{}", stagecoach_operator::api::crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Render(args) => match render(args) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Local {
             command:
                 LocalCommand::Build {
@@ -174,6 +204,58 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use stagecoach_operator::api::ImageBuild;
+    use stagecoach_operator::render::{self, OperatorConfig};
+    use stagecoach_plan::contract::PodOutcome;
+
+    let text = std::fs::read_to_string(&args.manifest)
+        .with_context(|| format!("cannot read {}", args.manifest.display()))?;
+    let mut build: ImageBuild = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a valid ImageBuild", args.manifest.display()))?;
+    build
+        .metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    build.metadata.generation.get_or_insert(1);
+    let config = OperatorConfig {
+        builder_image: args.builder_image,
+        default_workspace_size: "10Gi".into(),
+        default_storage_class: None,
+        insecure_registries: args.insecure_registries,
+    };
+    let mut objects = vec![
+        serde_json::to_value(render::render_claim(&build, &config))?,
+        serde_json::to_value(render::render_source_pod(&build, &config, 0))?,
+    ];
+    if let Some(path) = args.source_outcome {
+        let message = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let summary = PodOutcome::from_message(message.trim())
+            .and_then(|o| o.summary)
+            .with_context(|| format!("{} holds no plan summary", path.display()))?;
+        for pod in &summary.pods {
+            let stage = render::render_stage_pod(&build, &config, pod, summary.commit_time, 0);
+            objects.push(serde_json::to_value(stage)?);
+        }
+        let assemble = render::render_assemble_pod(
+            &build,
+            &config,
+            summary.commit.as_deref(),
+            summary.commit_time,
+            0,
+        );
+        objects.push(serde_json::to_value(assemble)?);
+    }
+    let mut yaml = String::new();
+    for object in objects {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_saphyr::to_string(&object)?);
+    }
+    Ok(yaml)
 }
 
 fn parse_secret(s: &str) -> Result<(String, PathBuf), String> {
