@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds one of Stagecoach's images with its own image code (scripts/package-image.sh:
 # no Docker, no buildah) and pushes it: FROM scratch, the fully static binary and a CA
-# bundle, nothing else.
+# bundle (the builder adds an ssh client, below).
 #
 # usage: image.sh builder|operator
 #   builder   stagecoach-builder: the source and assemble pods, and the init container
@@ -36,5 +36,23 @@ if [ "$name" != builder ]; then
   RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --locked \
     -p stagecoach-builder --bin stagecoach-builder --target "$target" --manifest-path "$root/Cargo.toml"
 fi
-"$root/scripts/package-image.sh" "$image" "$root/images/package/$name.Dockerfile" \
-  "$path" /etc/ssl/certs/ca-certificates.crt
+# The image's files: the binary and the CA bundle; the builder also gets what gix needs
+# to clone over ssh (it runs `sh -c 'ssh ...'`): busybox as /bin/sh, Debian's OpenSSH
+# client with its libraries, and a passwd entry for its uid (ssh refuses to run
+# without one).
+rootfs=$(mktemp -d)
+trap 'rm -rf "$rootfs"' EXIT
+install -D -m 0755 "$path" "$rootfs/$binary"
+install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+if [ "$name" = builder ]; then
+  install -D -m 0755 /bin/busybox "$rootfs/bin/sh"
+  install -D -m 0755 /usr/bin/ssh "$rootfs/usr/bin/ssh"
+  for lib in $(ldd /usr/bin/ssh | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }'); do
+    install -D -m 0755 "$lib" "$rootfs$lib"
+  done
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nstagecoach:x:65532:65532:stagecoach:/tmp:/sbin/nologin\n' \
+    >"$rootfs/etc/passwd"
+  printf 'root:x:0:\nstagecoach:x:65532:\n' >"$rootfs/etc/group"
+  chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
+fi
+"$root/scripts/package-image.sh" "$image" "$root/images/package/$name.Dockerfile" "$rootfs"

@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# Packages files into an image with Stagecoach's own image code (no Docker, no buildah)
-# and pushes it: the files and a Dockerfile of COPY and metadata instructions become a
-# build context, `stagecoach-builder plan` plans it, and `stagecoach-builder assemble`
-# builds the layers and pushes the image, as the assemble pod does for a COPY-only
-# final stage.
+# Packages a directory into an image with Stagecoach's own image code (no Docker, no
+# buildah) and pushes it: the directory (as `rootfs/`) and a Dockerfile of COPY and
+# metadata instructions become a build context, `stagecoach-builder plan` plans it, and
+# `stagecoach-builder assemble` builds the layers and pushes the image, as the assemble
+# pod does for a COPY-only final stage.
 #
-# usage: package-image.sh IMAGE DOCKERFILE FILE...
+# usage: package-image.sh IMAGE DOCKERFILE ROOTFS_DIR
 #   REGISTRY  a registry reached over plain HTTP (default 127.0.0.1:5000)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-image=$1 dockerfile=$2
-shift 2
+image=$1 dockerfile=$2 rootfs=$3
 registry=${REGISTRY:-127.0.0.1:5000}
 builder=$root/target/x86_64-unknown-linux-gnu/release/stagecoach-builder
 
@@ -19,7 +18,7 @@ workspace=$(mktemp -d)
 trap 'rm -rf "$workspace"' EXIT
 mkdir -p "$workspace/source"
 cp "$dockerfile" "$workspace/source/Dockerfile"
-cp -p "$@" "$workspace/source/"
+cp -a "$rootfs" "$workspace/source/rootfs"
 "$builder" plan -f "$workspace/source/Dockerfile" --format json >"$workspace/plan.json"
 # The commit time keeps the image reproducible: the same commit gives the same digest.
 epoch=$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)

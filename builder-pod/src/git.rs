@@ -4,8 +4,9 @@
 //! directly rather than through `git upload-pack`.
 //!
 //! gix has no ssh client of its own: for `ssh://` it runs `sh -c 'ssh …'` (an
-//! OpenSSH-compatible `ssh` with our options needs a shell), so an image that serves
-//! ssh URLs must ship `/bin/sh` and `ssh`; the scratch builder image has neither.
+//! OpenSSH-compatible `ssh` with our options needs a shell), so the builder image ships
+//! `/bin/sh` (busybox), Debian's OpenSSH client with its libraries, and a passwd entry
+//! for its uid (scripts/image.sh).
 //!
 //! Remote repositories are fetched into a bare scratch database and only the wanted
 //! commit's tree is written to the destination: the checkout never holds a `.git`

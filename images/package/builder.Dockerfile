@@ -1,11 +1,12 @@
-# The builder image as `make builder-image` packages it (scripts/package-image.sh): the
-# static binary and the CA bundle, already built on this machine, on scratch. The same
-# image as images/builder.Dockerfile, which compiles the binary itself.
+# The builder image as `make builder-image` packages it (scripts/image.sh): the static
+# binary, the CA bundle, and for ssh:// sources /bin/sh (busybox), the OpenSSH client
+# with its libraries and a passwd entry, on scratch.
 FROM scratch
-COPY stagecoach-builder /stagecoach-builder
-COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY rootfs/ /
 # rustls reads the CA bundle from here for registries and git over https.
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# gix finds ssh through PATH.
+ENV PATH=/usr/bin:/bin
 LABEL org.opencontainers.image.title="stagecoach-builder"
 USER 65532:65532
 ENTRYPOINT ["/stagecoach-builder"]

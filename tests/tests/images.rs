@@ -1,5 +1,6 @@
 //! The two images `make` packages with Stagecoach's own image code (scripts/image.sh):
-//! FROM scratch, one static binary and a CA bundle, non-root, and they run.
+//! FROM scratch, one static binary and a CA bundle (the builder adds an ssh client for
+//! ssh:// sources), non-root, and they run.
 
 use std::path::Path;
 
@@ -36,22 +37,58 @@ fn paths(image: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_images_hold_one_static_binary_and_the_ca_bundle() {
+fn the_images_hold_their_binary_the_ca_bundle_and_for_the_builder_an_ssh_client() {
+    let operator = paths(&operator_image());
+    assert_eq!(
+        operator,
+        [
+            "etc",
+            "etc/ssl",
+            "etc/ssl/certs",
+            "etc/ssl/certs/ca-certificates.crt",
+            "stagecoach"
+        ]
+    );
+    let builder = paths(&builder_image());
+    for path in [
+        "stagecoach-builder",
+        "etc/ssl/certs/ca-certificates.crt",
+        "bin/sh",
+        "usr/bin/ssh",
+        "etc/passwd",
+    ] {
+        assert!(builder.iter().any(|p| p == path), "{path} in {builder:?}");
+    }
+    // Beside those: only ssh's shared libraries, and the directories that hold it all.
+    let extra: Vec<&String> = builder
+        .iter()
+        .filter(|p| {
+            ![
+                "stagecoach-builder",
+                "bin",
+                "bin/sh",
+                "usr",
+                "usr/bin",
+                "usr/bin/ssh",
+                "etc",
+                "etc/passwd",
+                "etc/group",
+                "etc/ssl",
+                "etc/ssl/certs",
+                "etc/ssl/certs/ca-certificates.crt",
+                "lib",
+                "lib64",
+                "lib/x86_64-linux-gnu",
+            ]
+            .contains(&p.as_str())
+                && !p.contains(".so")
+        })
+        .collect();
+    assert!(extra.is_empty(), "unexpected files: {extra:?}");
     for (image, binary) in [
         (builder_image(), "stagecoach-builder"),
         (operator_image(), "stagecoach"),
     ] {
-        assert_eq!(
-            paths(&image),
-            [
-                "etc",
-                "etc/ssl",
-                "etc/ssl/certs",
-                "etc/ssl/certs/ca-certificates.crt",
-                binary
-            ],
-            "{image}"
-        );
         let config = Layout::from_registry(&image).config();
         assert_eq!(config["config"]["User"], "65532:65532", "{image}");
         assert_eq!(

@@ -518,6 +518,43 @@ fn plan_pins_digests_the_local_registry_serves() {
     assert_eq!(report.line, Some(1));
 }
 
+#[test]
+fn ssh_in_the_builder_image() {
+    let fixture = Fixture::new();
+    let server = SshServer::start(&fixture.dir.path().join("ssh"));
+    let url = server.url(&fixture.repos().join("app.git"));
+    let mounts = tempfile::tempdir().expect("tempdir");
+    let secret = readable_dir(
+        mounts.path(),
+        "ssh-secret",
+        &[
+            (
+                "ssh-privatekey",
+                &read(&server.secret.join("ssh-privatekey")),
+            ),
+            ("known_hosts", &read(&server.secret.join("known_hosts"))),
+        ],
+    );
+    let ca = readable_dir(mounts.path(), "ca", &[("ca.pem", "")]);
+    let name = "e2e-source-ssh";
+    let volume = Volume::create(&format!("{name}-ws"));
+    std::fs::set_permissions(&volume.path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let run = play(
+        &source_pod(name, &volume.name, &url, &secret, &ca),
+        name,
+        "source",
+    );
+    assert_eq!(run.exit_code, 0, "{}", run.logs);
+    let outcome =
+        PodOutcome::from_message(&read(&volume.path.join(format!("outcomes/{name}.json"))))
+            .expect("an outcome");
+    assert_eq!(
+        outcome.summary.and_then(|s| s.commit).as_deref(),
+        Some(fixture.c1.as_str())
+    );
+    assert_eq!(read(&volume.path.join("source/version")), "1");
+}
+
 /// The source pod as the operator renders it (non-root, read-only root, the Secret and
 /// a CA mounted), running the builder image with `podman kube play`.
 fn source_pod(name: &str, claim: &str, url: &str, secret: &Path, ca: &Path) -> String {
