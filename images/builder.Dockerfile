@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The builder image: `stagecoach-builder` (source, stage and assemble pods; stage pods'
 # init containers copy it out with `stagecoach-builder install`),
-# fully static, with a CA bundle, on scratch. Build it from the repository root:
+# fully static, with a CA bundle (and /bin/sh plus an ssh client for ssh:// sources),
+# on scratch. Build it from the repository root:
 #
 #   docker build -f images/builder.Dockerfile -t registry.example.com/stagecoach/builder:0.1.0 .
 #   buildah bud -f images/builder.Dockerfile -t registry.example.com/stagecoach/builder:0.1.0 .
@@ -12,6 +13,11 @@
 ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
 
 FROM ${RUST_IMAGE} AS build
+# gix clones ssh:// by running `sh -c 'ssh ...'`: the image gets busybox as /bin/sh and
+# the OpenSSH client with its libraries.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends busybox-static openssh-client \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # Cache mounts keep the crate registry and the target directory between builds (Docker,
@@ -26,12 +32,20 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && install -m 0644 /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt \
  && if readelf -l /out/stagecoach-builder | grep -q 'program interpreter'; then \
       echo "stagecoach-builder is not static" >&2; exit 1; \
-    fi
+    fi \
+ && install -D -m 0755 /bin/busybox /out/bin/sh \
+ && install -D -m 0755 /usr/bin/ssh /out/usr/bin/ssh \
+ && for lib in $(ldd /usr/bin/ssh | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }'); do \
+      install -D -m 0755 "$lib" "/out$lib"; \
+    done \
+ && printf 'root:x:0:0:root:/root:/sbin/nologin\nstagecoach:x:65532:65532:stagecoach:/tmp:/sbin/nologin\n' >/out/etc/passwd \
+ && printf 'root:x:0:\nstagecoach:x:65532:\n' >/out/etc/group
 
 FROM scratch
 COPY --from=build /out/ /
 # rustls reads the CA bundle from here (SSL_CERT_FILE) for registries and git over https.
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+ENV PATH=/usr/bin:/bin
 LABEL org.opencontainers.image.title="stagecoach-builder" \
       org.opencontainers.image.source="https://github.com/stagecoach-dev/stagecoach" \
       org.opencontainers.image.licenses="Apache-2.0"
