@@ -425,7 +425,14 @@ impl<'a> StagePod<'a> {
         let plain = |e: &dyn std::fmt::Display| (e.to_string(), None);
         match &inst.kind {
             Kind::Run(r) => {
-                self.run(stage, inst.line, r, sc, prefix, step)?;
+                // What RUN does inside a declared volume is discarded, as the Dockerfile
+                // reference says and buildah does: the volumes are put back afterwards.
+                let saved = self.save_volumes(sc, step).map_err(|e| plain(&e))?;
+                let result = self.run(stage, inst.line, r, sc, prefix, step);
+                if let Some((paths, tar)) = saved {
+                    self.restore_volumes(&paths, &tar).map_err(|e| plain(&e))?;
+                }
+                result?;
                 Ok(true)
             }
             Kind::Copy(c) => {
@@ -445,12 +452,72 @@ impl<'a> StagePod<'a> {
                 copy::make_dirs(&self.opts.root, &dir, None).map_err(|e| plain(&e))?;
                 Ok(true)
             }
+            Kind::Volume { .. } => {
+                // buildah (and Docker's classic builder) make each volume's directory in
+                // the image; only one that is new changes the filesystem.
+                sc.apply(inst, &self.plan.global_args, &self.plan.build_args)
+                    .map_err(|e| plain(&e))?;
+                let mut made = false;
+                for path in sc.config.config.volumes.iter().flat_map(|v| v.keys()) {
+                    if !self.opts.root.join(path.trim_start_matches('/')).is_dir() {
+                        copy::make_dirs(&self.opts.root, path, None).map_err(|e| plain(&e))?;
+                        made = true;
+                    }
+                }
+                Ok(made)
+            }
             _ => {
                 sc.apply(inst, &self.plan.global_args, &self.plan.build_args)
                     .map_err(|e| plain(&e))?;
                 Ok(false)
             }
         }
+    }
+
+    /// A tar of the declared volumes that exist, in the pod's scratch space; None when
+    /// there are none.
+    fn save_volumes(
+        &self,
+        sc: &StageConfig,
+        step: usize,
+    ) -> Result<Option<(Vec<String>, PathBuf)>, String> {
+        let paths: Vec<String> = sc
+            .config
+            .config
+            .volumes
+            .iter()
+            .flat_map(|v| v.keys())
+            .filter(|p| self.opts.root.join(p.trim_start_matches('/')).is_dir())
+            .cloned()
+            .collect();
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let tar = self
+            .opts
+            .workspace
+            .scratch(&self.opts.pod)
+            .join(format!("volumes-{step}.tar"));
+        export::write(&self.opts.root, &paths, &self.skip, &tar)
+            .map_err(|e| format!("cannot save the volumes {paths:?}: {e}"))?;
+        Ok(Some((paths, tar)))
+    }
+
+    /// Puts the volumes saved by [`Self::save_volumes`] back as they were.
+    fn restore_volumes(&self, paths: &[String], tar: &Path) -> Result<(), String> {
+        for path in paths {
+            let target = self.opts.root.join(path.trim_start_matches('/'));
+            let removed = match std::fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target),
+                Ok(_) => std::fs::remove_file(&target),
+                Err(_) => Ok(()),
+            };
+            removed.map_err(|e| format!("cannot restore the volume {path}: {e}"))?;
+        }
+        layer::apply_layer(tar, &self.opts.root)
+            .map_err(|e| format!("cannot restore the volumes {paths:?}: {e}"))?;
+        let _ = std::fs::remove_file(tar);
+        Ok(())
     }
 
     fn run(

@@ -361,12 +361,13 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
 
 /// A target that only copies files and sets metadata needs no stage pod: the assemble
 /// pod can build its layers. RUN needs a container; ADD may fetch or unpack; ONBUILD
-/// triggers of the base could run anything.
+/// triggers of the base could run anything; a VOLUME makes its directory in the image
+/// (as buildah and Docker's classic builder do).
 fn only_copies_and_metadata(instructions: &[Instruction]) -> bool {
     instructions.iter().all(|inst| {
         !matches!(
             inst.kind,
-            Kind::Run(_) | Kind::Add(_) | Kind::Onbuild { .. }
+            Kind::Run(_) | Kind::Add(_) | Kind::Onbuild { .. } | Kind::Volume { .. }
         )
     })
 }

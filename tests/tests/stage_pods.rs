@@ -234,6 +234,21 @@ fn from_stage_chain_users_links_and_odd_names() {
 }
 
 #[test]
+fn volumes_are_made_and_what_run_writes_in_them_is_discarded() {
+    assert_same_as_buildah(Case {
+        name: "volumes",
+        dockerfile: format!(
+            "FROM {}\nRUN mkdir -p /srv/keep && echo before > /srv/keep/file\nVOLUME /data /srv/keep\n\
+             RUN echo lost > /data/x && mkdir /data/sub && echo lost > /srv/keep/file && echo kept > /outside\n\
+             COPY conf.txt /data/copied\nVOLUME /late\n",
+            image("busybox:1")
+        ),
+        context: &[("conf.txt", "conf\n")],
+        target: None,
+    });
+}
+
+#[test]
 fn env_arg_workdir_and_the_base_environment() {
     assert_same_as_buildah(Case {
         name: "env",
