@@ -56,3 +56,9 @@ if [ "$name" = builder ]; then
   chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
 fi
 "$root/scripts/package-image.sh" "$image" "$root/images/package/$name.Dockerfile" "$rootfs"
+# Pods pull with IfNotPresent: refresh podman's copy, or they would run an older image.
+if command -v podman >/dev/null; then
+  # shellcheck source-path=SCRIPTDIR source=podman-env.sh disable=SC1091
+  . "$root/scripts/podman-env.sh"
+  podman pull --quiet --tls-verify=false "$image" >/dev/null
+fi

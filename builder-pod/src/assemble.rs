@@ -634,8 +634,13 @@ impl CopyStage {
             Kind::Workdir { .. } => {
                 sc.apply(inst, globals, args).map_err(|e| e.to_string())?;
                 let dir = sc.config.working_dir();
+                // The directories WORKDIR makes belong to the USER (BuildKit, buildah).
+                let owner = match sc.config.config.user.as_deref() {
+                    None | Some("") => None,
+                    Some(user) => Some(self.ids(user)?),
+                };
                 let mut layer = LayerBuilder::new(&mut self.image, self.now);
-                layer.make_dirs(&dir, None).map_err(|e| e.to_string())?;
+                layer.make_dirs(&dir, owner).map_err(|e| e.to_string())?;
                 Ok(layer.finish())
             }
             Kind::Run(_) | Kind::Add(_) => Err(

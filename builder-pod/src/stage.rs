@@ -449,7 +449,14 @@ impl<'a> StagePod<'a> {
                 sc.apply(inst, &self.plan.global_args, &self.plan.build_args)
                     .map_err(|e| plain(&e))?;
                 let dir = sc.config.working_dir();
-                copy::make_dirs(&self.opts.root, &dir, None).map_err(|e| plain(&e))?;
+                // The directories WORKDIR makes belong to the USER (BuildKit, buildah).
+                let owner = match sc.config.config.user.as_deref() {
+                    None | Some("") => None,
+                    Some(user) => {
+                        Some(users::resolve(&self.opts.root, user).map_err(|e| plain(&e))?)
+                    }
+                };
+                copy::make_dirs(&self.opts.root, &dir, owner).map_err(|e| plain(&e))?;
                 Ok(true)
             }
             Kind::Volume { .. } => {

@@ -249,6 +249,20 @@ fn volumes_are_made_and_what_run_writes_in_them_is_discarded() {
 }
 
 #[test]
+fn workdir_and_copy_parents_belong_to_their_user() {
+    assert_same_as_buildah(Case {
+        name: "ownership",
+        dockerfile: format!(
+            "FROM {}\nUSER 1000:1000\nWORKDIR /app/sub\nUSER root\nWORKDIR /other\nRUN true\n\
+             COPY --chown=1000 conf.txt /x/y/\nCOPY conf.txt /w\n",
+            image("busybox:1")
+        ),
+        context: &[("conf.txt", "conf\n")],
+        target: None,
+    });
+}
+
+#[test]
 fn env_arg_workdir_and_the_base_environment() {
     assert_same_as_buildah(Case {
         name: "env",
