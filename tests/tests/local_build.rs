@@ -297,6 +297,40 @@ fn args_targets_indexes_images_and_chains() {
 }
 
 #[test]
+fn a_copy_only_target_with_user_and_workdir_is_assembled_like_buildah_builds_it() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\nRUN mkdir -p /out/sub && echo hi > /out/file && echo deep > /out/sub/deep\n\
+         FROM {r}/stagecoach/runtime:1\nUSER 1000:1000\nWORKDIR /app/data\nCOPY --from=build /out/file .\n\
+         COPY --chown=1000:1000 --from=build /out /app/out\nCOPY --chmod=600 --from=build /out/sub/deep /etc/deep\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let result = Build {
+        name: "copyonly",
+        files: &files,
+        ..Build::default()
+    }
+    .run(dir.path());
+    let image = succeeded(&result.status);
+    assert!(
+        !result
+            .timings
+            .iter()
+            .any(|(n, ..)| n.contains("stage-stage-1")),
+        "the target needs no stage pod: {:?}",
+        result.timings
+    );
+    assert_same_as_buildah(
+        &image,
+        &files,
+        &[],
+        None,
+        "localhost/stagecoach-e2e/copyonly:buildah",
+    );
+}
+
+#[test]
 fn metadata_lands_in_the_image_config() {
     let r = registry();
     let dockerfile = format!(
