@@ -124,8 +124,8 @@ pub fn write_layer_with_level(
     written
 }
 
-/// One step of the layer, in tar order: an entry of the snapshot, or a whiteout or opaque
-/// marker (an empty file named for what it hides).
+/// One step of the layer, in tar order: an entry of the snapshot, or a whiteout (an
+/// empty file named for what it hides).
 enum Op<'a> {
     Put(&'a Entry),
     Marker,
@@ -310,7 +310,7 @@ impl<'a> LayerWriter<'a> {
         Ok(())
     }
 
-    /// A whiteout or opaque marker: an empty file, owned by root, from the epoch.
+    /// A whiteout: an empty file, owned by root, from the epoch.
     fn marker(&mut self, name: &[u8]) -> Result<()> {
         let mut header = Header::new_ustar();
         let mut pax = Vec::new();
