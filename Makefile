@@ -38,12 +38,13 @@ builder-static:
 		-p stagecoach-builder --target x86_64-unknown-linux-gnu
 	@echo target/x86_64-unknown-linux-gnu/release/stagecoach-builder
 
-## builder-image: the builder image (scratch + static builder + CA bundle), made with
-## Stagecoach's own image code, in the local registry (REGISTRY, IMAGE to change where)
+## builder-image: the builder image (scratch + static builder + CA bundle + an ssh client
+## for ssh:// sources), made with Stagecoach's own image code, in the local registry
+## (REGISTRY or BUILDER_IMAGE to push elsewhere)
 builder-image:
 	./scripts/image.sh builder
 
-## operator-image: the operator image, the same way
+## operator-image: the operator image, the same way (REGISTRY or OPERATOR_IMAGE)
 operator-image:
 	./scripts/image.sh operator
 

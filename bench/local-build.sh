@@ -76,7 +76,9 @@ seconds() { # runs a command quietly, prints its wall time in seconds
   python3 -c "print(round($end - $start, 3))"
 }
 
-stagecoach() { ./target/release/stagecoach local build "$work/$1/build.yaml"; }
+stagecoach() {
+  ./target/release/stagecoach local build --insecure-registry "$registry" "$work/$1/build.yaml"
+}
 # buildah builds, then pushes to the same registry: the same work product as ours.
 buildah_jobs() {
   buildah bud --quiet --isolation chroot --tls-verify=false --layers=false --jobs "$2" \
@@ -95,8 +97,11 @@ for case in classic parallel; do
         buildah-3) seconds buildah_jobs "$case" 3 ;;
       esac
     }
-    run >/dev/null # warm-up
-    for _ in $(seq "$runs"); do echo "$case $tool $(run)" >>"$results"; done
+    run >/dev/null || exit 1 # warm-up
+    for _ in $(seq "$runs"); do
+      t=$(run) || exit 1
+      echo "$case $tool $t" >>"$results"
+    done
   done
 done
 buildah rmi -f localhost/bench/classic:buildah localhost/bench/parallel:buildah >/dev/null 2>&1 || true

@@ -28,8 +28,18 @@ git -C "$repo" add .
 git -C "$repo" -c user.name=demo -c user.email=demo@stagecoach.dev commit --quiet -m "hello"
 sed "s#file://.*#file://$repo#" examples/hello.imagebuild.yaml >"$manifest"
 
+# The build is kept (--keep) to measure its compiler stage; removed on any exit.
+clean_up() {
+  podman volume rm -f hello-workspace >/dev/null 2>&1 || true
+  for p in $(podman pod ps --filter label=stagecoach.dev/build=hello --format '{{.Name}}'); do
+    podman pod rm -f "$p" >/dev/null
+  done
+}
+trap clean_up EXIT
+
 echo "== stagecoach local build examples/hello.imagebuild.yaml"
-image=$(./target/release/stagecoach local build --keep "$manifest" | tee /dev/stderr | tail -n 1)
+image=$(./target/release/stagecoach local build --keep --insecure-registry "$registry" "$manifest" |
+  tee /dev/stderr | tail -n 1)
 
 echo
 echo "== podman run $image"
@@ -42,10 +52,6 @@ workspace=$(podman volume inspect hello-workspace --format '{{.Mountpoint}}')
 stage_layers=$(python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(open(sys.argv[1]))))' "$workspace/stages/build/layers/index.json")
 builder_size=$(($(size "$registry/stagecoach/tcc:1") + stage_layers))
 final_size=$(size "${image%%@*}")
-podman volume rm -f hello-workspace >/dev/null
-for p in $(podman pod ps --filter label=stagecoach.dev/build=hello --format '{{.Name}}'); do
-  podman pod rm -f "$p" >/dev/null
-done
 
 echo
 printf '== sizes (compressed)\n  runtime image (what ships): %8d bytes\n  compiler stage (stays behind): %8d bytes\n' "$final_size" "$builder_size"

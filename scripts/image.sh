@@ -8,19 +8,22 @@
 #             that installs the builder into stage pods
 #   operator  stagecoach: the controller
 #
-# REGISTRY  where to push (default 127.0.0.1:5000)
-# IMAGE     the reference to push (default $REGISTRY/stagecoach/<name>:dev)
+# REGISTRY        where to push (default 127.0.0.1:5000)
+# BUILDER_IMAGE   the builder's reference (default $REGISTRY/stagecoach/builder:dev)
+# OPERATOR_IMAGE  the operator's reference (default $REGISTRY/stagecoach/operator:dev)
 set -euo pipefail
+# The image's files are readable by its non-root user whatever the caller's umask.
+umask 022
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 name=${1:?usage: image.sh builder|operator}
 case $name in
-  builder) package=stagecoach-builder binary=stagecoach-builder ;;
-  operator) package=stagecoach-operator binary=stagecoach ;;
+  builder) package=stagecoach-builder binary=stagecoach-builder image=${BUILDER_IMAGE:-} ;;
+  operator) package=stagecoach-operator binary=stagecoach image=${OPERATOR_IMAGE:-} ;;
   *) echo "image.sh: no image $name (builder or operator)" >&2; exit 2 ;;
 esac
 registry=${REGISTRY:-127.0.0.1:5000}
-image=${IMAGE:-$registry/stagecoach/$name:dev}
+image=${image:-$registry/stagecoach/$name:dev}
 target=x86_64-unknown-linux-gnu
 path=$root/target/$target/release/$binary
 

@@ -10,6 +10,10 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ $# -ne 3 ]; then
+  echo "usage: package-image.sh IMAGE DOCKERFILE ROOTFS_DIR" >&2
+  exit 2
+fi
 image=$1 dockerfile=$2 rootfs=$3
 registry=${REGISTRY:-127.0.0.1:5000}
 builder=$root/target/x86_64-unknown-linux-gnu/release/stagecoach-builder

@@ -380,7 +380,7 @@ fn stat_entry(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Entry, Errno> {
         dir,
         name,
         AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+        StatxFlags::BASIC_STATS,
     )?;
     let raw_mode = u32::from(st.stx_mode);
     let kind = match FileType::from_raw_mode(raw_mode) {

@@ -590,32 +590,13 @@ pub fn outcome(report: &SourceReport) -> PodOutcome {
 
 /// Error messages can quote long things; the whole text is in the report.
 fn bounded(message: &str) -> String {
-    const MAX: usize = 1024;
-    if message.len() <= MAX {
-        return message.to_string();
-    }
-    let mut end = MAX;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… (see reports/{POD}.json)", &message[..end])
+    termination::bounded(message, 1024)
 }
 
+/// Writes the report and the termination message (the outcome the operator reads).
 pub fn publish(workspace: &Workspace, report: &SourceReport) -> io::Result<()> {
-    let outcome = outcome(report);
-    let message = match outcome.to_message() {
-        Ok(m) => m,
-        // `run` turned an oversized success into PlanTooLarge; a failure's outcome is
-        // small. This is the last guard.
-        Err(_) => serde_json::to_string(&PodOutcome {
-            succeeded: false,
-            reason: Some("PlanTooLarge".into()),
-            ..PodOutcome::default()
-        })
-        .expect("an outcome always serialises"),
-    };
-    let value: serde_json::Value = serde_json::from_str(&message).expect("the message is JSON");
-    termination::write(&value);
+    // `run` turned an oversized success into PlanTooLarge, so the plan summary fits.
+    termination::write(&outcome(report));
     workspace::write_json(&workspace.report(POD), report)
 }
 
@@ -688,7 +669,7 @@ mod tests {
     fn long_messages_are_cut_at_a_character_boundary() {
         let long = "é".repeat(2000);
         let cut = bounded(&long);
-        assert!(cut.len() < 1100 && cut.ends_with("(see reports/source.json)"));
+        assert!(cut.len() < 1100 && cut.ends_with("(see reports/ on the workspace)"));
     }
 
     #[test]

@@ -429,9 +429,7 @@ impl<'a> StagePod<'a> {
                 // reference says and buildah does: the volumes are put back afterwards.
                 let saved = self.save_volumes(sc, step).map_err(|e| plain(&e))?;
                 let result = self.run(stage, inst.line, r, sc, prefix, step);
-                if let Some((paths, tar)) = saved {
-                    self.restore_volumes(&paths, &tar).map_err(|e| plain(&e))?;
-                }
+                self.restore_volumes(saved).map_err(|e| plain(&e))?;
                 result?;
                 Ok(true)
             }
@@ -481,49 +479,67 @@ impl<'a> StagePod<'a> {
         }
     }
 
-    /// A tar of the declared volumes that exist, in the pod's scratch space; None when
-    /// there are none.
-    fn save_volumes(
-        &self,
-        sc: &StageConfig,
-        step: usize,
-    ) -> Result<Option<(Vec<String>, PathBuf)>, String> {
-        let paths: Vec<String> = sc
+    /// The declared volumes that exist, saved before a RUN: a tar of each in the pod's
+    /// scratch space, and a snapshot of each to tell whether the RUN touched it. A volume
+    /// that holds a mount (the workspace, the tools, the kubelet's files) or is the root
+    /// itself cannot be put back and is left alone.
+    fn save_volumes(&self, sc: &StageConfig, step: usize) -> Result<Vec<SavedVolume>, String> {
+        let mut saved = Vec::new();
+        for (n, path) in sc
             .config
             .config
             .volumes
             .iter()
             .flat_map(|v| v.keys())
-            .filter(|p| self.opts.root.join(p.trim_start_matches('/')).is_dir())
-            .cloned()
-            .collect();
-        if paths.is_empty() {
-            return Ok(None);
+            .enumerate()
+        {
+            let Ok(on_disk) = rootfs::resolve(&self.opts.root, path, true) else {
+                continue;
+            };
+            let holds_mount = self.skip.iter().any(|s| s.starts_with(&on_disk));
+            if on_disk == self.opts.root || holds_mount || !on_disk.is_dir() {
+                continue;
+            }
+            let snapshot = Snapshot::take(&on_disk, &self.skip)
+                .map_err(|e| format!("cannot snapshot the volume {path}: {e}"))?;
+            let tar = self
+                .opts
+                .workspace
+                .scratch(&self.opts.pod)
+                .join(format!("volume-{step}-{n}.tar"));
+            export::write(
+                &self.opts.root,
+                std::slice::from_ref(path),
+                &self.skip,
+                &tar,
+            )
+            .map_err(|e| format!("cannot save the volume {path}: {e}"))?;
+            saved.push(SavedVolume {
+                path: path.clone(),
+                on_disk,
+                snapshot,
+                tar,
+            });
         }
-        let tar = self
-            .opts
-            .workspace
-            .scratch(&self.opts.pod)
-            .join(format!("volumes-{step}.tar"));
-        export::write(&self.opts.root, &paths, &self.skip, &tar)
-            .map_err(|e| format!("cannot save the volumes {paths:?}: {e}"))?;
-        Ok(Some((paths, tar)))
+        Ok(saved)
     }
 
-    /// Puts the volumes saved by [`Self::save_volumes`] back as they were.
-    fn restore_volumes(&self, paths: &[String], tar: &Path) -> Result<(), String> {
-        for path in paths {
-            let target = self.opts.root.join(path.trim_start_matches('/'));
-            let removed = match std::fs::symlink_metadata(&target) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target),
-                Ok(_) => std::fs::remove_file(&target),
-                Err(_) => Ok(()),
-            };
-            removed.map_err(|e| format!("cannot restore the volume {path}: {e}"))?;
+    /// Puts back the volumes a RUN changed, as [`Self::save_volumes`] saw them; the
+    /// others stay untouched (putting them back would give every file a new inode, and
+    /// the layer would carry them all again).
+    fn restore_volumes(&self, saved: Vec<SavedVolume>) -> Result<(), String> {
+        for volume in saved {
+            let path = &volume.path;
+            let after = Snapshot::take(&volume.on_disk, &self.skip)
+                .map_err(|e| format!("cannot snapshot the volume {path}: {e}"))?;
+            if !snapshot::diff(&volume.snapshot, &after).is_empty() {
+                std::fs::remove_dir_all(&volume.on_disk)
+                    .map_err(|e| format!("cannot restore the volume {path}: {e}"))?;
+                layer::apply_layer(&volume.tar, &self.opts.root)
+                    .map_err(|e| format!("cannot restore the volume {path}: {e}"))?;
+            }
+            let _ = std::fs::remove_file(&volume.tar);
         }
-        layer::apply_layer(tar, &self.opts.root)
-            .map_err(|e| format!("cannot restore the volumes {paths:?}: {e}"))?;
-        let _ = std::fs::remove_file(tar);
         Ok(())
     }
 
@@ -858,6 +874,14 @@ fn home_of(root: &Path, uid: u32) -> String {
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| if uid == 0 { "/root".into() } else { "/".into() })
+}
+
+/// A declared volume saved before a RUN.
+struct SavedVolume {
+    path: String,
+    on_disk: PathBuf,
+    snapshot: Snapshot,
+    tar: PathBuf,
 }
 
 /// Everything the snapshot must not walk: the pod's mounts (workspace, tools, the files

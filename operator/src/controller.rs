@@ -28,10 +28,11 @@ use crate::render::{self, OperatorConfig};
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "stagecoach";
 
-/// Lines of a failed pod's log kept in `status.failure.logTail`, and the most of each
-/// line (the status is an object in etcd, not a log store).
+/// Lines of a failed pod's log kept in `status.failure.logTail`, the most of each line,
+/// and the most read (the status is an object in etcd, not a log store).
 const LOG_TAIL_LINES: i64 = 20;
 const LOG_LINE_CHARS: usize = 400;
+const LOG_TAIL_BYTES: i64 = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -203,6 +204,7 @@ async fn log_tail(pods: &Api<Pod>, pod: &str, container: Option<String>) -> Vec<
     let params = LogParams {
         container,
         tail_lines: Some(LOG_TAIL_LINES),
+        limit_bytes: Some(LOG_TAIL_BYTES),
         ..LogParams::default()
     };
     match pods.logs(pod, &params).await {

@@ -547,11 +547,24 @@ impl<'a> Runner<'a> {
                 std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o440))
                     .map_err(io(&target))?;
             }
-            let _ = Command::new("chown")
+            // The builder user must read them; without the right to chown (rootless
+            // podman) the pod could not, so say so now rather than fail in the pod.
+            let chowned = Command::new("chown")
                 .arg("-R")
                 .arg(format!("{0}:{0}", render::BUILDER_UID))
                 .arg(&dir)
-                .status();
+                .status()
+                .is_ok_and(|s| s.success());
+            if !chowned {
+                return Err(Error::Podman {
+                    args: format!("secret {name}"),
+                    message: format!(
+                        "cannot give {} to the pods' user {}",
+                        dir.display(),
+                        render::BUILDER_UID
+                    ),
+                });
+            }
             volume.host_path = Some(HostPathVolumeSource {
                 path: dir.display().to_string(),
                 type_: Some("Directory".into()),
