@@ -237,6 +237,10 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
         &checkout_dir,
     )?;
     let _ = fs::remove_dir_all(&scratch);
+    plain_directory_modes(&checkout_dir).map_err(|source| SourceError::Workspace {
+        path: checkout_dir.clone(),
+        source,
+    })?;
     let commit = checkout.commit.clone();
     let commit_time = checkout.commit_time;
     report.source = Some(checkout);
@@ -286,6 +290,22 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
             source,
         })?;
     report.summary = Some(plan.summary(Some(commit), Some(commit_time)));
+    Ok(())
+}
+
+/// Gives every directory of the checkout mode 0755. Git records no directory modes, but
+/// a volume given to an fsGroup is setgid, and directories made in it inherit the bit:
+/// COPY would carry it into images (buildah, reading a checkout on a plain disk, gives
+/// 0755).
+fn plain_directory_modes(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            plain_directory_modes(&entry.path())?;
+        }
+    }
     Ok(())
 }
 

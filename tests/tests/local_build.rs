@@ -331,6 +331,51 @@ fn a_copy_only_target_with_user_and_workdir_is_assembled_like_buildah_builds_it(
 }
 
 #[test]
+fn the_context_with_dockerignore_is_copied_like_buildah_copies_it() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\nWORKDIR /src\nCOPY . .\nRUN find /src | sort > /listing && chmod -R go-w /src\n\
+         FROM scratch AS files\nCOPY docs /files/docs\nCOPY --from=build /src/app /files/app\nWORKDIR /files/made/here\n\
+         FROM {r}/stagecoach/runtime:1\nCOPY --from=build /src /app\nCOPY --from=build /listing /src/*.md /doc/\nCOPY docs/ /docs-copy\n\
+         COPY --from=files / /from-scratch/\n"
+    );
+    let files = [
+        ("Dockerfile", dockerfile.as_str()),
+        (
+            ".dockerignore",
+            "**/*.log\nsecrets/\ndocs/drafts\n!docs/drafts/keep.md\n*.tmp\n",
+        ),
+        ("README.md", "readme\n"),
+        ("app/main.c", "int main(void) { return 0; }\n"),
+        ("app/build.log", "noise\n"),
+        ("debug.log", "noise\n"),
+        ("scratch.tmp", "noise\n"),
+        ("secrets/token", "s3cr3t\n"),
+        ("docs/guide.md", "guide\n"),
+        ("docs/drafts/wip.md", "wip\n"),
+        ("docs/drafts/keep.md", "keep\n"),
+        ("docs/deep/er/file.txt", "deep\n"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = succeeded(
+        &Build {
+            name: "context",
+            files: &files,
+            ..Build::default()
+        }
+        .run(dir.path())
+        .status,
+    );
+    assert_same_as_buildah(
+        &image,
+        &files,
+        &[],
+        None,
+        "localhost/stagecoach-e2e/context:buildah",
+    );
+}
+
+#[test]
 fn metadata_lands_in_the_image_config() {
     let r = registry();
     let dockerfile = format!(
