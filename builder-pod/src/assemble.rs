@@ -515,6 +515,7 @@ fn starting_point(
         config.architecture = plan.platform.architecture.clone();
         config.variant = plan.platform.variant.clone();
     }
+    config.ensure_path();
     let scope = Scope::from_image_env(&config.env_pairs());
     Ok((config, scope))
 }

@@ -135,6 +135,15 @@ pub struct History {
 }
 
 impl ImageConfig {
+    /// A base without PATH gets the default one at FROM (`FROM scratch` included), as
+    /// BuildKit and buildah do: RUN finds its programs and the image config says so.
+    pub fn ensure_path(&mut self) {
+        let env = self.config.env.get_or_insert_with(Vec::new);
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+    }
+
     /// The environment as ordered pairs (`KEY=value` entries split at the first `=`).
     pub fn env_pairs(&self) -> Vec<(String, String)> {
         self.config

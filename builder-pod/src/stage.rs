@@ -247,6 +247,7 @@ impl<'a> StagePod<'a> {
                     config.architecture = self.plan.platform.architecture.clone();
                     config.variant = self.plan.platform.variant.clone();
                 }
+                config.ensure_path();
                 let scope = Scope::from_image_env(&config.env_pairs());
                 Ok((config, scope))
             }

@@ -376,6 +376,34 @@ fn the_context_with_dockerignore_is_copied_like_buildah_copies_it() {
 }
 
 #[test]
+fn a_scratch_target_and_shell_form_metadata_match_buildah() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\nSHELL [\"/bin/sh\", \"-ec\"]\nRUN echo built > /built\n\
+         FROM scratch\nARG VERSION=1.2\nLABEL version=$VERSION \"two words\"=\"a b\"\nENV APP=/app VERSION=$VERSION\n\
+         COPY --from=build /built $APP/\nEXPOSE 80 443/udp\nUSER 65534:65534\nENTRYPOINT /app/run --flag\nCMD echo $APP\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = succeeded(
+        &Build {
+            name: "scratchcfg",
+            files: &files,
+            ..Build::default()
+        }
+        .run(dir.path())
+        .status,
+    );
+    assert_same_as_buildah(
+        &image,
+        &files,
+        &[],
+        None,
+        "localhost/stagecoach-e2e/scratchcfg:buildah",
+    );
+}
+
+#[test]
 fn metadata_lands_in_the_image_config() {
     let r = registry();
     let dockerfile = format!(
