@@ -9,13 +9,14 @@
 //! repositories (`bench/…`) and about 1 GiB of blobs in the registry until it is
 //! garbage-collected.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
+use stagecoach_builder::layer::Hashing;
 use stagecoach_builder::registry::{self, Blob, BlobSource, Registry, Settings};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -51,44 +52,12 @@ impl Read for Noise {
     }
 }
 
-/// Hashes and counts what passes through.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn hashing<W: Write>(inner: W) -> Hashing<W> {
-    Hashing {
-        inner,
-        hasher: Sha256::new(),
-        count: 0,
-    }
-}
-
-fn digest(hasher: Sha256) -> String {
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
-
 /// One gzip layer holding one file of random bytes; returns (digest, diff id, size).
 fn write_layer(dir: &Path, seed: u64, bytes: u64) -> io::Result<(String, String, u64)> {
     let tmp = dir.join("layer.tmp");
     let file = io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let gzip = flate2::write::GzEncoder::new(hashing(file), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(hashing(gzip));
+    let gzip = flate2::write::GzEncoder::new(Hashing::new(file), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(Hashing::new(gzip));
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes);
     header.set_mode(0o644);
@@ -101,11 +70,9 @@ fn write_layer(dir: &Path, seed: u64, bytes: u64) -> io::Result<(String, String,
         left: bytes,
     };
     tar.append_data(&mut header, format!("data/{seed:x}.bin"), noise)?;
-    let uncompressed = tar.into_inner()?;
-    let diff_id = digest(uncompressed.hasher);
-    let compressed = uncompressed.inner.finish()?;
-    let (size, blob) = (compressed.count, digest(compressed.hasher));
-    compressed.inner.into_inner().map_err(io::Error::other)?;
+    let (gzip, diff_id, _) = tar.into_inner()?.finish();
+    let (file, blob, size) = gzip.finish()?.finish();
+    file.into_inner().map_err(io::Error::other)?;
     std::fs::rename(&tmp, blob_path(dir, &blob))?;
     Ok((blob, diff_id, size))
 }

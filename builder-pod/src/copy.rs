@@ -398,14 +398,14 @@ fn is_dir_in(root: &Path, path: &str) -> Result<bool> {
     Ok(fs::metadata(on_disk).is_ok_and(|m| m.is_dir()))
 }
 
-fn file_name(p: &Path) -> String {
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
 /// A source path relative to its root, cleaned; None when `..` would leave the root.
-fn clean_relative(source: &str) -> Option<String> {
+pub(crate) fn clean_relative(source: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for part in source.split('/') {
         match part {
@@ -421,7 +421,7 @@ fn clean_relative(source: &str) -> Option<String> {
 
 /// For `--parents`: the part of a matched path kept under the destination (after a
 /// `/./` marker in the source, else all of it).
-fn kept_path(source: &str, matched: &str, parents: bool) -> String {
+pub(crate) fn kept_path(source: &str, matched: &str, parents: bool) -> String {
     if !parents {
         return String::new();
     }

@@ -16,11 +16,10 @@ use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::GzBuilder;
-use sha2::{Digest as _, Sha256};
 
-use crate::copy::Chmod;
+use crate::copy::{Chmod, clean_relative, file_name, kept_path};
 use crate::filetree::{self, Content, FileTree, Kind, Node};
-use crate::layer::{self, LayerInfo};
+use crate::layer::{self, Hashing, LayerInfo};
 use crate::pattern;
 use crate::users::Ids;
 
@@ -369,10 +368,10 @@ fn write_entries(entries: &[(PathBuf, Node)], out: &Path, clamp: Option<i64>) ->
         source,
     };
     let file = File::create(out).map_err(werr)?;
-    let compressed = HashingWriter::new(BufWriter::new(file));
+    let compressed = Hashing::new(BufWriter::new(file));
     // GzBuilder leaves the header's mtime at 0 and names no file: reproducible.
     let gzip = GzBuilder::new().write(compressed, Compression::new(layer::DEFAULT_LEVEL));
-    let mut tar = tar::Builder::new(HashingWriter::new(gzip));
+    let mut tar = tar::Builder::new(Hashing::new(gzip));
     let mut first_of: HashMap<u64, &Path> = HashMap::new();
     for (path, node) in entries {
         let mtime = clamp.map_or(node.mtime, |c| node.mtime.min(c)).max(0) as u64;
@@ -434,82 +433,6 @@ fn write_entries(entries: &[(PathBuf, Node)], out: &Path, clamp: Option<i64>) ->
         uncompressed_size,
         entries: entries.len(),
     })
-}
-
-/// Passes bytes through, hashing and counting them.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// The inner writer, the `sha256:` digest and the byte count.
-    fn finish(self) -> (W, String, u64) {
-        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        (self.inner, digest, self.count)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// A source path relative to its root, cleaned; None when `..` would leave the root.
-fn clean_relative(source: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in source.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(parts.join("/"))
-}
-
-/// For `--parents`: the part of a matched path kept under the destination (after a
-/// `/./` marker in the source, else all of it).
-fn kept_path(source: &str, matched: &str, parents: bool) -> String {
-    if !parents {
-        return String::new();
-    }
-    match source.find("/./") {
-        Some(i) => {
-            let prefix = clean_relative(&source[..i]).unwrap_or_default();
-            matched
-                .strip_prefix(&prefix)
-                .unwrap_or(matched)
-                .trim_start_matches('/')
-                .to_string()
-        }
-        None => matched.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -695,10 +618,7 @@ mod tests {
         let two = write_layer(&entries, &d.path().join("2.tar.gz"), Some(5)).expect("write");
         assert_eq!(one, two);
         let bytes = fs::read(d.path().join("1.tar.gz")).expect("read");
-        assert_eq!(
-            one.digest,
-            format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
-        );
+        assert_eq!(one.digest, crate::registry::sha256(&bytes));
         assert_eq!(one.size, bytes.len() as u64);
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
         let mut seen = Vec::new();

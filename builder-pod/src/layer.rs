@@ -131,15 +131,17 @@ enum Op<'a> {
     Marker,
 }
 
-/// Counts and hashes what goes through it.
-struct Hashing<W> {
+/// Passes bytes through, hashing and counting them: a blob's digest and size (or a
+/// tar's diff id) are known when it has been written, without reading it again.
+#[derive(Debug)]
+pub struct Hashing<W> {
     inner: W,
     hasher: Sha256,
     bytes: u64,
 }
 
 impl<W: Write> Hashing<W> {
-    fn new(inner: W) -> Self {
+    pub fn new(inner: W) -> Self {
         Hashing {
             inner,
             hasher: Sha256::new(),
@@ -147,8 +149,10 @@ impl<W: Write> Hashing<W> {
         }
     }
 
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    /// The inner writer, the `sha256:` digest and the byte count.
+    pub fn finish(self) -> (W, String, u64) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (self.inner, digest, self.bytes)
     }
 }
 
@@ -431,14 +435,14 @@ impl<'a> LayerWriter<'a> {
             source,
         };
         let uncompressed = self.tar.into_inner().map_err(|e| err(e.into_error()))?;
-        let diff_id = uncompressed.digest();
-        let uncompressed_size = uncompressed.bytes;
-        let mut compressed = uncompressed.inner.finish().map_err(err)?;
+        let (gzip, diff_id, uncompressed_size) = uncompressed.finish();
+        let mut compressed = gzip.finish().map_err(err)?;
         compressed.flush().map_err(err)?;
+        let (_, digest, size) = compressed.finish();
         Ok(LayerInfo {
-            digest: compressed.digest(),
+            digest,
             diff_id,
-            size: compressed.bytes,
+            size,
             uncompressed_size,
             entries: self.entries,
         })

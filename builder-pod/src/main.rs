@@ -1,6 +1,5 @@
 //! `stagecoach-builder`: the one static binary that runs inside Stagecoach's build pods.
 
-use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,15 +152,8 @@ struct SourceArgs {
     /// The Dockerfile's text, instead of a file.
     #[arg(long, conflicts_with = "dockerfile")]
     dockerfile_inline: Option<String>,
-    /// The stage to build (default: the last one).
-    #[arg(long)]
-    target: Option<String>,
-    /// A build argument, `NAME=value` (repeatable).
-    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_key_value)]
-    build_args: Vec<(String, String)>,
-    /// The platform of the image, `os/arch[/variant]`.
-    #[arg(long, default_value = "linux/amd64")]
-    platform: Platform,
+    #[command(flatten)]
+    planning: PlanningArgs,
     #[arg(long, default_value = "/workspace")]
     workspace: PathBuf,
     /// Private scratch space outside the workspace (an emptyDir in the pod).
@@ -199,6 +191,15 @@ struct PlanArgs {
     /// The Dockerfile (`-` for standard input).
     #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
     file: PathBuf,
+    #[command(flatten)]
+    planning: PlanningArgs,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// What a plan is made for: the source pod's and `plan`'s shared options.
+#[derive(Debug, clap::Args)]
+struct PlanningArgs {
     /// The stage to build (default: the last one).
     #[arg(long)]
     target: Option<String>,
@@ -208,8 +209,17 @@ struct PlanArgs {
     /// The platform of the image, `os/arch[/variant]`.
     #[arg(long, default_value = "linux/amd64")]
     platform: Platform,
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+}
+
+impl PlanningArgs {
+    fn options(self, dockerfile_name: String) -> PlanOptions {
+        PlanOptions {
+            dockerfile_name,
+            target: self.target,
+            build_args: self.build_args.into_iter().collect(),
+            platform: self.platform,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -305,9 +315,9 @@ fn run_source(args: SourceArgs) -> anyhow::Result<()> {
             Some(text) => Dockerfile::Inline(text),
             None => Dockerfile::Path(args.dockerfile),
         },
-        target: args.target,
-        build_args: args.build_args.into_iter().collect(),
-        platform: args.platform,
+        target: args.planning.target,
+        build_args: args.planning.build_args.into_iter().collect(),
+        platform: args.planning.platform,
         private_tmp: args.tmp,
         registry: args.registry.settings(),
         pull_secrets: args.pull_secrets,
@@ -401,12 +411,7 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
         (args.file.display().to_string(), text)
     };
-    let options = PlanOptions {
-        dockerfile_name: name,
-        target: args.target,
-        build_args: args.build_args.into_iter().collect::<BTreeMap<_, _>>(),
-        platform: args.platform,
-    };
+    let options = args.planning.options(name);
     let plan = stagecoach_plan::plan(&text, &options)?;
     match args.format {
         Format::Json => println!("{}", plan.to_json()),
