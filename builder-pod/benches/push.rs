@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use stagecoach_builder::layer::Hashing;
-use stagecoach_builder::registry::{self, Blob, BlobSource, Registry, Settings};
+use stagecoach_builder::oci::{self, Blob, BlobSource, Registry, Settings};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -191,9 +191,9 @@ fn main() {
         insecure: vec![registry_addr.clone()],
         ..Settings::default()
     };
-    let target = registry::parse_reference(&format!("{registry_addr}/bench/stagecoach-{id}:1"))
+    let target = oci::parse_reference(&format!("{registry_addr}/bench/stagecoach-{id}:1"))
         .expect("reference");
-    let runtime = registry::runtime().expect("runtime");
+    let runtime = oci::runtime().expect("runtime");
     let started = Instant::now();
     let pushed = runtime
         .block_on(async {

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use stagecoach_builder::fs::snapshot::{self, Changes, Snapshot};
 use stagecoach_builder::layer::{self, DEFAULT_LEVEL};
-use stagecoach_builder::snapshot::{self, Changes, Snapshot};
 
 const MIB: f64 = 1024.0 * 1024.0;
 

@@ -1,22 +1,17 @@
 //! The build-pod side of Stagecoach: everything `stagecoach-builder` does inside a pod.
+//!
+//! One module per pod (`source`, `stage`, `assemble`), the Dockerfile executor they
+//! share (`exec`), and what those stand on: filesystems (`fs`), layers (`layer`), the
+//! registry client (`oci`), image configs and the workspace.
 
 pub mod assemble;
-pub mod copy;
-pub mod copy_layer;
-pub mod dockerignore;
-pub mod export;
-pub mod fetch;
-pub mod filetree;
-pub mod git;
+pub mod error;
+pub mod exec;
+pub mod fs;
 pub mod image_config;
 pub mod layer;
-pub mod pattern;
-pub mod registry;
-pub mod rootfs;
-pub mod run;
-pub mod snapshot;
+pub mod oci;
 pub mod source;
 pub mod stage;
 pub mod termination;
-pub mod users;
 pub mod workspace;

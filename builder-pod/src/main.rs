@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use stagecoach_builder::assemble::{self, AssembleOptions, MediaTypes};
-use stagecoach_builder::registry::{self, RetryPolicy};
+use stagecoach_builder::oci::{self, RetryPolicy};
 use stagecoach_builder::stage::{self, StageOptions};
 use stagecoach_builder::termination;
 use stagecoach_builder::workspace::{Workspace, write_json};
@@ -117,8 +117,8 @@ struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn settings(self) -> registry::Settings {
-        registry::Settings {
+    fn settings(self) -> oci::Settings {
+        oci::Settings {
             auth_file: self.auth_file,
             insecure: self.insecure,
             retry: RetryPolicy {
@@ -388,7 +388,7 @@ fn run_assemble(args: AssembleArgs) -> anyhow::Result<()> {
 }
 
 fn run_resolve(args: ResolveArgs) -> anyhow::Result<()> {
-    let resolved = registry::resolve(&args.registry.settings(), &args.platform, &args.references)
+    let resolved = oci::resolve(&args.registry.settings(), &args.platform, &args.references)
         .map_err(|e| anyhow::anyhow!("{}: {e}", e.reason()))?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&resolved)?),

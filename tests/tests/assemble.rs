@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stagecoach_builder::assemble::{self, AssembleOptions, AssembleReport, MediaTypes};
-use stagecoach_builder::export;
-use stagecoach_builder::registry::{self as builder_registry, RetryPolicy, Settings};
+use stagecoach_builder::exec::export;
+use stagecoach_builder::oci::{self as builder_registry, RetryPolicy, Settings};
 use stagecoach_builder::workspace::{LayerRecord, Workspace, read_json, write_json};
 use stagecoach_e2e::podman::{check, podman, registry, tool};
 use stagecoach_e2e::registry::{Fault, Proxy, RegistryServer, auth_file};

@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use stagecoach_builder::git::{self, Checkout, Credentials};
+use stagecoach_builder::source::git::{self, Checkout, Credentials};
 use stagecoach_builder::source::{self, Dockerfile, SourceOptions};
 use stagecoach_builder::workspace::Workspace;
 use stagecoach_e2e::git_server::{GitDaemon, HttpsGit, SshServer, commit, free_port, git};
@@ -343,7 +343,7 @@ fn options(ws: &Path, url: String, revision: &str) -> SourceOptions {
         build_args: Default::default(),
         platform: Platform::default(),
         private_tmp: ws.to_path_buf(),
-        registry: stagecoach_builder::registry::Settings {
+        registry: stagecoach_builder::oci::Settings {
             insecure: vec![registry()],
             ..Default::default()
         },

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::rootfs;
+use crate::fs::rootfs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

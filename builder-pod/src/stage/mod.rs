@@ -3,6 +3,8 @@
 //! later stages and the assemble pod need: one layer per filesystem-changing
 //! instruction, the stage's image config and scope, and its exports.
 
+pub mod run;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,14 +15,15 @@ use stagecoach_plan::instruction::{self, Copy as CopyArgs, Instruction, Kind, Ru
 use stagecoach_plan::scope::Scope;
 use stagecoach_plan::shell::Lexer;
 
-use crate::copy::{self, Chmod, CopyOptions, SourceRoot};
+use crate::exec::disk_copy_old::{self, Chmod, CopyOptions, SourceRoot};
+use crate::exec::{export, fetch};
+use crate::fs::rootfs;
+use crate::fs::snapshot::{self, Snapshot};
+use crate::fs::users::{self, Ids};
 use crate::image_config::{self, DEFAULT_PATH, History, ImageConfig, StageConfig};
 use crate::layer;
-use crate::run::{self, RunSpec};
-use crate::snapshot::{self, Snapshot};
-use crate::users::{self, Ids};
 use crate::workspace::{self, LayerRecord, Workspace};
-use crate::{export, fetch, rootfs};
+use run::RunSpec;
 
 /// The CA bundle `install` puts beside the builder in the tools directory.
 pub const CA_BUNDLE: &str = "ca-certificates.crt";
@@ -455,7 +458,7 @@ impl<'a> StagePod<'a> {
                         Some(users::resolve(&self.opts.root, user).map_err(|e| plain(&e))?)
                     }
                 };
-                copy::make_dirs(&self.opts.root, &dir, owner).map_err(|e| plain(&e))?;
+                disk_copy_old::make_dirs(&self.opts.root, &dir, owner).map_err(|e| plain(&e))?;
                 Ok(true)
             }
             Kind::Volume { .. } => {
@@ -466,7 +469,8 @@ impl<'a> StagePod<'a> {
                 let mut made = false;
                 for path in sc.config.config.volumes.iter().flat_map(|v| v.keys()) {
                     if !self.opts.root.join(path.trim_start_matches('/')).is_dir() {
-                        copy::make_dirs(&self.opts.root, path, None).map_err(|e| plain(&e))?;
+                        disk_copy_old::make_dirs(&self.opts.root, path, None)
+                            .map_err(|e| plain(&e))?;
                         made = true;
                     }
                 }
@@ -579,7 +583,8 @@ impl<'a> StagePod<'a> {
             Some(user) => users::resolve(&self.opts.root, user).map_err(|e| plain(&e))?,
         };
         let workdir = sc.config.working_dir();
-        let cwd = copy::make_dirs(&self.opts.root, &workdir, None).map_err(|e| plain(&e))?;
+        let cwd =
+            disk_copy_old::make_dirs(&self.opts.root, &workdir, None).map_err(|e| plain(&e))?;
         let mut env = sc.scope.run_env().to_vec();
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push(("PATH".into(), DEFAULT_PATH.into()));
@@ -724,7 +729,7 @@ impl<'a> StagePod<'a> {
             unpack_archives: keyword == "ADD" && c.unpack != Some(false),
         };
         for doc in &c.heredocs {
-            copy::write_inline(&self.opts.root, &dest, &doc.name, &doc.body, &opts)
+            disk_copy_old::write_inline(&self.opts.root, &dest, &doc.name, &doc.body, &opts)
                 .map_err(|e| e.to_string())?;
         }
         // ADD <url>: each download becomes a source in a directory of its own.
@@ -754,7 +759,7 @@ impl<'a> StagePod<'a> {
                 unpack_archives: false,
                 ..opts.clone()
             };
-            copy::copy(
+            disk_copy_old::copy(
                 SourceRoot {
                     root: &dir,
                     keep_owner: false,
@@ -773,7 +778,7 @@ impl<'a> StagePod<'a> {
             None => (self.opts.context.clone(), false),
             Some(from) => (self.export_of(stage, line, &expand(from)?)?, true),
         };
-        copy::copy(
+        disk_copy_old::copy(
             SourceRoot {
                 root: &root,
                 keep_owner,
@@ -800,7 +805,7 @@ impl Mounted {
         let parent = Path::new(target)
             .parent()
             .map_or("/".into(), |p| p.to_string_lossy().into_owned());
-        let dir = copy::make_dirs(root, &parent, None).map_err(|e| e.to_string())?;
+        let dir = disk_copy_old::make_dirs(root, &parent, None).map_err(|e| e.to_string())?;
         let name = Path::new(target).file_name().unwrap_or_default();
         let at = dir.join(name);
         let hidden = if std::fs::symlink_metadata(&at).is_ok() {
@@ -844,7 +849,7 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
         .to_string_lossy()
         .into_owned();
     std::fs::create_dir_all(dst).map_err(|e| e.to_string())?;
-    copy::copy(
+    disk_copy_old::copy(
         SourceRoot {
             root: Path::new("/"),
             keep_owner: true,

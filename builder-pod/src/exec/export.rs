@@ -8,8 +8,8 @@ use std::io::{self, BufWriter};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::pattern;
-use crate::rootfs;
+use crate::fs::pattern;
+use crate::fs::rootfs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -10,7 +10,7 @@ use std::process::{Command as Process, Stdio};
 
 use stagecoach_plan::instruction::{Command, Run};
 
-use crate::users::Ids;
+use crate::fs::users::Ids;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

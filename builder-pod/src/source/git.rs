@@ -100,18 +100,6 @@ impl Error {
     }
 }
 
-/// An error and its causes on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
-}
-
 fn show(revision: &str) -> String {
     if revision.is_empty() {
         "the default branch".to_string()
@@ -250,7 +238,9 @@ fn target(raw: &str, credentials: &mut Credentials) -> Result<Target> {
     // gix quotes the whole input in its errors: keep them only when it holds no secret.
     let invalid = |source: Option<gix::Error>| Error::InvalidUrl {
         url: redact(raw),
-        detail: source.filter(|_| !raw.contains('@')).map(|e| chain(&e)),
+        detail: source
+            .filter(|_| !raw.contains('@'))
+            .map(|e| crate::error::chain(&e)),
     };
     let mut url = gix::url::parse(raw.as_bytes().as_bstr()).map_err(|e| invalid(Some(e)))?;
     // Credentials written into an https URL are used like a basic-auth Secret, but kept
@@ -622,7 +612,7 @@ impl Remote<'_> {
             .map(|r| r.with_fetch_tags(Tags::None))
             .map_err(|source| Error::InvalidUrl {
                 url: self.target.shown.clone(),
-                detail: Some(chain(&source)),
+                detail: Some(crate::error::chain(&source)),
             })
     }
 

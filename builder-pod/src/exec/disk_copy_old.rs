@@ -10,9 +10,9 @@ use std::io::{self, Read as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
 use std::path::{Path, PathBuf};
 
-use crate::pattern;
-use crate::rootfs;
-use crate::users::Ids;
+use crate::fs::pattern;
+use crate::fs::rootfs;
+use crate::fs::users::Ids;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,13 +1,16 @@
 //! `stagecoach-builder source`: the first pod of every build. It turns "this repository
 //! at this revision" into what the other pods need on the workspace volume:
 //!
-//! checkout ([`crate::git`]) → context (`source/<contextDir>`, inside the checkout) →
-//! Dockerfile → `.dockerignore` applied ([`crate::dockerignore`]) → plan → base images
+//! checkout ([`crate::source::git`]) → context (`source/<contextDir>`, inside the checkout) →
+//! Dockerfile → `.dockerignore` applied ([`crate::source::dockerignore`]) → plan → base images
 //! pinned ([`pin_base_images`]) → `plan.json`, `reports/source.json` and the termination
 //! message (the plan summary the operator schedules the stage pods from).
 //!
 //! Git credentials are used by the checkout only: they never reach the checkout, the
 //! plan, the report, the termination message or the output.
+
+pub mod dockerignore;
+pub mod git;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,11 +22,10 @@ use serde::{Deserialize, Serialize};
 use stagecoach_plan::contract::{Base, PlanSummary, PodOutcome};
 use stagecoach_plan::{Plan, PlanError, PlanOptions, Platform};
 
-use crate::dockerignore;
-use crate::git::{self, Checkout, Credentials};
-use crate::registry::{self, Registry};
+use crate::oci::{self, Registry};
 use crate::termination;
 use crate::workspace::{self, Workspace};
+use git::{Checkout, Credentials};
 
 /// The name of the source pod's report (`reports/source.json`) and scratch space.
 pub const POD: &str = "source";
@@ -53,10 +55,10 @@ pub enum SourceError {
         line: usize,
         reference: String,
         #[source]
-        source: Box<registry::Error>,
+        source: Box<oci::Error>,
     },
     #[error("cannot reach registries")]
-    Registry(#[source] Box<registry::Error>),
+    Registry(#[source] Box<oci::Error>),
     #[error("the pull secrets in {}: {message}", dir.display())]
     PullSecrets { dir: PathBuf, message: String },
     #[error(
@@ -136,7 +138,7 @@ pub struct SourceOptions {
     /// A private scratch directory outside the workspace (`/tmp`, an emptyDir).
     pub private_tmp: PathBuf,
     /// How registries are reached to pin base images.
-    pub registry: registry::Settings,
+    pub registry: oci::Settings,
     /// Where the operator mounts the build's image pull secrets, one directory each
     /// (`<dir>/<n>/.dockerconfigjson`); used when `registry.auth_file` is not set.
     pub pull_secrets: PathBuf,
@@ -197,7 +199,7 @@ pub fn run(opts: &SourceOptions) -> SourceReport {
     report.succeeded = error.is_none();
     if let Some(e) = &error {
         report.reason = Some(e.reason().to_string());
-        report.error = Some(render_error(e));
+        report.error = Some(crate::error::chain(e));
         report.line = e.line();
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -319,7 +321,7 @@ const CONFIG_LIMIT: u64 = 8 << 20;
 pub fn pin_base_images(
     plan: &mut Plan,
     workspace: &Workspace,
-    settings: &registry::Settings,
+    settings: &oci::Settings,
 ) -> Result<()> {
     // (stage index, reference, platform) of every image still to pin.
     let mut wanted = Vec::new();
@@ -351,7 +353,7 @@ pub fn pin_base_images(
             unique.push((reference.clone(), platform.clone()));
         }
     }
-    let runtime = registry::runtime().map_err(|e| SourceError::Registry(Box::new(e)))?;
+    let runtime = oci::runtime().map_err(|e| SourceError::Registry(Box::new(e)))?;
     let mut found = runtime.block_on(async {
         let registry = Registry::new(settings).map_err(|e| SourceError::Registry(Box::new(e)))?;
         let lookups = unique.iter().map(|(reference, platform)| {
@@ -395,8 +397,8 @@ async fn base_image(
     registry: &Registry,
     reference: &str,
     platform: &Platform,
-) -> Result<(String, bytes::Bytes), registry::Error> {
-    let parsed = registry::parse_reference(reference)?;
+) -> Result<(String, bytes::Bytes), oci::Error> {
+    let parsed = oci::parse_reference(reference)?;
     let manifest = registry.manifest(&parsed, platform).await?;
     let config = registry
         .blob_bytes(&parsed, &manifest.manifest.config.digest, CONFIG_LIMIT)
@@ -421,7 +423,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file when none was given. Several secrets are merged (the first to name a registry
 /// wins) into a private file that is deleted when the value drops.
 struct PullSettings {
-    settings: registry::Settings,
+    settings: oci::Settings,
     merged: Option<PathBuf>,
 }
 
@@ -498,21 +500,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(bytes)
-}
-
-/// The error as a user reads it: the error and each cause.
-fn render_error(e: &SourceError) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn canonical(path: &Path) -> io::Result<PathBuf> {
@@ -702,8 +689,8 @@ mod tests {
         .expect("plan");
         let before = plan.clone();
         // No registry is contacted: an unreachable one would fail.
-        let settings = registry::Settings {
-            retry: registry::RetryPolicy {
+        let settings = oci::Settings {
+            retry: oci::RetryPolicy {
                 attempts: 1,
                 ..Default::default()
             },
@@ -742,7 +729,7 @@ mod tests {
             build_args: BTreeMap::new(),
             platform: Platform::default(),
             private_tmp: dir.path().to_path_buf(),
-            registry: registry::Settings::default(),
+            registry: oci::Settings::default(),
             pull_secrets: pull.clone(),
         };
         let merged = registry_settings(&opts).expect("settings");
@@ -752,7 +739,7 @@ mod tests {
             let mode = fs::metadata(&path).expect("stat").permissions().mode();
             assert_eq!(mode & 0o077, 0, "only the owner reads it");
         }
-        let creds = registry::Credentials::load(&path).expect("loads");
+        let creds = oci::Credentials::load(&path).expect("loads");
         assert_eq!(
             creds.get("b.example").expect("b"),
             oci_client::secrets::RegistryAuth::Basic("b".into(), "c".into()),

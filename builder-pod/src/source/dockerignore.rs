@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::pattern;
+use crate::fs::pattern;
 
 /// A `.dockerignore` that cannot be used, or a context that cannot be cleaned.
 #[derive(Debug, thiserror::Error)]

@@ -466,7 +466,7 @@ impl Registry {
             Err(OciDistributionError::AuthenticationFailure(detail)) => {
                 return Err(self.denied(reference, op, detail));
             }
-            Err(e) => return Ok(Err(format!("authorization: {}", error_chain(&e)))),
+            Err(e) => return Ok(Err(format!("authorization: {}", crate::error::chain(&e)))),
         };
         self.lock().insert(key, header.clone());
         Ok(Ok(header))
@@ -526,7 +526,7 @@ impl Registry {
         };
         let mut request = request.build().map_err(|e| Error::Invalid {
             what: "request".into(),
-            message: error_chain(&e),
+            message: crate::error::chain(&e),
         })?;
         if let Some(value) = authorization {
             request.headers_mut().insert(AUTHORIZATION, value);
@@ -539,14 +539,14 @@ impl Registry {
             Err(e) if transient(&e) => {
                 return Ok(Attempt::Again {
                     retry_after: None,
-                    why: format!("{what}: {}", error_chain(&e)),
+                    why: format!("{what}: {}", crate::error::chain(&e)),
                 });
             }
             Err(e) => {
                 return Err(Error::Protocol {
                     what,
                     status: 0,
-                    message: error_chain(&e),
+                    message: crate::error::chain(&e),
                 });
             }
         };
@@ -1090,18 +1090,6 @@ fn transient(e: &reqwest::Error) -> bool {
     e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
 }
 
-/// An error with its causes, which reqwest keeps apart.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// `Retry-After` in seconds (HTTP dates are not used by registries; they get backoff).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
@@ -1149,7 +1137,7 @@ async fn limited_body(response: Response, limit: u64, url: &str) -> Result<Bytes
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::Invalid {
             what: url.to_string(),
-            message: error_chain(&e),
+            message: crate::error::chain(&e),
         })?;
         body.extend_from_slice(&chunk);
         if body.len() as u64 > limit {

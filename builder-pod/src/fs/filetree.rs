@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::pattern;
+use crate::fs::pattern;
 
 /// Symlink hops before giving up, as Linux does (ELOOP) and rootfs.rs does.
 const MAX_SYMLINKS: usize = 40;
@@ -730,7 +730,7 @@ mod tests {
         std::fs::hard_link(src.join("app/a"), src.join("app/b")).expect("link");
         std::os::unix::fs::symlink("a", src.join("app/c")).expect("symlink");
         let out = dir.path().join("export.tar");
-        crate::export::write(&src, &["/app".into()], &[], &out).expect("export");
+        crate::exec::export::write(&src, &["/app".into()], &[], &out).expect("export");
         let t = FileTree::from_archive(&out).expect("read");
         let a = t.get(Path::new("app/a")).expect("a");
         let b = t.get(Path::new("app/b")).expect("b");

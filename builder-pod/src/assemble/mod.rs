@@ -24,13 +24,13 @@ use stagecoach_plan::instruction::{self, Copy as CopyArgs, Instruction, Kind};
 use stagecoach_plan::scope::Scope;
 use stagecoach_plan::shell::Lexer;
 
-use crate::copy::Chmod;
-use crate::copy_layer::{self, CopyFlags, LayerBuilder};
-use crate::filetree::{self, FileTree, Node};
+use crate::exec::copy::{self, CopyFlags, LayerBuilder};
+use crate::exec::disk_copy_old::Chmod;
+use crate::fs::filetree::{self, FileTree, Node};
+use crate::fs::users::{self, Ids};
 use crate::image_config::{self, History, ImageConfig, StageConfig};
-use crate::registry::{self, Blob, BlobCounts, BlobSource, Reference, Registry};
+use crate::oci::{self, Blob, BlobCounts, BlobSource, Reference, Registry};
 use crate::stage::{StageError, rfc3339};
-use crate::users::{self, Ids};
 use crate::workspace::{self, LayerRecord, Workspace};
 
 /// Docker's foreign layers, kept as they are but named in the manifest's vocabulary.
@@ -50,7 +50,7 @@ pub enum Error {
     #[error(transparent)]
     Stage(#[from] StageError),
     #[error(transparent)]
-    Registry(#[from] registry::Error),
+    Registry(#[from] oci::Error),
     #[error("base image {reference}: {message}")]
     BaseImage { reference: String, message: String },
     #[error("the image has {layers} layers but its history {entries} layer entries")]
@@ -115,7 +115,7 @@ pub struct AssembleOptions {
     /// Clamp for layer entry, history and config times (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
     pub media_types: MediaTypes,
-    pub registry: registry::Settings,
+    pub registry: oci::Settings,
     /// Blobs transferred at the same time.
     pub jobs: usize,
 }
@@ -170,13 +170,13 @@ pub fn run(opts: &AssembleOptions) -> AssembleReport {
         pod: opts.pod.clone(),
         ..AssembleReport::default()
     };
-    let result = registry::runtime()
+    let result = oci::runtime()
         .map_err(Error::from)
         .and_then(|runtime| runtime.block_on(assemble(opts, &mut report)));
     if let Err(e) = result {
         report.error = Some(Failure {
             reason: e.reason().to_string(),
-            message: error_chain(&e),
+            message: crate::error::chain(&e),
         });
     }
     report.succeeded = report.error.is_none();
@@ -217,8 +217,8 @@ async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result
     let ws = &opts.workspace;
     let text = std::fs::read_to_string(ws.plan())
         .map_err(|e| workspace_err(format!("cannot read the plan {}: {e}", ws.plan().display())))?;
-    let plan = Plan::from_json(&text).map_err(|e| workspace_err(error_chain(&e)))?;
-    let target_ref = registry::parse_reference(&opts.image)?;
+    let plan = Plan::from_json(&text).map_err(|e| workspace_err(crate::error::chain(&e)))?;
+    let target_ref = oci::parse_reference(&opts.image)?;
     if target_ref.digest().is_some() {
         return Err(Error::PushByDigest(opts.image.clone()));
     }
@@ -296,7 +296,7 @@ async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result
         })
         .collect();
     blobs.push(Blob {
-        digest: registry::sha256(&config_bytes),
+        digest: oci::sha256(&config_bytes),
         size: config_bytes.len() as u64,
         source: BlobSource::Bytes(config_bytes.clone()),
     });
@@ -358,7 +358,7 @@ async fn fetch_base(
     digest: Option<&str>,
     plan: &Plan,
 ) -> Result<BaseImage> {
-    let mut pinned = registry::parse_reference(reference)?;
+    let mut pinned = oci::parse_reference(reference)?;
     if let Some(digest) = digest {
         pinned = pinned.clone_with_digest(digest.to_string());
     }
@@ -574,8 +574,8 @@ impl CopyStage {
             };
             if !entries.is_empty() {
                 let file = format!("{:04}.tar.gz", records.len() + 1);
-                let info = copy_layer::write_layer(&entries, &layers_dir.join(&file), self.epoch)
-                    .map_err(|e| workspace_err(error_chain(&e)))?;
+                let info = copy::write_layer(&entries, &layers_dir.join(&file), self.epoch)
+                    .map_err(|e| workspace_err(crate::error::chain(&e)))?;
                 sc.config.rootfs.diff_ids.push(info.diff_id.clone());
                 records.push(LayerRecord {
                     file,
@@ -698,8 +698,9 @@ impl CopyStage {
             Some(from) => Some(self.export(line, &expand(from)?)?),
             None if !sources.is_empty() => {
                 if self.context_tree.is_none() {
-                    self.context_tree =
-                        Some(FileTree::from_dir(&self.context).map_err(|e| error_chain(&e))?);
+                    self.context_tree = Some(
+                        FileTree::from_dir(&self.context).map_err(|e| crate::error::chain(&e))?,
+                    );
                 }
                 None
             }
@@ -745,7 +746,7 @@ impl CopyStage {
             .to_string();
         if !self.exports.contains_key(&id) {
             let path = self.workspace.export(&id);
-            let tree = FileTree::from_archive(&path).map_err(|e| error_chain(&e))?;
+            let tree = FileTree::from_archive(&path).map_err(|e| crate::error::chain(&e))?;
             self.exports.insert(id.clone(), tree);
         }
         Ok(id)
@@ -768,7 +769,7 @@ impl CopyStage {
             let content = self
                 .image
                 .read_file(&format!("/etc/{name}"))
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| crate::error::chain(&e))?;
             if let Some(bytes) = content {
                 std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             }
@@ -877,7 +878,7 @@ fn manifest(
         media_type: Some(manifest_type.to_string()),
         config: OciDescriptor {
             media_type: config_type.to_string(),
-            digest: registry::sha256(config),
+            digest: oci::sha256(config),
             size: config.len() as i64,
             ..OciDescriptor::default()
         },
@@ -917,21 +918,6 @@ fn now() -> i64 {
 
 fn millis(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
-}
-
-/// An error with its causes, for messages.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -1041,7 +1027,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(json["schemaVersion"], 2);
         assert_eq!(json["config"]["mediaType"], IMAGE_CONFIG_MEDIA_TYPE);
-        assert_eq!(json["config"]["digest"], registry::sha256(b"{}"));
+        assert_eq!(json["config"]["digest"], oci::sha256(b"{}"));
         assert_eq!(json["layers"][0]["mediaType"], IMAGE_LAYER_GZIP_MEDIA_TYPE);
         assert_eq!(json["layers"][0]["size"], 3);
     }

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::GzBuilder;
 
-use crate::copy::{Chmod, clean_relative, file_name, kept_path};
-use crate::filetree::{self, Content, FileTree, Kind, Node};
+use crate::exec::disk_copy_old::{Chmod, clean_relative, file_name, kept_path};
+use crate::fs::filetree::{self, Content, FileTree, Kind, Node};
+use crate::fs::pattern;
+use crate::fs::users::Ids;
 use crate::layer::{self, Hashing, LayerInfo};
-use crate::pattern;
-use crate::users::Ids;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -455,7 +455,7 @@ mod tests {
         symlink("a.txt", root.join("out/link")).expect("symlink");
         std::os::unix::fs::lchown(root.join("out/b.md"), Some(1000), Some(1000)).expect("chown");
         let tar = dir.path().join("export.tar");
-        crate::export::write(&root, &["/out".into()], &[], &tar).expect("export");
+        crate::exec::export::write(&root, &["/out".into()], &[], &tar).expect("export");
         let tree = FileTree::from_archive(&tar).expect("tree");
         (dir, tree)
     }
@@ -618,7 +618,7 @@ mod tests {
         let two = write_layer(&entries, &d.path().join("2.tar.gz"), Some(5)).expect("write");
         assert_eq!(one, two);
         let bytes = fs::read(d.path().join("1.tar.gz")).expect("read");
-        assert_eq!(one.digest, crate::registry::sha256(&bytes));
+        assert_eq!(one.digest, crate::oci::sha256(&bytes));
         assert_eq!(one.size, bytes.len() as u64);
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
         let mut seen = Vec::new();

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use crate::snapshot::{Changes, Entry, FileKind, Snapshot, Timestamp};
+use crate::fs::snapshot::{Changes, Entry, FileKind, Snapshot, Timestamp};
 
 /// The gzip level of layers, measured with zlib-rs (`benches/snapshot.rs`, and tars of real
 /// binaries and sources): level 2 packs over twice as fast as zlib's default (6) for ~4% more
@@ -1356,7 +1356,7 @@ fn set_at_meta(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::diff;
+    use crate::fs::snapshot::diff;
     use filetime::FileTime;
     use std::fs;
     use std::os::unix::fs::{PermissionsExt, symlink};
