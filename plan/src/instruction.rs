@@ -200,23 +200,13 @@ pub fn parse_node(node: &Node) -> Result<Instruction> {
     })
 }
 
+/// Types one node: its flags checked against the instruction's, then its arguments, each
+/// instruction by its own rules.
 fn parse_kind(node: &Node) -> Result<Kind> {
     let keyword = node.keyword.to_ascii_uppercase();
     let mut flags = Flags::parse(&node.flags, allowed_flags(&node.keyword))?;
     let kind = match node.keyword.as_str() {
-        "from" => {
-            let words = words(node);
-            let name = match words.as_slice() {
-                [_] => None,
-                [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => Some(stage_name(name)?),
-                _ => return Err("FROM requires either one or three arguments".into()),
-            };
-            Kind::From(From {
-                image: words[0].clone(),
-                name,
-                platform: flags.string("platform"),
-            })
-        }
+        "from" => parse_from(node, &flags)?,
         "run" => Kind::Run(Run {
             command: command(node).ok_or("RUN requires at least one argument")?,
             mounts: flags.strings("mount"),
@@ -225,86 +215,13 @@ fn parse_kind(node: &Node) -> Result<Kind> {
             devices: flags.strings("device"),
             heredocs: heredoc_bodies(&node.heredocs),
         }),
-        "copy" | "add" => {
-            let mut words = words(node);
-            if words.len() < 2 {
-                return Err(format!(
-                    "{keyword} requires at least two arguments, but only one was provided. Destination could not be determined."
-                ));
-            }
-            let destination = words.pop().unwrap_or_default();
-            let heredocs = heredoc_bodies(&node.heredocs);
-            let sources: Vec<String> = words
-                .into_iter()
-                .filter(|w| !heredocs.iter().any(|h| is_heredoc_word(w, &h.name)))
-                .collect();
-            let copy = Copy {
-                destination,
-                from: flags.string("from"),
-                chown: flags.string("chown"),
-                chmod: flags.string("chmod"),
-                link: flags.boolean("link")?,
-                parents: flags.boolean("parents")?,
-                excludes: flags.strings("exclude"),
-                checksum: flags.string("checksum"),
-                keep_git_dir: flags.boolean("keep-git-dir")?,
-                unpack: flags.optional_boolean("unpack")?,
-                sources,
-                heredocs,
-            };
-            if node.keyword == "copy" {
-                if copy.sources.iter().any(|s| is_url(s)) {
-                    return Err("source can't be a URL for COPY".into());
-                }
-                Kind::Copy(copy)
-            } else {
-                Kind::Add(copy)
-            }
-        }
-        "env" | "label" => {
-            let Args::Pairs(pairs) = &node.args else {
-                return Err(format!("{keyword} requires at least one argument"));
-            };
-            let pairs = pairs.iter().map(key_value).collect::<Result<Vec<_>>>()?;
-            if node.keyword == "env" {
-                Kind::Env { pairs }
-            } else {
-                Kind::Label { pairs }
-            }
-        }
-        "arg" => {
-            let words = words(node);
-            if words.is_empty() {
-                return Err("ARG requires at least one argument".into());
-            }
-            let args = words
-                .iter()
-                .map(|w| match w.split_once('=') {
-                    Some((name, default)) => ArgDecl {
-                        name: name.to_string(),
-                        default: Some(default.to_string()),
-                    },
-                    None => ArgDecl {
-                        name: w.clone(),
-                        default: None,
-                    },
-                })
-                .collect::<Vec<_>>();
-            if let Some(bad) = args.iter().find(|a| a.name.is_empty()) {
-                return Err(format!("ARG names can not be blank: {:?}", bad.name));
-            }
-            Kind::Arg { args }
-        }
+        "copy" | "add" => parse_copy(node, &keyword, &flags)?,
+        "env" | "label" => parse_pairs(node, &keyword)?,
+        "arg" => parse_arg(node)?,
         "expose" => Kind::Expose {
             ports: non_empty(words(node), "EXPOSE")?,
         },
-        "volume" => {
-            let paths = non_empty(words(node), "VOLUME")?;
-            if paths.iter().any(|p| p.trim().is_empty()) {
-                return Err("VOLUME specified can not be an empty string".into());
-            }
-            Kind::Volume { paths }
-        }
+        "volume" => parse_volume(node)?,
         "user" => Kind::User {
             user: text(node, "USER")?,
         },
@@ -323,39 +240,147 @@ fn parse_kind(node: &Node) -> Result<Kind> {
         "entrypoint" => Kind::Entrypoint {
             command: command(node).unwrap_or(Command::Exec(Vec::new())),
         },
-        "shell" => match &node.args {
-            Args::Json(v) if v.is_empty() => {
-                return Err("SHELL requires at least one argument".into());
-            }
-            Args::Json(v) => Kind::Shell { shell: v.clone() },
-            _ => return Err("SHELL requires the arguments to be in JSON form".into()),
-        },
+        "shell" => parse_shell(node)?,
         "healthcheck" => Kind::Healthcheck(healthcheck(node, &mut flags)?),
-        "onbuild" => {
-            let Args::OnBuild(inner) = &node.args else {
-                return Err("ONBUILD requires at least one argument".into());
-            };
-            match inner.keyword.as_str() {
-                "onbuild" => {
-                    return Err("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into());
-                }
-                "from" | "maintainer" => {
-                    return Err(format!(
-                        "{} isn't allowed as an ONBUILD trigger",
-                        inner.keyword.to_ascii_uppercase()
-                    ));
-                }
-                _ => {}
-            }
-            // The trigger must itself be a valid instruction.
-            parse_kind(inner)?;
-            Kind::Onbuild {
-                trigger: inner.original.trim().to_string(),
-            }
-        }
+        "onbuild" => parse_onbuild(node)?,
         _ => return Err(format!("unknown instruction: {}", node.keyword_as_written)),
     };
     Ok(kind)
+}
+
+/// `FROM image [AS name]`: one or three words, the name checked as BuildKit checks it.
+fn parse_from(node: &Node, flags: &Flags) -> Result<Kind> {
+    let words = words(node);
+    let name = match words.as_slice() {
+        [_] => None,
+        [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => Some(stage_name(name)?),
+        _ => return Err("FROM requires either one or three arguments".into()),
+    };
+    Ok(Kind::From(From {
+        image: words[0].clone(),
+        name,
+        platform: flags.string("platform"),
+    }))
+}
+
+/// COPY and ADD: sources (heredoc markers left out, inline bodies kept apart) and a
+/// destination; COPY refuses URL sources, which only ADD fetches.
+fn parse_copy(node: &Node, keyword: &str, flags: &Flags) -> Result<Kind> {
+    let mut words = words(node);
+    if words.len() < 2 {
+        return Err(format!(
+            "{keyword} requires at least two arguments, but only one was provided. Destination could not be determined."
+        ));
+    }
+    let destination = words.pop().unwrap_or_default();
+    let heredocs = heredoc_bodies(&node.heredocs);
+    let sources: Vec<String> = words
+        .into_iter()
+        .filter(|w| !heredocs.iter().any(|h| is_heredoc_word(w, &h.name)))
+        .collect();
+    let copy = Copy {
+        destination,
+        from: flags.string("from"),
+        chown: flags.string("chown"),
+        chmod: flags.string("chmod"),
+        link: flags.boolean("link")?,
+        parents: flags.boolean("parents")?,
+        excludes: flags.strings("exclude"),
+        checksum: flags.string("checksum"),
+        keep_git_dir: flags.boolean("keep-git-dir")?,
+        unpack: flags.optional_boolean("unpack")?,
+        sources,
+        heredocs,
+    };
+    if node.keyword == "copy" {
+        if copy.sources.iter().any(|s| is_url(s)) {
+            return Err("source can't be a URL for COPY".into());
+        }
+        Ok(Kind::Copy(copy))
+    } else {
+        Ok(Kind::Add(copy))
+    }
+}
+
+/// ENV and LABEL: at least one `key=value` pair, no key empty.
+fn parse_pairs(node: &Node, keyword: &str) -> Result<Kind> {
+    let Args::Pairs(pairs) = &node.args else {
+        return Err(format!("{keyword} requires at least one argument"));
+    };
+    let pairs = pairs.iter().map(key_value).collect::<Result<Vec<_>>>()?;
+    if node.keyword == "env" {
+        Ok(Kind::Env { pairs })
+    } else {
+        Ok(Kind::Label { pairs })
+    }
+}
+
+/// `ARG name[=default] ...`: at least one declaration, no name blank.
+fn parse_arg(node: &Node) -> Result<Kind> {
+    let words = words(node);
+    if words.is_empty() {
+        return Err("ARG requires at least one argument".into());
+    }
+    let args = words
+        .iter()
+        .map(|w| match w.split_once('=') {
+            Some((name, default)) => ArgDecl {
+                name: name.to_string(),
+                default: Some(default.to_string()),
+            },
+            None => ArgDecl {
+                name: w.clone(),
+                default: None,
+            },
+        })
+        .collect::<Vec<_>>();
+    if let Some(bad) = args.iter().find(|a| a.name.is_empty()) {
+        return Err(format!("ARG names can not be blank: {:?}", bad.name));
+    }
+    Ok(Kind::Arg { args })
+}
+
+/// VOLUME: at least one path, none blank.
+fn parse_volume(node: &Node) -> Result<Kind> {
+    let paths = non_empty(words(node), "VOLUME")?;
+    if paths.iter().any(|p| p.trim().is_empty()) {
+        return Err("VOLUME specified can not be an empty string".into());
+    }
+    Ok(Kind::Volume { paths })
+}
+
+/// SHELL: a non-empty JSON array, never the shell form.
+fn parse_shell(node: &Node) -> Result<Kind> {
+    match &node.args {
+        Args::Json(v) if v.is_empty() => Err("SHELL requires at least one argument".into()),
+        Args::Json(v) => Ok(Kind::Shell { shell: v.clone() }),
+        _ => Err("SHELL requires the arguments to be in JSON form".into()),
+    }
+}
+
+/// ONBUILD: a trigger that is itself a valid instruction, but not ONBUILD, FROM or
+/// MAINTAINER (BuildKit's rules); kept as written, for the images built FROM this one.
+fn parse_onbuild(node: &Node) -> Result<Kind> {
+    let Args::OnBuild(inner) = &node.args else {
+        return Err("ONBUILD requires at least one argument".into());
+    };
+    match inner.keyword.as_str() {
+        "onbuild" => {
+            return Err("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into());
+        }
+        "from" | "maintainer" => {
+            return Err(format!(
+                "{} isn't allowed as an ONBUILD trigger",
+                inner.keyword.to_ascii_uppercase()
+            ));
+        }
+        _ => {}
+    }
+    // The trigger must itself be a valid instruction.
+    parse_kind(inner)?;
+    Ok(Kind::Onbuild {
+        trigger: inner.original.trim().to_string(),
+    })
 }
 
 /// BuildKit's stage-name rule: lower case letter first, then letters, digits, `-_.`.
@@ -655,10 +680,10 @@ mod tests {
 
     #[test]
     fn buildkit_instruction_error_cases() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/corpora/buildkit-derived/cases.json"
-        );
+        let Some(corpora) = crate::corpora::root() else {
+            return;
+        };
+        let path = corpora.join("buildkit-derived/cases.json");
         let cases: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).expect("cases")).expect("json");
         let list = cases["instruction_error_cases"]["cases"]

@@ -6,6 +6,8 @@
 //! instructions) → [`planner`] (stages, scopes, graph, waves) → [`contract`].
 
 pub mod contract;
+#[cfg(test)]
+pub(crate) mod corpora;
 pub mod instruction;
 pub mod planner;
 pub mod scope;

@@ -9,7 +9,7 @@ use crate::contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Read, Stage
 use crate::instruction::{self, Instruction, Kind};
 use crate::scope::{self, Expansion, Scope};
 use crate::shell::Lexer;
-use crate::syntax;
+use crate::syntax::{self, Dockerfile};
 
 /// What the planner needs besides the Dockerfile text.
 #[derive(Debug, Clone)]
@@ -44,6 +44,15 @@ pub struct PlanError {
 }
 
 impl PlanError {
+    /// An error in the options' Dockerfile, at a line when there is one.
+    fn at(options: &PlanOptions, line: Option<usize>, message: String) -> Self {
+        PlanError {
+            file: options.dockerfile_name.clone(),
+            line,
+            message,
+        }
+    }
+
     fn render(&self) -> String {
         match self.line {
             Some(line) => format!("{}:{}: {}", self.file, line, self.message),
@@ -85,129 +94,194 @@ struct StageRead {
 
 /// Plans a Dockerfile.
 pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
-    let err = |line: Option<usize>, message: String| PlanError {
-        file: options.dockerfile_name.clone(),
-        line,
-        message,
+    let (parsed, instructions) = parse(dockerfile, options)?;
+    let planner = Planner {
+        options,
+        lexer: Lexer::new(parsed.escape),
     };
-    let parsed = syntax::parse(dockerfile).map_err(|e| err(Some(e.line), e.message))?;
-    let lexer = Lexer::new(parsed.escape);
-    let instructions = instruction::parse_all(&parsed).map_err(|e| err(Some(e.line), e.message))?;
-
-    // Global ARGs come before the first FROM; nothing else may.
-    let Some(first_from) = instructions
-        .iter()
-        .position(|i| matches!(i.kind, Kind::From(_)))
-    else {
-        return Err(err(None, "dockerfile contains no stages to build".into()));
-    };
-    let (global_part, stage_part) = instructions.split_at(first_from);
-    for inst in global_part {
-        if !matches!(inst.kind, Kind::Arg { .. }) {
-            return Err(err(
-                Some(inst.line),
-                format!(
-                    "{} before the first FROM: only ARG may come before FROM",
-                    inst.kind.keyword()
-                ),
-            ));
-        }
-    }
-
-    // Split into stages: each FROM begins one.
-    let mut raw_stages: Vec<(&Instruction, &instruction::From, Vec<Instruction>)> = Vec::new();
-    for inst in stage_part {
-        match (&inst.kind, raw_stages.last_mut()) {
-            (Kind::From(from), _) => raw_stages.push((inst, from, Vec::new())),
-            (_, Some(last)) => last.2.push(inst.clone()),
-            (_, None) => unreachable!("the first stage instruction is a FROM"),
-        }
-    }
-
-    // Stage names are literal, so the target is known before any expansion.
-    let names: Vec<Option<String>> = raw_stages.iter().map(|s| s.1.name.clone()).collect();
-    for (i, name) in names.iter().enumerate() {
-        let Some(name) = name else { continue };
-        if let Some(first) = names[..i].iter().position(|n| n.as_ref() == Some(name)) {
-            return Err(err(
-                Some(raw_stages[i].0.line),
-                format!(
-                    "duplicate stage name {name:?}, first defined on line {}",
-                    raw_stages[first].0.line
-                ),
-            ));
-        }
-    }
-    let target_index = match &options.target {
-        None => raw_stages.len() - 1,
-        Some(t) => {
-            let wanted = t.to_ascii_lowercase();
-            names
-                .iter()
-                .position(|n| n.as_deref() == Some(wanted.as_str()))
-                .ok_or_else(|| err(None, format!("target stage {t:?} could not be found")))?
-        }
-    };
-
-    let mut globals = automatic_args(
-        &options.platform,
-        names[target_index].as_deref().unwrap_or("default"),
-    );
-    for inst in global_part {
-        if let Kind::Arg { args } = &inst.kind {
-            globals = scope::global_args(lexer, globals, args, &options.build_args)
-                .map_err(|e| err(Some(inst.line), e.to_string()))?;
-        }
-    }
-    let global_vars: Vec<(String, String)> = globals
-        .iter()
-        .map(|v| (v.name.clone(), v.value.clone()))
-        .collect();
-
+    let (global_part, stage_part) = planner.split_globals(&instructions)?;
+    let raw_stages = split_stages(stage_part);
+    let names = planner.stage_names(&raw_stages)?;
+    let target = planner.target_index(&names)?;
+    let globals = planner.global_args(global_part, names[target].as_deref())?;
     let ids = stage_ids(&names);
-    let mut drafts: Vec<Draft> = Vec::with_capacity(raw_stages.len());
-    for (index, (from_inst, from, body)) in raw_stages.into_iter().enumerate() {
-        let line = from_inst.line;
-        let at = |message: String| err(Some(line), message);
-        let image = scope::expand(lexer, &from.image, &global_vars)
-            .map_err(|e| at(e.to_string()))?
-            .value;
-        if image.is_empty() {
-            return Err(at(format!(
-                "base name ({}) should not be blank",
-                from.image
-            )));
+    let drafts = planner.draft_stages(raw_stages, &names, &ids, &globals)?;
+    check_cycles(&drafts).map_err(|(line, message)| planner.error(Some(line), message))?;
+    let needed = needed_stages(&drafts, target);
+    let takes = what_readers_take(&drafts, &needed, target);
+    let (mut stages, pruned) = contract_stages(drafts, &needed, takes, &ids, target);
+    fuse_chains(&mut stages);
+    let waves = waves(&stages);
+    Ok(Plan {
+        version: PLAN_VERSION.into(),
+        dockerfile: options.dockerfile_name.clone(),
+        escape: parsed.escape,
+        syntax: parsed
+            .directives
+            .iter()
+            .find(|d| d.name == "syntax")
+            .map(|d| d.value.clone()),
+        platform: options.platform.clone(),
+        build_args: options.build_args.clone(),
+        global_args: globals,
+        target: ids[target].clone(),
+        stages,
+        waves,
+        pruned,
+    })
+}
+
+/// Parses the text and types its instructions, so later steps see checked instructions.
+fn parse(dockerfile: &str, options: &PlanOptions) -> Result<(Dockerfile, Vec<Instruction>)> {
+    let err = |line: usize, message: String| PlanError::at(options, Some(line), message);
+    let parsed = syntax::parse(dockerfile).map_err(|e| err(e.line, e.message))?;
+    let instructions = instruction::parse_all(&parsed).map_err(|e| err(e.line, e.message))?;
+    Ok((parsed, instructions))
+}
+
+/// A stage as written: its FROM and the instructions up to the next FROM.
+struct RawStage<'a> {
+    line: usize,
+    from: &'a instruction::From,
+    body: Vec<Instruction>,
+}
+
+/// What every step of one planning run shares: the options, and the lexer of the
+/// Dockerfile's escape character.
+struct Planner<'a> {
+    options: &'a PlanOptions,
+    lexer: Lexer,
+}
+
+impl Planner<'_> {
+    /// An error in this Dockerfile, so every message names the file (and the line).
+    fn error(&self, line: Option<usize>, message: String) -> PlanError {
+        PlanError::at(self.options, line, message)
+    }
+
+    /// Splits the global part (before the first FROM) from the stages; only ARG may come
+    /// before FROM, as in BuildKit.
+    fn split_globals<'i>(
+        &self,
+        instructions: &'i [Instruction],
+    ) -> Result<(&'i [Instruction], &'i [Instruction])> {
+        let Some(first_from) = instructions
+            .iter()
+            .position(|i| matches!(i.kind, Kind::From(_)))
+        else {
+            return Err(self.error(None, "dockerfile contains no stages to build".into()));
+        };
+        let (global_part, stage_part) = instructions.split_at(first_from);
+        for inst in global_part {
+            if !matches!(inst.kind, Kind::Arg { .. }) {
+                return Err(self.error(
+                    Some(inst.line),
+                    format!(
+                        "{} before the first FROM: only ARG may come before FROM",
+                        inst.kind.keyword()
+                    ),
+                ));
+            }
         }
-        let platform = from
-            .platform
-            .as_ref()
-            .map(|p| scope::expand(lexer, p, &global_vars).map(|e| e.value))
-            .transpose()
-            .map_err(|e| at(e.to_string()))?;
+        Ok((global_part, stage_part))
+    }
+
+    /// The stage names, duplicates rejected; names are literal, so the target is known
+    /// before any expansion.
+    fn stage_names(&self, raw_stages: &[RawStage]) -> Result<Vec<Option<String>>> {
+        let names: Vec<Option<String>> = raw_stages.iter().map(|s| s.from.name.clone()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let Some(name) = name else { continue };
+            if let Some(first) = names[..i].iter().position(|n| n.as_ref() == Some(name)) {
+                return Err(self.error(
+                    Some(raw_stages[i].line),
+                    format!(
+                        "duplicate stage name {name:?}, first defined on line {}",
+                        raw_stages[first].line
+                    ),
+                ));
+            }
+        }
+        Ok(names)
+    }
+
+    /// The index of the stage to build: the one the options name (case-insensitively), or
+    /// the last.
+    fn target_index(&self, names: &[Option<String>]) -> Result<usize> {
+        match &self.options.target {
+            None => Ok(names.len() - 1),
+            Some(t) => {
+                let wanted = t.to_ascii_lowercase();
+                names
+                    .iter()
+                    .position(|n| n.as_deref() == Some(wanted.as_str()))
+                    .ok_or_else(|| {
+                        self.error(None, format!("target stage {t:?} could not be found"))
+                    })
+            }
+        }
+    }
+
+    /// The global ARGs with the build args applied, after the automatic ones (platforms,
+    /// and `TARGETSTAGE`: the target's name, `default` when it has none); FROM lines see them.
+    fn global_args(
+        &self,
+        global_part: &[Instruction],
+        target_name: Option<&str>,
+    ) -> Result<Vec<Variable>> {
+        let mut globals = automatic_args(&self.options.platform, target_name.unwrap_or("default"));
+        for inst in global_part {
+            if let Kind::Arg { args } = &inst.kind {
+                globals = scope::global_args(self.lexer, globals, args, &self.options.build_args)
+                    .map_err(|e| self.error(Some(inst.line), e.to_string()))?;
+            }
+        }
+        Ok(globals)
+    }
+
+    /// Drafts the stages in order, so each can take its `FROM` parent's environment.
+    fn draft_stages(
+        &self,
+        raw_stages: Vec<RawStage>,
+        names: &[Option<String>],
+        ids: &[String],
+        globals: &[Variable],
+    ) -> Result<Vec<Draft>> {
+        let global_vars: Vec<(String, String)> = globals
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        let mut drafts: Vec<Draft> = Vec::with_capacity(raw_stages.len());
+        for (index, raw) in raw_stages.into_iter().enumerate() {
+            let mut draft = self.start_draft(index, &raw, names, ids, &global_vars, &drafts)?;
+            self.walk_body(&mut draft, raw.body, names, globals)?;
+            drafts.push(draft);
+        }
+        Ok(drafts)
+    }
+
+    /// A stage's draft as its FROM line makes it: expanded base and platform, and the
+    /// parent stage (an earlier one) it reads whole.
+    fn start_draft(
+        &self,
+        index: usize,
+        raw: &RawStage,
+        names: &[Option<String>],
+        ids: &[String],
+        global_vars: &[(String, String)],
+        earlier: &[Draft],
+    ) -> Result<Draft> {
+        let line = raw.line;
+        let at = |message: String| self.error(Some(line), message);
+        let (image, platform) = self.expand_from(raw.from, global_vars).map_err(at)?;
         // `scratch` is reserved: it never names a stage, even one called so.
         let parent = names[..index]
             .iter()
             .position(|n| n.as_deref() == Some(image.to_ascii_lowercase().as_str()))
             .filter(|_| image != "scratch");
-        let (base, env_known, uncertain, scope) = match parent {
-            Some(p) => (
-                Base::Stage { id: ids[p].clone() },
-                drafts[p].env_known,
-                drafts[p].uncertain.clone(),
-                drafts[p].scope.clone(),
-            ),
-            None if image == "scratch" => (Base::Scratch, true, BTreeSet::new(), Scope::default()),
-            None => (
-                Base::Image {
-                    reference: normalise_image(&image).map_err(at)?,
-                    digest: None,
-                },
-                false,
-                BTreeSet::new(),
-                Scope::default(),
-            ),
-        };
-        let mut draft = Draft {
+        let (base, env_known, uncertain, scope) =
+            base_and_environment(&image, parent, ids, earlier).map_err(at)?;
+        Ok(Draft {
             id: ids[index].clone(),
             name: names[index].clone(),
             index,
@@ -227,82 +301,162 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
             env_known,
             uncertain,
             scope,
-        };
-        for inst in body {
-            walk_instruction(&mut draft, &inst, lexer, &names, &globals, options)
-                .map_err(|message| err(Some(inst.line), message))?;
-            draft.instructions.push(inst);
-        }
-        drafts.push(draft);
+        })
     }
 
-    check_cycles(&drafts).map_err(|(line, message)| err(Some(line), message))?;
+    /// The FROM image and `--platform`, expanded with the global ARGs (all a FROM line
+    /// sees); a blank image is an error, as in BuildKit.
+    fn expand_from(
+        &self,
+        from: &instruction::From,
+        global_vars: &[(String, String)],
+    ) -> Result<(String, Option<String>), String> {
+        let image = scope::expand(self.lexer, &from.image, global_vars)
+            .map_err(|e| e.to_string())?
+            .value;
+        if image.is_empty() {
+            return Err(format!("base name ({}) should not be blank", from.image));
+        }
+        let platform = from
+            .platform
+            .as_ref()
+            .map(|p| scope::expand(self.lexer, p, global_vars).map(|e| e.value))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok((image, platform))
+    }
 
-    // Keep what the target needs.
+    /// Walks a stage's body in order, so each instruction sees the ARG/ENV before it and
+    /// its reads of other stages and images are recorded.
+    fn walk_body(
+        &self,
+        draft: &mut Draft,
+        body: Vec<Instruction>,
+        names: &[Option<String>],
+        globals: &[Variable],
+    ) -> Result<()> {
+        for inst in body {
+            walk_instruction(draft, &inst, self.lexer, names, globals, self.options)
+                .map_err(|message| self.error(Some(inst.line), message))?;
+            draft.instructions.push(inst);
+        }
+        Ok(())
+    }
+}
+
+/// Groups the instructions from the first FROM on into stages: each FROM begins one.
+fn split_stages(stage_part: &[Instruction]) -> Vec<RawStage<'_>> {
+    let mut raw_stages: Vec<RawStage> = Vec::new();
+    for inst in stage_part {
+        match (&inst.kind, raw_stages.last_mut()) {
+            (Kind::From(from), _) => raw_stages.push(RawStage {
+                line: inst.line,
+                from,
+                body: Vec::new(),
+            }),
+            (_, Some(last)) => last.body.push(inst.clone()),
+            (_, None) => unreachable!("the first stage instruction is a FROM"),
+        }
+    }
+    raw_stages
+}
+
+/// A stage's base and its starting environment: a parent stage's (inherited), scratch's
+/// (empty and fully known) or an image's (unknown until the stage pod reads it).
+fn base_and_environment(
+    image: &str,
+    parent: Option<usize>,
+    ids: &[String],
+    earlier: &[Draft],
+) -> Result<(Base, bool, BTreeSet<String>, Scope), String> {
+    Ok(match parent {
+        Some(p) => (
+            Base::Stage { id: ids[p].clone() },
+            earlier[p].env_known,
+            earlier[p].uncertain.clone(),
+            earlier[p].scope.clone(),
+        ),
+        None if image == "scratch" => (Base::Scratch, true, BTreeSet::new(), Scope::default()),
+        None => (
+            Base::Image {
+                reference: normalise_image(image)?,
+                digest: None,
+            },
+            false,
+            BTreeSet::new(),
+            Scope::default(),
+        ),
+    })
+}
+
+/// The stages the target needs: itself and, transitively, every stage it reads; the rest
+/// are pruned.
+fn needed_stages(drafts: &[Draft], target: usize) -> BTreeSet<usize> {
     let mut needed = BTreeSet::new();
-    let mut pending = vec![target_index];
+    let mut pending = vec![target];
     while let Some(i) = pending.pop() {
         if needed.insert(i) {
             pending.extend(drafts[i].stage_reads.iter().map(|r| r.stage));
         }
     }
-    // What needed readers take from each stage.
+    needed
+}
+
+/// What the needed stages take from each stage.
+struct Takes {
+    /// The paths read with `--from`, by stage index.
+    exports: Vec<BTreeSet<String>>,
+    /// The stages whose whole filesystem is read: the target and every `FROM` parent.
+    filesystem: BTreeSet<usize>,
+}
+
+/// What needed readers take from each stage, so a stage exports only what is read.
+fn what_readers_take(drafts: &[Draft], needed: &BTreeSet<usize>, target: usize) -> Takes {
     let mut exports: Vec<BTreeSet<String>> = vec![BTreeSet::new(); drafts.len()];
-    let mut filesystem_users = BTreeSet::from([target_index]);
-    for &i in &needed {
+    let mut filesystem = BTreeSet::from([target]);
+    for &i in needed {
         for read in &drafts[i].stage_reads {
             match &read.paths {
                 None => {
-                    filesystem_users.insert(read.stage);
+                    filesystem.insert(read.stage);
                 }
                 Some(paths) => exports[read.stage].extend(paths.iter().cloned()),
             }
         }
     }
+    Takes {
+        exports,
+        filesystem,
+    }
+}
 
+/// An image read with `--from`, gathered over all readers: its normalised reference, the
+/// paths they read, and the line of the first read.
+struct ImageSource {
+    reference: String,
+    paths: BTreeSet<String>,
+    line: usize,
+}
+
+/// The contract's stages (the needed drafts in Dockerfile order, then one export-only stage
+/// per image read with `--from`) and the ids of the pruned drafts.
+fn contract_stages(
+    drafts: Vec<Draft>,
+    needed: &BTreeSet<usize>,
+    mut takes: Takes,
+    ids: &[String],
+    target: usize,
+) -> (Vec<Stage>, Vec<String>) {
     let mut stages: Vec<Stage> = Vec::new();
-    let mut images: Vec<(String, BTreeSet<String>, usize)> = Vec::new();
+    let mut images: Vec<ImageSource> = Vec::new();
     let mut pruned = Vec::new();
     for (i, draft) in drafts.into_iter().enumerate() {
         if !needed.contains(&i) {
             pruned.push(draft.id);
             continue;
         }
-        let mut depends_on: Vec<String> = Vec::new();
-        let mut reads: Vec<Read> = Vec::new();
-        for read in &draft.stage_reads {
-            push_unique(&mut depends_on, ids[read.stage].clone());
-            if read.paths.is_some() {
-                reads.push(Read {
-                    line: read.origin.0,
-                    from: read.origin.1.clone(),
-                    stage: ids[read.stage].clone(),
-                });
-            }
-        }
-        for (reference, paths, line, from) in draft.image_reads {
-            let position = images
-                .iter()
-                .position(|(r, _, _)| *r == reference)
-                .unwrap_or_else(|| {
-                    images.push((reference, BTreeSet::new(), line));
-                    images.len() - 1
-                });
-            images[position].1.extend(paths);
-            push_unique(&mut depends_on, format!("image-{position}"));
-            reads.push(Read {
-                line,
-                from,
-                stage: format!("image-{position}"),
-            });
-        }
-        let execution = if i == target_index && only_copies_and_metadata(&draft.instructions) {
-            Execution::Assemble
-        } else if i != target_index && draft.instructions.is_empty() && exports[i].is_empty() {
-            Execution::Nothing
-        } else {
-            Execution::Pod { runs: Vec::new() }
-        };
+        let (depends_on, reads) = links(&draft.stage_reads, draft.image_reads, ids, &mut images);
+        let execution = execution_of(&draft.instructions, i == target, &takes.exports[i]);
         stages.push(Stage {
             id: draft.id,
             name: draft.name,
@@ -313,50 +467,94 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
             instructions: draft.instructions,
             depends_on,
             reads,
-            exports: covering_paths(std::mem::take(&mut exports[i])),
-            needs_filesystem: filesystem_users.contains(&i),
+            exports: covering_paths(std::mem::take(&mut takes.exports[i])),
+            needs_filesystem: takes.filesystem.contains(&i),
             execution,
         });
     }
-    for (n, (reference, paths, line)) in images.into_iter().enumerate() {
-        stages.push(Stage {
-            id: format!("image-{n}"),
-            name: None,
-            index: None,
+    stages.extend(images.into_iter().enumerate().map(image_stage));
+    (stages, pruned)
+}
+
+/// A stage's `depends_on` and `reads` (`--from` only): stages, then images; each image
+/// is registered once in `images`, where its position gives its id `image-<n>`.
+fn links(
+    stage_reads: &[StageRead],
+    image_reads: Vec<(String, Vec<String>, usize, String)>,
+    ids: &[String],
+    images: &mut Vec<ImageSource>,
+) -> (Vec<String>, Vec<Read>) {
+    let mut depends_on: Vec<String> = Vec::new();
+    let mut reads: Vec<Read> = Vec::new();
+    for read in stage_reads {
+        push_unique(&mut depends_on, ids[read.stage].clone());
+        if read.paths.is_some() {
+            reads.push(Read {
+                line: read.origin.0,
+                from: read.origin.1.clone(),
+                stage: ids[read.stage].clone(),
+            });
+        }
+    }
+    for (reference, paths, line, from) in image_reads {
+        let position = images
+            .iter()
+            .position(|image| image.reference == reference)
+            .unwrap_or_else(|| {
+                images.push(ImageSource {
+                    reference,
+                    paths: BTreeSet::new(),
+                    line,
+                });
+                images.len() - 1
+            });
+        images[position].paths.extend(paths);
+        push_unique(&mut depends_on, format!("image-{position}"));
+        reads.push(Read {
             line,
-            base: Base::Image {
-                reference,
-                digest: None,
-            },
-            platform: None,
-            instructions: Vec::new(),
-            depends_on: Vec::new(),
-            reads: Vec::new(),
-            exports: covering_paths(paths),
-            needs_filesystem: false,
-            execution: Execution::Pod { runs: Vec::new() },
+            from,
+            stage: format!("image-{position}"),
         });
     }
+    (depends_on, reads)
+}
 
-    fuse_chains(&mut stages);
-    let waves = waves(&stages);
-    Ok(Plan {
-        version: PLAN_VERSION.into(),
-        dockerfile: options.dockerfile_name.clone(),
-        escape: parsed.escape,
-        syntax: parsed
-            .directives
-            .iter()
-            .find(|d| d.name == "syntax")
-            .map(|d| d.value.clone()),
-        platform: options.platform.clone(),
-        build_args: options.build_args.clone(),
-        global_args: globals,
-        target: ids[target_index].clone(),
-        stages,
-        waves,
-        pruned,
-    })
+/// How a stage runs: the assemble pod builds a target that only copies and sets metadata;
+/// a stage that does nothing and exports nothing needs no pod; every other stage gets one.
+fn execution_of(
+    instructions: &[Instruction],
+    is_target: bool,
+    exports: &BTreeSet<String>,
+) -> Execution {
+    if is_target && only_copies_and_metadata(instructions) {
+        Execution::Assemble
+    } else if !is_target && instructions.is_empty() && exports.is_empty() {
+        Execution::Nothing
+    } else {
+        Execution::Pod { runs: Vec::new() }
+    }
+}
+
+/// The export-only stage `image-<n>` of an image read with `--from`: a pod on that image
+/// that provides the paths its readers take.
+fn image_stage((n, image): (usize, ImageSource)) -> Stage {
+    Stage {
+        id: format!("image-{n}"),
+        name: None,
+        index: None,
+        line: image.line,
+        base: Base::Image {
+            reference: image.reference,
+            digest: None,
+        },
+        platform: None,
+        instructions: Vec::new(),
+        depends_on: Vec::new(),
+        reads: Vec::new(),
+        exports: covering_paths(image.paths),
+        needs_filesystem: false,
+        execution: Execution::Pod { runs: Vec::new() },
+    }
 }
 
 /// A target that only copies files and sets metadata needs no stage pod: the assemble

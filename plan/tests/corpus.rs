@@ -1,15 +1,16 @@
 //! The planner against peer data: BuildKit's multi-stage cases and real-world Dockerfiles.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::{Command, Output};
 
 use stagecoach_plan::{Base, Execution, Plan, PlanOptions, plan};
 
-fn corpus(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpora")
-        .join(rel)
-}
+/// The same lookup as the library's unit tests (`STAGECOACH_CORPORA`, skip or fail).
+#[path = "../src/corpora.rs"]
+mod corpora;
+
+use corpora::Located;
 
 fn options(target: Option<&str>, build_args: &[(&str, &str)]) -> PlanOptions {
     PlanOptions {
@@ -52,8 +53,11 @@ fn summary(plan: &Plan) -> String {
 
 #[test]
 fn buildkit_multistage_cases() {
+    let Some(corpora) = corpora::root() else {
+        return;
+    };
     let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(corpus("buildkit-derived/cases.json")).expect("cases"),
+        &std::fs::read_to_string(corpora.join("buildkit-derived/cases.json")).expect("cases"),
     )
     .expect("json");
     let mut checked = 0;
@@ -124,8 +128,11 @@ fn buildkit_multistage_cases() {
 
 #[test]
 fn every_realworld_dockerfile_plans() {
+    let Some(corpora) = corpora::root() else {
+        return;
+    };
     let mut count = 0;
-    for entry in std::fs::read_dir(corpus("realworld")).expect("realworld") {
+    for entry in std::fs::read_dir(corpora.join("realworld")).expect("realworld") {
         let path = entry.expect("entry").path();
         if path.extension().and_then(|e| e.to_str()) != Some("Dockerfile") {
             continue;
@@ -137,8 +144,8 @@ fn every_realworld_dockerfile_plans() {
     assert_eq!(count, 37);
 }
 
-fn realworld(name: &str, opts: &PlanOptions) -> Plan {
-    let src = std::fs::read_to_string(corpus(&format!("realworld/{name}.Dockerfile")))
+fn realworld(corpora: &Path, name: &str, opts: &PlanOptions) -> Plan {
+    let src = std::fs::read_to_string(corpora.join(format!("realworld/{name}.Dockerfile")))
         .expect("realworld file");
     plan(&src, opts).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -345,13 +352,97 @@ const PINNED: &[Pinned] = &[
 
 #[test]
 fn realworld_plans_are_pinned() {
+    let Some(corpora) = corpora::root() else {
+        return;
+    };
     let mut mismatches = Vec::new();
     for (name, target, args, expected) in PINNED {
-        let got = summary(&realworld(name, &options(*target, args)));
+        let got = summary(&realworld(&corpora, name, &options(*target, args)));
         if got != *expected {
             mismatches.push(format!("{name} {target:?}:\n{got}"));
         }
     }
     assert!(PINNED.len() >= 10, "pin at least ten real-world plans");
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn the_corpus_location_comes_from_stagecoach_corpora() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(
+        corpora::locate(Some(here.into()), false),
+        Located::Found(here.into())
+    );
+    assert_eq!(
+        corpora::locate(Some(here.into()), true),
+        Located::Found(here.into()),
+        "CI changes nothing when the corpus is there"
+    );
+    // Unset or empty: `<workspace root>/../shared/corpora`, beside the checkout.
+    let default = corpora::default_root();
+    let workspace = here.parent().expect("plan/ is in the workspace");
+    assert_eq!(default, workspace.join("../shared/corpora"));
+    for unset in [None, Some("".into())] {
+        match corpora::locate(unset, false) {
+            Located::Found(path) => assert_eq!(path, default),
+            Located::Skip(message) => assert!(message.contains(&default.display().to_string())),
+            Located::Fail(message) => panic!("no CI, no failure: {message}"),
+        }
+    }
+    let missing = here.join("no-such-corpus");
+    let message = format!(
+        "peer corpus not found at {} (set STAGECOACH_CORPORA)",
+        missing.display()
+    );
+    assert_eq!(
+        corpora::locate(Some(missing.clone().into()), false),
+        Located::Skip(message.clone())
+    );
+    assert_eq!(
+        corpora::locate(Some(missing.into()), true),
+        Located::Fail(message)
+    );
+}
+
+/// Runs one test of this binary again, alone, with `STAGECOACH_CORPORA` and `CI` as given.
+fn rerun(test: &str, corpora: &Path, ci: Option<&str>) -> Output {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(["--exact", test, "--test-threads=1"])
+        .env(corpora::VAR, corpora)
+        .env_remove("CI");
+    if let Some(ci) = ci {
+        command.env("CI", ci);
+    }
+    command.output().expect("test binary runs")
+}
+
+#[test]
+fn a_missing_corpus_skips_the_test_but_fails_it_under_ci() {
+    let missing = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-corpus");
+    let line = format!(
+        "skipped: peer corpus not found at {} (set STAGECOACH_CORPORA)",
+        missing.display()
+    );
+
+    let local = rerun("every_realworld_dockerfile_plans", &missing, None);
+    let stderr = String::from_utf8_lossy(&local.stderr);
+    assert!(local.status.success(), "a skip passes: {local:?}");
+    assert!(
+        stderr.lines().any(|l| l == line),
+        "stderr says why: {stderr}"
+    );
+
+    let ci = rerun("every_realworld_dockerfile_plans", &missing, Some("true"));
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ci.stdout),
+        String::from_utf8_lossy(&ci.stderr)
+    );
+    assert!(!ci.status.success(), "CI must fail: {output}");
+    assert!(
+        output.contains("peer corpus not found at") && output.contains("CI is set"),
+        "the failure says why: {output}"
+    );
+    assert!(!output.contains("skipped:"), "no skip under CI: {output}");
 }
