@@ -12,6 +12,9 @@ use stagecoach_plan::instruction::{Command, Healthcheck, Instruction, Kind};
 use stagecoach_plan::scope::Scope;
 use stagecoach_plan::shell::Lexer;
 
+/// Base image configs are small; a bigger one is not an image config.
+pub const CONFIG_LIMIT: u64 = 16 << 20;
+
 /// Default PATH when the base image sets none (BuildKit and Docker use the same).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -358,9 +361,31 @@ pub fn join_workdir(current: &str, path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// Seconds since the epoch as RFC 3339 UTC (`2026-11-26T17:00:00Z`); the epoch for a
+/// time jiff cannot hold.
+pub fn rfc3339(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}
+
+/// Now, in seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_712_461), "2026-11-26T17:01:01Z");
+    }
     use stagecoach_plan::syntax::parse;
 
     fn apply_all(base: ImageConfig, body: &str) -> (ImageConfig, Vec<bool>) {

@@ -1,15 +1,17 @@
-//! A stage's exports: the paths later stages `COPY --from` it, written as one tar so a
-//! reader of any uid can take them whatever their owners and modes, then extracted by the
-//! reading stage pod into its scratch space.
+//! A stage's exports: the paths later stages `COPY --from` it, written as one tar (the
+//! builder's one tar writer) so a reader of any uid can take them whatever their owners
+//! and modes. Readers copy straight out of it as a file tree; a `RUN --mount` from a
+//! stage extracts it with the layer applier.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::fs::pattern;
 use crate::fs::rootfs;
+use crate::fs::snapshot::Entry;
+use crate::layer::{self, tar::TarWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,6 +25,8 @@ pub enum Error {
     Resolve(#[from] rootfs::Error),
     #[error(transparent)]
     Find(#[from] pattern::FindError),
+    #[error(transparent)]
+    Tar(#[from] layer::Error),
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,29 +70,27 @@ pub fn write(root: &Path, paths: &[String], skip: &[PathBuf], out: &Path) -> Res
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
     let file = File::create(out).map_err(io_err(out))?;
-    let mut tar = tar::Builder::new(BufWriter::new(file));
     let mut writer = TreeWriter {
         root,
         skip,
-        links: HashMap::new(),
+        tar: TarWriter::new(BufWriter::new(file), out, None),
         written: BTreeSet::new(),
-        count: 0,
     };
     if wanted.contains("") {
-        writer.walk(&mut tar, "")?;
+        writer.walk("")?;
     }
     for rel in &entries {
-        let recursive = wanted.contains(rel);
-        if recursive {
-            writer.walk(&mut tar, rel)?;
+        if wanted.contains(rel) {
+            writer.walk(rel)?;
         } else {
-            writer.append(&mut tar, rel)?;
+            writer.append(rel)?;
         }
     }
-    tar.into_inner()
-        .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
-        .map_err(io_err(out))?;
-    Ok(writer.count)
+    let (buffered, count) = writer.tar.finish()?;
+    buffered
+        .into_inner()
+        .map_err(|e| io_err(out)(e.into_error()))?;
+    Ok(count as u64)
 }
 
 /// Adds a path as the reading stage will resolve it: every symlink met on the way (at
@@ -121,9 +123,8 @@ fn add_with_links(root: &Path, rel: &str, wanted: &mut BTreeSet<String>) -> Resu
 struct TreeWriter<'a> {
     root: &'a Path,
     skip: &'a [PathBuf],
-    links: HashMap<(u64, u64), String>,
+    tar: TarWriter<BufWriter<File>>,
     written: BTreeSet<String>,
-    count: u64,
 }
 
 impl TreeWriter<'_> {
@@ -132,12 +133,12 @@ impl TreeWriter<'_> {
         self.skip.iter().any(|s| abs.starts_with(s))
     }
 
-    fn walk<W: io::Write>(&mut self, tar: &mut tar::Builder<W>, rel: &str) -> Result<()> {
+    fn walk(&mut self, rel: &str) -> Result<()> {
         if self.skipped(rel) && !rel.is_empty() {
             return Ok(());
         }
         if !rel.is_empty() {
-            self.append(tar, rel)?;
+            self.append(rel)?;
         }
         let path = self.root.join(rel);
         let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
@@ -159,98 +160,27 @@ impl TreeWriter<'_> {
             if self.root == Path::new("/") && ["proc", "sys", "dev"].contains(&child.as_str()) {
                 continue;
             }
-            self.walk(tar, &child)?;
+            self.walk(&child)?;
         }
         Ok(())
     }
 
-    fn append<W: io::Write>(&mut self, tar: &mut tar::Builder<W>, rel: &str) -> Result<()> {
+    fn append(&mut self, rel: &str) -> Result<()> {
         if !self.written.insert(rel.to_string()) || self.skipped(rel) {
             return Ok(());
         }
         let path = self.root.join(rel);
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+        let Ok(entry) = Entry::of(&path) else {
             return Ok(());
         };
-        let ft = meta.file_type();
-        let mut header = tar::Header::new_ustar();
-        header.set_mode(meta.mode() & 0o7777);
-        header.set_uid(meta.uid().into());
-        header.set_gid(meta.gid().into());
-        header.set_mtime(meta.mtime().max(0) as u64);
-        header.set_size(0);
-        let name = if ft.is_dir() {
-            format!("{rel}/")
-        } else {
-            rel.to_string()
-        };
-        self.count += 1;
-        let add = |tar: &mut tar::Builder<W>, header: &mut tar::Header, data: &mut dyn io::Read| {
-            tar.append_data(header, &name, data).map_err(io_err(&path))
-        };
-        if ft.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            return add(tar, &mut header, &mut io::empty());
-        }
-        if ft.is_symlink() {
-            header.set_entry_type(tar::EntryType::Symlink);
-            let target = fs::read_link(&path).map_err(io_err(&path))?;
-            tar.append_link(&mut header, &name, &target)
-                .map_err(io_err(&path))?;
-            return Ok(());
-        }
-        if meta.nlink() > 1 {
-            if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
-                header.set_entry_type(tar::EntryType::Link);
-                tar.append_link(&mut header, &name, first)
-                    .map_err(io_err(&path))?;
-                return Ok(());
-            }
-            self.links.insert((meta.dev(), meta.ino()), rel.to_string());
-        }
-        if ft.is_file() {
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(meta.len());
-            let mut file = File::open(&path).map_err(io_err(&path))?;
-            return add(tar, &mut header, &mut file);
-        }
-        let kind = if ft.is_fifo() {
-            tar::EntryType::Fifo
-        } else if ft.is_char_device() {
-            tar::EntryType::Char
-        } else if ft.is_block_device() {
-            tar::EntryType::Block
-        } else {
-            // Sockets have no tar form; Docker drops them too.
-            self.count -= 1;
-            return Ok(());
-        };
-        header.set_entry_type(kind);
-        let rdev = meta.rdev();
-        header
-            .set_device_major(rustix::fs::major(rdev))
-            .and_then(|()| header.set_device_minor(rustix::fs::minor(rdev)))
-            .map_err(io_err(&path))?;
-        add(tar, &mut header, &mut io::empty())
+        Ok(self.tar.put_disk(Path::new(rel), &path, &entry)?)
     }
-}
-
-/// Extracts an export into `dir` keeping owners, modes and times (stage pods run as root).
-pub fn extract(export: &Path, dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file = File::open(export).map_err(io_err(export))?;
-    let mut archive = tar::Archive::new(io::BufReader::new(file));
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    archive.unpack(dir).map_err(io_err(export))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{MetadataExt as _, symlink};
 
     #[test]
     fn exports_paths_parents_links_and_globs() {
@@ -282,7 +212,7 @@ mod tests {
         )
         .expect("export");
         let dest = out.path().join("x");
-        extract(&tar, &dest).expect("extract");
+        crate::layer::extract_archive(&tar, &dest).expect("extract");
         assert_eq!(
             fs::read_to_string(dest.join("app/bin/tool")).expect("tool"),
             "bin"
@@ -319,7 +249,7 @@ mod tests {
         let tar = out.path().join("e.tar");
         write(r, &["/".into()], &[PathBuf::from("/workspace")], &tar).expect("export");
         let dest = out.path().join("x");
-        extract(&tar, &dest).expect("extract");
+        crate::layer::extract_archive(&tar, &dest).expect("extract");
         assert!(dest.join("keep").exists());
         assert!(!dest.join("workspace").exists());
     }

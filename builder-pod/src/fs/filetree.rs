@@ -10,15 +10,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek as _, SeekFrom};
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fs::pattern;
-
-/// Symlink hops before giving up, as Linux does (ELOOP) and rootfs.rs does.
-const MAX_SYMLINKS: usize = 40;
+use crate::fs::rootfs::{MAX_SYMLINKS, components};
+use crate::fs::snapshot::{self, FileKind};
+use crate::layer::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// Files of a base layer whose bytes are kept: `--chown` names resolve through them.
 const KEPT_CONTENTS: [&str; 2] = ["etc/passwd", "etc/group"];
@@ -26,13 +26,18 @@ const KEPT_CONTENTS: [&str; 2] = ["etc/passwd", "etc/group"];
 /// Bigger account files are not read into memory (a user database, not a base image).
 const KEPT_CONTENT_LIMIT: u64 = 1 << 20;
 
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE_MARKER: &str = ".wh..wh..opq";
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("too many levels of symbolic links resolving {0}")]
     Loop(String),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Resolve(#[from] crate::fs::rootfs::Error),
     #[error("cannot read {path}")]
     Io {
         path: PathBuf,
@@ -99,6 +104,9 @@ pub struct Node {
     pub content: Content,
     /// Files that are hard links of one another share an id (unique in the process).
     pub inode: Option<u64>,
+    /// Extended attributes (`security.capability`, ...), names without a namespace
+    /// prefix added, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Node {
@@ -115,7 +123,38 @@ impl Node {
             device: (0, 0),
             content: Content::Unknown,
             inode: None,
+            xattrs: Vec::new(),
         }
+    }
+
+    /// The node of what a snapshot entry records; None for a socket (no image has one).
+    pub fn from_entry(
+        entry: &snapshot::Entry,
+        content: Content,
+        inode: Option<u64>,
+    ) -> Option<Node> {
+        let kind = match entry.kind {
+            FileKind::Regular => Kind::File,
+            FileKind::Directory => Kind::Dir,
+            FileKind::Symlink => Kind::Symlink,
+            FileKind::CharDevice => Kind::CharDevice,
+            FileKind::BlockDevice => Kind::BlockDevice,
+            FileKind::Fifo => Kind::Fifo,
+            FileKind::Socket => return None,
+        };
+        Some(Node {
+            kind,
+            mode: entry.mode,
+            uid: entry.uid,
+            gid: entry.gid,
+            mtime: entry.mtime.sec,
+            size: if kind == Kind::File { entry.size } else { 0 },
+            link_target: entry.link_target.clone(),
+            device: entry.rdev.unwrap_or_default(),
+            content,
+            inode,
+            xattrs: Vec::new(),
+        })
     }
 }
 
@@ -176,7 +215,7 @@ impl FileTree {
         let mut tree = FileTree::new();
         let mut inodes: HashMap<PathBuf, u64> = HashMap::new();
         for entry in tar.entries().map_err(io_err(path))? {
-            let entry = entry.map_err(io_err(path))?;
+            let mut entry = entry.map_err(io_err(path))?;
             let rel = entry_path(&entry)?;
             if rel.as_os_str().is_empty() {
                 continue;
@@ -202,7 +241,7 @@ impl FileTree {
                     None => continue,
                 },
             };
-            let mut node = node_of(&entry, kind)?;
+            let mut node = node_of(&mut entry, kind)?;
             if kind == Kind::File {
                 node.content = Content::Archive {
                     archive: Arc::clone(&archive),
@@ -214,64 +253,31 @@ impl FileTree {
         Ok(tree)
     }
 
-    /// Walks a directory without following symlinks (the build context).
+    /// Walks a directory without following symlinks (the build context, a download).
     pub fn from_dir(root: &Path) -> Result<FileTree> {
         let mut tree = FileTree::new();
-        let meta = std::fs::metadata(root).map_err(io_err(root))?;
-        tree.root = Node::dir(meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime());
+        let top = snapshot::Entry::of(root).map_err(io_err(root))?;
+        tree.root = Node::dir(top.mode, top.uid, top.gid, top.mtime.sec);
         let mut links: HashMap<(u64, u64), u64> = HashMap::new();
         let mut pending = vec![PathBuf::new()];
         while let Some(rel) = pending.pop() {
             let dir = root.join(&rel);
             for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-                let entry = entry.map_err(io_err(&dir))?;
-                let path = entry.path();
-                let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
-                let ft = meta.file_type();
-                let kind = if ft.is_dir() {
-                    Kind::Dir
-                } else if ft.is_symlink() {
-                    Kind::Symlink
-                } else if ft.is_file() {
-                    Kind::File
-                } else if ft.is_char_device() {
-                    Kind::CharDevice
-                } else if ft.is_block_device() {
-                    Kind::BlockDevice
-                } else if ft.is_fifo() {
-                    Kind::Fifo
-                } else {
-                    // Sockets have no place in an image.
+                let path = entry.map_err(io_err(&dir))?.path();
+                let stat = snapshot::Entry::of(&path).map_err(io_err(&path))?;
+                let inode = (stat.kind == FileKind::Regular && stat.nlink > 1)
+                    .then(|| *links.entry((stat.dev, stat.ino)).or_insert_with(new_inode));
+                let content = match stat.kind {
+                    FileKind::Regular => Content::File(path.clone()),
+                    _ => Content::Unknown,
+                };
+                // Sockets have no place in an image. Extended attributes are not read: a
+                // context's files are copied without them.
+                let Some(node) = Node::from_entry(&stat, content, inode) else {
                     continue;
                 };
-                let child = rel.join(entry.file_name());
-                let inode = (kind == Kind::File && meta.nlink() > 1).then(|| {
-                    *links
-                        .entry((meta.dev(), meta.ino()))
-                        .or_insert_with(new_inode)
-                });
-                let node = Node {
-                    kind,
-                    mode: meta.mode() & 0o7777,
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    mtime: meta.mtime(),
-                    size: if kind == Kind::File { meta.len() } else { 0 },
-                    link_target: match kind {
-                        Kind::Symlink => Some(std::fs::read_link(&path).map_err(io_err(&path))?),
-                        _ => None,
-                    },
-                    device: (
-                        rustix::fs::major(meta.rdev()),
-                        rustix::fs::minor(meta.rdev()),
-                    ),
-                    content: match kind {
-                        Kind::File => Content::File(path),
-                        _ => Content::Unknown,
-                    },
-                    inode,
-                };
-                if kind == Kind::Dir {
+                let child = rel.join(path.file_name().unwrap_or_default());
+                if node.kind == Kind::Dir {
                     pending.push(child.clone());
                 }
                 tree.nodes.insert(child, node);
@@ -482,7 +488,7 @@ pub fn read_layer<R: Read>(tar: R) -> Result<LayerChanges> {
             tar::EntryType::Link => LayerEntry::HardLink(link_path(&entry)?),
             other => {
                 let Some(kind) = kind_of(other) else { continue };
-                let mut node = node_of(&entry, kind)?;
+                let mut node = node_of(&mut entry, kind)?;
                 let keep = kind == Kind::File
                     && node.size <= KEPT_CONTENT_LIMIT
                     && KEPT_CONTENTS.iter().any(|k| rel == Path::new(k));
@@ -511,7 +517,8 @@ fn kind_of(entry_type: tar::EntryType) -> Option<Kind> {
     }
 }
 
-fn node_of<R: Read>(entry: &tar::Entry<'_, R>, kind: Kind) -> Result<Node> {
+fn node_of<R: Read>(entry: &mut tar::Entry<'_, R>, kind: Kind) -> Result<Node> {
+    let xattrs = pax_xattrs(entry)?;
     let header = entry.header();
     let num = |v: io::Result<u64>| v.map_err(Error::Tar);
     let link_target = match kind {
@@ -539,7 +546,27 @@ fn node_of<R: Read>(entry: &tar::Entry<'_, R>, kind: Kind) -> Result<Node> {
         device,
         content: Content::Unknown,
         inode: None,
+        xattrs,
     })
+}
+
+/// The extended attributes an entry's PAX records carry.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut xattrs = Vec::new();
+    let Some(records) = entry.pax_extensions().map_err(Error::Tar)? else {
+        return Ok(xattrs);
+    };
+    for record in records {
+        let record = record.map_err(Error::Tar)?;
+        if let Some(name) = record
+            .key_bytes()
+            .strip_prefix(crate::layer::tar::XATTR_KEY)
+        {
+            xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
+        }
+    }
+    xattrs.sort();
+    Ok(xattrs)
 }
 
 /// An entry's path made relative and clean; `..` that would leave the root is refused.
@@ -574,19 +601,6 @@ fn clean(path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The components of a path, keeping `.` and `..` for the resolver.
-fn components(path: &str) -> Vec<String> {
-    Path::new(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".into()),
-            Component::CurDir => Some(".".into()),
-            Component::RootDir | Component::Prefix(_) => None,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +617,7 @@ mod tests {
             device: (0, 0),
             content: Content::Unknown,
             inode: None,
+            xattrs: Vec::new(),
         }
     }
 

@@ -5,4 +5,5 @@ pub mod filetree;
 pub mod pattern;
 pub mod rootfs;
 pub mod snapshot;
+pub mod tree;
 pub mod users;

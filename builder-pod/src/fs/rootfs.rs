@@ -5,7 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 
 /// Symlink hops before giving up, as Linux does (ELOOP).
-const MAX_SYMLINKS: usize = 40;
+pub(crate) const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,7 +71,7 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Er
 }
 
 /// The normal components of a path, keeping `.` and `..` for the resolver to handle.
-fn components(path: &str) -> Vec<String> {
+pub(crate) fn components(path: &str) -> Vec<String> {
     Path::new(path)
         .components()
         .filter_map(|c| match c {

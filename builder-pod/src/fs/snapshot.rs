@@ -89,6 +89,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of the object at `path` itself (a symlink is not followed).
+    pub fn of(path: &Path) -> std::io::Result<Entry> {
+        stat_entry(rustix::fs::CWD, path.as_os_str()).map_err(Into::into)
+    }
+
     /// Whether `self` and `other` differ in anything an instruction's layer must carry.
     /// nlink alone is left out: a new hard link elsewhere also changes ctime.
     fn differs(&self, other: &Entry) -> bool {

@@ -311,9 +311,6 @@ fn plain_directory_modes(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The largest image config read (they are a few KiB; a bigger one is not a config).
-const CONFIG_LIMIT: u64 = 8 << 20;
-
 /// Pins every registry image of the plan (each `FROM <image>` and `COPY --from=<image>`
 /// source) to the digest of its manifest for the stage's platform, and writes the
 /// image's config to `bases/<stage-id>.json`, which the stage pod starts from. Each
@@ -401,7 +398,11 @@ async fn base_image(
     let parsed = oci::parse_reference(reference)?;
     let manifest = registry.manifest(&parsed, platform).await?;
     let config = registry
-        .blob_bytes(&parsed, &manifest.manifest.config.digest, CONFIG_LIMIT)
+        .blob_bytes(
+            &parsed,
+            &manifest.manifest.config.digest,
+            crate::image_config::CONFIG_LIMIT,
+        )
         .await?;
     Ok((manifest.digest, config))
 }

@@ -1,76 +1,79 @@
 //! `stagecoach-builder stage <pod>`: runs the stages of one pod (a stage, or a fused
-//! chain ending in it) on the pod's root filesystem, and leaves on the workspace what
-//! later stages and the assemble pod need: one layer per filesystem-changing
-//! instruction, the stage's image config and scope, and its exports.
+//! chain ending in it) on the pod's root filesystem through the shared executor, and
+//! leaves on the workspace what later stages and the assemble pod need: one layer per
+//! filesystem-changing instruction (found by snapshots of the root), the stage's image
+//! config and scope, and its exports.
+//!
+//! What only a stage pod does lives here: RUN (with its mounts and the declared volumes
+//! it must not change) and ADD (downloads and local archives).
 
+pub mod fetch;
+mod mounts;
 pub mod run;
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use stagecoach_plan::contract::{Base, Execution, Plan, Stage};
-use stagecoach_plan::instruction::{self, Copy as CopyArgs, Instruction, Kind, Run};
-use stagecoach_plan::scope::Scope;
-use stagecoach_plan::shell::Lexer;
+use stagecoach_plan::instruction::{self, Run};
 
-use crate::exec::disk_copy_old::{self, Chmod, CopyOptions, SourceRoot};
-use crate::exec::{export, fetch};
-use crate::fs::rootfs;
+use crate::exec::copy::{self, Source};
+use crate::exec::export;
+use crate::exec::{self, Executor, Pod, ResolvedCopy, Sources, StageError, StageReport, Step};
+use crate::fs::filetree::{self, FileTree};
 use crate::fs::snapshot::{self, Snapshot};
-use crate::fs::users::{self, Ids};
-use crate::image_config::{self, DEFAULT_PATH, History, ImageConfig, StageConfig};
-use crate::layer;
+use crate::fs::tree::DiskTree;
+use crate::fs::{rootfs, users};
+use crate::image_config::{self, DEFAULT_PATH, ImageConfig, StageConfig};
+use crate::layer::{self, LayerInfo};
 use crate::workspace::{self, LayerRecord, Workspace};
+use mounts::{Mounted, SavedVolume};
 use run::RunSpec;
 
 /// The CA bundle `install` puts beside the builder in the tools directory.
 pub const CA_BUNDLE: &str = "ca-certificates.crt";
 
-/// A stage that could not run, with everything a user needs to find why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(rename_all = "camelCase")]
-#[error("{}", self.render())]
-pub struct StageError {
-    /// The stage id, when the failure belongs to one.
-    pub stage: Option<String>,
-    /// The Dockerfile name and line of the instruction.
-    pub dockerfile: Option<String>,
-    pub line: Option<usize>,
-    /// The instruction as written.
-    pub instruction: Option<String>,
-    pub message: String,
-    /// The exit code of a failed RUN.
-    pub exit_code: Option<i32>,
-}
-
-impl StageError {
-    fn render(&self) -> String {
-        let mut out = String::new();
-        if let Some(stage) = &self.stage {
-            out.push_str(&format!("stage {stage}: "));
-        }
-        if let (Some(file), Some(line)) = (&self.dockerfile, self.line) {
-            out.push_str(&format!("{file}:{line}: "));
-        }
-        if let Some(inst) = &self.instruction {
-            out.push_str(&format!("{inst}: "));
-        }
-        out.push_str(&self.message);
-        out
-    }
-
-    fn general(message: impl std::fmt::Display) -> StageError {
-        StageError {
-            stage: None,
-            dockerfile: None,
-            line: None,
-            instruction: None,
-            message: message.to_string(),
-            exit_code: None,
-        }
-    }
+/// What went wrong in a step only a stage pod has.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot snapshot the filesystem")]
+    Snapshot(#[source] snapshot::Error),
+    #[error("cannot save the volume {path}")]
+    SaveVolume {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot restore the volume {path}")]
+    RestoreVolume {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Mount(#[from] mounts::Error),
+    #[error(transparent)]
+    Run(#[from] run::Error),
+    #[error(transparent)]
+    Download(#[from] fetch::Error),
+    #[error("cannot write the exports")]
+    Export(#[source] export::Error),
+    #[error("applying layer {file} of stage {stage}")]
+    Parent {
+        stage: String,
+        file: String,
+        #[source]
+        source: layer::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Plan(String),
 }
 
 /// How a stage pod is set up.
@@ -101,26 +104,6 @@ pub struct PodReport {
     pub duration_ms: u64,
 }
 
-/// One stage's result inside a pod report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StageReport {
-    pub id: String,
-    pub layers: Vec<LayerRecord>,
-    pub steps: Vec<StepReport>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exported_entries: Option<u64>,
-}
-
-/// Timing of one instruction.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepReport {
-    pub line: usize,
-    pub instruction: String,
-    pub duration_ms: u64,
-}
-
 /// Runs the pod's stages; the report is also written to the workspace.
 pub fn run_pod(opts: &StageOptions) -> PodReport {
     let started = Instant::now();
@@ -128,7 +111,7 @@ pub fn run_pod(opts: &StageOptions) -> PodReport {
         pod: opts.pod.clone(),
         ..PodReport::default()
     };
-    let result = StagePod::new(opts).and_then(|mut pod| pod.run_all(&mut report));
+    let result = run_all(opts, &mut report);
     report.succeeded = result.is_ok();
     report.error = result.err();
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -148,356 +131,243 @@ pub fn outcome(report: &PodReport) -> stagecoach_plan::contract::PodOutcome {
     }
 }
 
+fn unplaced(stage: Option<&str>, e: Error) -> StageError {
+    StageError::unplaced(stage, crate::error::chain(&e))
+}
+
+/// The pod's pipeline: read the plan → the starting config → the parents' layers onto
+/// the root → a first snapshot → each stage of the pod through the executor, with its
+/// exports after it.
+fn run_all(opts: &StageOptions, report: &mut PodReport) -> Result<(), StageError> {
+    let ws = &opts.workspace;
+    let plan = read_plan(ws).map_err(|e| unplaced(None, e))?;
+    let runs = pod_stages(&plan, &opts.pod).map_err(|e| unplaced(Some(&opts.pod), e))?;
+    // A chain from scratch builds in a directory of the workspace, not on `/`.
+    std::fs::create_dir_all(&opts.root)
+        .map_err(|source| Error::Read {
+            path: opts.root.clone(),
+            source,
+        })
+        .map_err(|e| unplaced(None, e))?;
+    let first = plan
+        .stage(&runs[0])
+        .ok_or_else(|| unplaced(None, Error::Plan(format!("no stage {:?}", runs[0]))))?;
+    let base = base_config(ws, first).map_err(|e| unplaced(Some(&first.id), e))?;
+    let (mut config, mut scope) = exec::starting_point(&plan, ws, first, base)?;
+    if let Base::Stage { id } = &first.base {
+        for ancestor in exec::from_chain(&plan, id)? {
+            apply_layers_of(opts, &ancestor).map_err(|e| unplaced(Some(&first.id), e))?;
+        }
+    }
+    let mut pod = StagePod::new(opts).map_err(|e| unplaced(Some(&first.id), e))?;
+    let mut executor = Executor {
+        plan: &plan,
+        workspace: ws,
+        sources: Sources::new(opts.context.clone(), ws.clone()),
+        now: opts.source_date_epoch.unwrap_or_else(image_config::now),
+        epoch: opts.source_date_epoch,
+    };
+    for id in &runs {
+        let stage = plan
+            .stage(id)
+            .ok_or_else(|| unplaced(None, Error::Plan(format!("no stage {id:?}"))))?;
+        let mut stage_report = StageReport {
+            id: id.clone(),
+            ..StageReport::default()
+        };
+        (config, scope) = executor.run_stage(&mut pod, stage, config, scope, &mut stage_report)?;
+        if !stage.exports.is_empty() {
+            let count = export::write(&opts.root, &stage.exports, &pod.skip, &ws.export(id))
+                .map_err(|e| unplaced(Some(id), Error::Export(e)))?;
+            stage_report.exported_entries = Some(count);
+        }
+        report.stages.push(stage_report);
+    }
+    Ok(())
+}
+
+fn read_plan(ws: &Workspace) -> Result<Plan, Error> {
+    let text = std::fs::read_to_string(ws.plan()).map_err(|source| Error::Read {
+        path: ws.plan(),
+        source,
+    })?;
+    Plan::from_json(&text).map_err(|e| Error::Plan(crate::error::chain(&e)))
+}
+
+/// The stages this pod runs, in order.
+fn pod_stages(plan: &Plan, pod: &str) -> Result<Vec<String>, Error> {
+    let stage = plan
+        .stage(pod)
+        .ok_or_else(|| Error::Plan(format!("no stage {pod:?} in the plan")))?;
+    match &stage.execution {
+        Execution::Pod { runs } if !runs.is_empty() => Ok(runs.clone()),
+        _ => Err(Error::Plan(format!(
+            "stage {pod:?} does not run in a pod of its own"
+        ))),
+    }
+}
+
+/// The base image's config that the source pod fetched (none for scratch or a stage).
+fn base_config(ws: &Workspace, stage: &Stage) -> Result<Option<ImageConfig>, Error> {
+    if !matches!(stage.base, Base::Image { .. }) {
+        return Ok(None);
+    }
+    let path = ws.base_config(&stage.id);
+    match workspace::read_json(&path) {
+        Ok(config) => Ok(Some(config)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && stage.instructions.is_empty() => {
+            Ok(None)
+        }
+        Err(source) => Err(Error::Read { path, source }),
+    }
+}
+
+fn apply_layers_of(opts: &StageOptions, stage: &str) -> Result<(), Error> {
+    let ws = &opts.workspace;
+    let index = ws.layer_index(stage);
+    let records: Vec<LayerRecord> = workspace::read_json(&index).map_err(|source| Error::Read {
+        path: index,
+        source,
+    })?;
+    for record in records {
+        let path = ws.layers_dir(stage).join(&record.file);
+        layer::apply_layer(&path, &opts.root).map_err(|source| Error::Parent {
+            stage: stage.to_string(),
+            file: record.file.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The stage pod's side of the executor: its root on disk, snapshots for layers.
 struct StagePod<'a> {
     opts: &'a StageOptions,
-    plan: Plan,
-    lexer: Lexer,
+    tree: DiskTree,
+    /// Everything the snapshot must not walk (mounts).
     skip: Vec<PathBuf>,
-    /// Exports of other stages, extracted once per pod.
-    extracted: HashMap<String, PathBuf>,
+    /// The root as it was after the last layer.
+    before: Snapshot,
+    /// Exports of other stages, extracted once per pod for `RUN --mount=from=`.
+    extracted: std::collections::HashMap<String, PathBuf>,
 }
 
 impl<'a> StagePod<'a> {
-    fn new(opts: &'a StageOptions) -> Result<StagePod<'a>, StageError> {
-        let text = std::fs::read_to_string(opts.workspace.plan())
-            .map_err(|e| StageError::general(format!("cannot read the plan: {e}")))?;
-        let plan = Plan::from_json(&text).map_err(StageError::general)?;
-        let lexer = Lexer::new(plan.escape);
+    fn new(opts: &'a StageOptions) -> Result<StagePod<'a>, Error> {
+        let skip = skip_list(opts);
+        let before = Snapshot::take(&opts.root, &skip).map_err(Error::Snapshot)?;
         Ok(StagePod {
-            skip: skip_list(opts),
             opts,
-            plan,
-            lexer,
-            extracted: HashMap::new(),
+            tree: DiskTree::new(&opts.root),
+            skip,
+            before,
+            extracted: std::collections::HashMap::new(),
         })
     }
 
-    fn run_all(&mut self, report: &mut PodReport) -> Result<(), StageError> {
-        // A chain from scratch builds in a directory of the workspace, not on `/`.
-        std::fs::create_dir_all(&self.opts.root).map_err(StageError::general)?;
-        let pod = self.plan.stage(&self.opts.pod).ok_or_else(|| {
-            StageError::general(format!("no stage {:?} in the plan", self.opts.pod))
-        })?;
-        let Execution::Pod { runs } = &pod.execution else {
-            return Err(StageError::general(format!(
-                "stage {:?} does not run in a pod of its own",
-                self.opts.pod
-            )));
-        };
-        let runs = runs.clone();
-        let first = self.stage(&runs[0])?.clone();
-        let (mut config, mut scope) = self.starting_point(&first)?;
-        if let Base::Stage { id } = &first.base {
-            for ancestor in self.chain(id)? {
-                self.apply_layers_of(&ancestor)?;
-            }
+    fn scratch(&self) -> PathBuf {
+        self.opts.workspace.scratch(&self.opts.pod)
+    }
+
+    /// RUN's command: as the stage's user, in its working directory, with its
+    /// environment and mounts.
+    fn run_command(&mut self, step: &Step<'_>, r: &Run, sc: &StageConfig) -> exec::Result<()> {
+        if self.opts.root != Path::new("/") {
+            return Err(exec::Error::Refused(
+                "RUN needs a base image to run in; this stage has none (FROM scratch)".into(),
+            ));
         }
-        let mut before = self.snapshot()?;
-        for id in &runs {
-            let stage = self.stage(id)?.clone();
-            let mut stage_report = StageReport {
-                id: id.clone(),
-                ..StageReport::default()
-            };
-            let (c, s) = self
-                .run_stage(&stage, config, scope, &mut before, &mut stage_report)
-                .map_err(|mut e| {
-                    e.stage.get_or_insert_with(|| id.clone());
-                    e
-                })?;
-            config = c;
-            scope = s;
-            report.stages.push(stage_report);
+        // `--network=none` only takes something away, so running with the pod's network
+        // builds the same result; host networking, insecure mode and devices would need
+        // privileges a stage pod never has.
+        if r.network
+            .as_deref()
+            .is_some_and(|n| n != "default" && n != "none")
+            || r.security.as_deref().is_some_and(|s| s != "sandbox")
+            || !r.devices.is_empty()
+        {
+            return Err(exec::Error::Refused(
+                "RUN --network=host, --security=insecure and --device need privileges stage pods never have".into(),
+            ));
         }
-        Ok(())
-    }
-
-    fn stage(&self, id: &str) -> Result<&Stage, StageError> {
-        self.plan
-            .stage(id)
-            .ok_or_else(|| StageError::general(format!("no stage {id:?} in the plan")))
-    }
-
-    /// The config and scope a stage starts with: its parent stage's results, or the
-    /// base image's config that the source pod fetched.
-    fn starting_point(&self, stage: &Stage) -> Result<(ImageConfig, Scope), StageError> {
-        let ws = &self.opts.workspace;
-        match &stage.base {
-            Base::Stage { id } => {
-                let config = workspace::read_json(&ws.config(id)).map_err(StageError::general)?;
-                let scope = workspace::read_json(&ws.scope(id)).map_err(StageError::general)?;
-                Ok((config, scope))
-            }
-            Base::Image { .. } | Base::Scratch => {
-                let path = ws.base_config(&stage.id);
-                let mut config: ImageConfig = match workspace::read_json(&path) {
-                    Ok(c) => c,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        if matches!(stage.base, Base::Image { .. })
-                            && !stage.instructions.is_empty()
-                        {
-                            return Err(StageError::general(format!(
-                                "the base image config {} is missing",
-                                path.display()
-                            )));
-                        }
-                        ImageConfig::default()
-                    }
-                    Err(e) => return Err(StageError::general(e)),
-                };
-                if config.os.is_empty() {
-                    config.os = self.plan.platform.os.clone();
-                    config.architecture = self.plan.platform.architecture.clone();
-                    config.variant = self.plan.platform.variant.clone();
-                }
-                config.ensure_path();
-                let scope = Scope::from_image_env(&config.env_pairs());
-                Ok((config, scope))
-            }
+        let ids = exec::user_ids(&self.tree, sc)?.unwrap_or_default();
+        let cwd = copy::make_dirs(&mut self.tree, &sc.config.working_dir(), None, step.now)?;
+        let mut env = sc.scope.run_env().to_vec();
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
-    }
-
-    /// The stages a `FROM <stage>` chain goes through, root first.
-    fn chain(&self, id: &str) -> Result<Vec<String>, StageError> {
-        let mut chain = vec![id.to_string()];
-        let mut current = self.stage(id)?;
-        while let Base::Stage { id } = &current.base {
-            chain.push(id.clone());
-            current = self.stage(id)?;
+        if !env.iter().any(|(k, _)| k == "HOME") {
+            env.push(("HOME".into(), users::home(&self.tree, ids.uid)?));
         }
-        chain.reverse();
-        Ok(chain)
-    }
-
-    fn apply_layers_of(&self, stage: &str) -> Result<(), StageError> {
-        let ws = &self.opts.workspace;
-        let records: Vec<LayerRecord> =
-            workspace::read_json(&ws.layer_index(stage)).map_err(StageError::general)?;
-        for record in records {
-            let path = ws.layers_dir(stage).join(&record.file);
-            layer::apply_layer(&path, &self.opts.root).map_err(|e| {
-                StageError::general(format!(
-                    "applying layer {} of stage {stage}: {e}",
-                    record.file
-                ))
-            })?;
-        }
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Result<Snapshot, StageError> {
-        Snapshot::take(&self.opts.root, &self.skip)
-            .map_err(|e| StageError::general(format!("cannot snapshot the filesystem: {e}")))
-    }
-
-    fn run_stage(
-        &mut self,
-        stage: &Stage,
-        config: ImageConfig,
-        scope: Scope,
-        before: &mut Snapshot,
-        report: &mut StageReport,
-    ) -> Result<(ImageConfig, Scope), StageError> {
-        let ws = self.opts.workspace.clone();
-        let layers_dir = ws.layers_dir(&stage.id);
-        let _ = std::fs::remove_dir_all(ws.stage_dir(&stage.id));
-        std::fs::create_dir_all(&layers_dir).map_err(StageError::general)?;
-
-        let mut sc = StageConfig::new(config, scope, self.lexer);
-        // ONBUILD triggers of the base run first, and are not inherited further.
-        let triggers = sc.config.config.on_build.take().unwrap_or_default();
-        let mut steps = self.parse_triggers(stage, &triggers)?;
-        steps.extend(stage.instructions.iter().cloned());
-        let total = steps.len();
-        let created = self.created();
-        let dockerfile = self.plan.dockerfile.clone();
-        for (n, inst) in steps.iter().enumerate() {
-            let prefix = format!("[{} {}/{}]", stage.id, n + 1, total);
-            println!("{prefix} {}", inst.text);
-            let started = Instant::now();
-            let located = |message: String, exit_code: Option<i32>| StageError {
-                stage: Some(stage.id.clone()),
-                dockerfile: Some(dockerfile.clone()),
-                line: Some(inst.line),
-                instruction: Some(inst.text.clone()),
-                message,
-                exit_code,
-            };
-            let changes_fs = self
-                .execute(stage, inst, &mut sc, &prefix, n + 1)
-                .map_err(|(message, code)| located(message, code))?;
-            let mut history = History {
-                created: Some(created.clone()),
-                created_by: Some(inst.text.clone()),
-                comment: Some("stagecoach".into()),
-                empty_layer: true,
-            };
-            if changes_fs {
-                let after = self.snapshot()?;
-                let changes = snapshot::diff(before, &after);
-                if !changes.is_empty() {
-                    let file = format!("{:04}.tar.gz", report.layers.len() + 1);
-                    let info = layer::write_layer(
-                        &self.opts.root,
-                        &changes,
-                        &after,
-                        &layers_dir.join(&file),
-                        self.opts.source_date_epoch,
-                    )
-                    .map_err(|e| located(format!("cannot write its layer: {e}"), None))?;
-                    sc.config.rootfs.diff_ids.push(info.diff_id.clone());
-                    report.layers.push(LayerRecord {
-                        file,
-                        digest: info.digest,
-                        diff_id: info.diff_id,
-                        size: info.size,
-                        created_by: inst.text.clone(),
-                        line: inst.line,
-                    });
-                    history.empty_layer = false;
-                }
-                *before = after;
-            }
-            sc.config.history.push(history);
-            report.steps.push(StepReport {
-                line: inst.line,
-                instruction: inst.text.clone(),
-                duration_ms: started.elapsed().as_millis() as u64,
-            });
-        }
-        sc.config.created = Some(created);
-        workspace::write_json(&ws.layer_index(&stage.id), &report.layers)
-            .and_then(|()| workspace::write_json(&ws.config(&stage.id), &sc.config))
-            .and_then(|()| workspace::write_json(&ws.scope(&stage.id), &sc.scope))
-            .map_err(StageError::general)?;
-        if !stage.exports.is_empty() {
-            let count = export::write(
-                &self.opts.root,
-                &stage.exports,
-                &self.skip,
-                &ws.export(&stage.id),
-            )
-            .map_err(|e| StageError::general(format!("cannot write the exports: {e}")))?;
-            report.exported_entries = Some(count);
-        }
-        Ok((sc.config, sc.scope))
-    }
-
-    /// ONBUILD triggers of the base image, as instructions placed at the FROM line.
-    fn parse_triggers(
-        &self,
-        stage: &Stage,
-        triggers: &[String],
-    ) -> Result<Vec<Instruction>, StageError> {
-        triggers
-            .iter()
-            .map(|trigger| {
-                let df = stagecoach_plan::syntax::parse(trigger).map_err(|e| {
-                    StageError::general(format!("ONBUILD {trigger}: {}", e.message))
-                })?;
-                let node = df.instructions.first().ok_or_else(|| {
-                    StageError::general(format!("ONBUILD {trigger}: empty trigger"))
-                })?;
-                let mut inst = instruction::parse_node(node)
-                    .map_err(|e| StageError::general(format!("ONBUILD {trigger}: {e}")))?;
-                inst.line = stage.line;
-                inst.end_line = stage.line;
-                Ok(inst)
-            })
-            .collect()
-    }
-
-    /// RFC 3339 time for history and config: the source time when reproducible, else now.
-    fn created(&self) -> String {
-        let secs = self.opts.source_date_epoch.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
+        let mounts = self.mount(step, r, sc)?;
+        // Heredoc scripts go to the pod's scratch space on the workspace: never
+        // snapshotted, and the tools directory stays read-only.
+        let scripts = self.scratch().join("scripts");
+        let argv = run::argv(r, &sc.config.shell(), &scripts, step.number)
+            .map_err(|e| exec::Error::pod(Error::Run(e)))?;
+        let result = run::run(&RunSpec {
+            argv,
+            env,
+            cwd: self.tree.on_disk(&cwd),
+            ids,
+            prefix: step.prefix.to_string(),
         });
-        rfc3339(secs)
+        let unmounted = mounts.into_iter().rev().try_for_each(Mounted::undo);
+        match result {
+            Err(run::Error::Exit(code)) => Err(exec::Error::Exit(code)),
+            Err(e) => Err(exec::Error::pod(Error::Run(e))),
+            Ok(()) => unmounted.map_err(|e| exec::Error::pod(Error::Mount(e))),
+        }
     }
 
-    /// Runs one instruction; says whether it may have changed the filesystem.
-    fn execute(
-        &mut self,
-        stage: &Stage,
-        inst: &Instruction,
-        sc: &mut StageConfig,
-        prefix: &str,
-        step: usize,
-    ) -> Result<bool, (String, Option<i32>)> {
-        let plain = |e: &dyn std::fmt::Display| (e.to_string(), None);
-        match &inst.kind {
-            Kind::Run(r) => {
-                // What RUN does inside a declared volume is discarded, as the Dockerfile
-                // reference says and buildah does: the volumes are put back afterwards.
-                let saved = self.save_volumes(sc, step).map_err(|e| plain(&e))?;
-                let result = self.run(stage, inst.line, r, sc, prefix, step);
-                self.restore_volumes(saved).map_err(|e| plain(&e))?;
-                result?;
-                Ok(true)
-            }
-            Kind::Copy(c) => {
-                self.copy(stage, inst.line, c, sc, "COPY")
-                    .map_err(|e| plain(&e))?;
-                Ok(true)
-            }
-            Kind::Add(c) => {
-                self.copy(stage, inst.line, c, sc, "ADD")
-                    .map_err(|e| plain(&e))?;
-                Ok(true)
-            }
-            Kind::Workdir { .. } => {
-                sc.apply(inst, &self.plan.global_args, &self.plan.build_args)
-                    .map_err(|e| plain(&e))?;
-                let dir = sc.config.working_dir();
-                // The directories WORKDIR makes belong to the USER (BuildKit, buildah).
-                let owner = match sc.config.config.user.as_deref() {
-                    None | Some("") => None,
-                    Some(user) => {
-                        Some(users::resolve(&self.opts.root, user).map_err(|e| plain(&e))?)
-                    }
-                };
-                disk_copy_old::make_dirs(&self.opts.root, &dir, owner).map_err(|e| plain(&e))?;
-                Ok(true)
-            }
-            Kind::Volume { .. } => {
-                // buildah (and Docker's classic builder) make each volume's directory in
-                // the image; only one that is new changes the filesystem.
-                sc.apply(inst, &self.plan.global_args, &self.plan.build_args)
-                    .map_err(|e| plain(&e))?;
-                let mut made = false;
-                for path in sc.config.config.volumes.iter().flat_map(|v| v.keys()) {
-                    if !self.opts.root.join(path.trim_start_matches('/')).is_dir() {
-                        disk_copy_old::make_dirs(&self.opts.root, path, None)
-                            .map_err(|e| plain(&e))?;
-                        made = true;
-                    }
+    /// `RUN --mount`: pods cannot mount, so mounts are emulated in the filesystem (see
+    /// [`mounts`]); bind sources come from the context or another stage's export.
+    fn mount(&mut self, step: &Step<'_>, r: &Run, sc: &StageConfig) -> exec::Result<Vec<Mounted>> {
+        let mut mounted = Vec::new();
+        for raw in &r.mounts {
+            let value = sc.expand("RUN", raw)?;
+            let spec = mounts::Spec::parse(&value, &sc.config.working_dir())
+                .map_err(|e| exec::Error::pod(Error::Mount(e)))?;
+            let content = match &spec.bind {
+                None => None,
+                Some((from, source)) => {
+                    let root = match from {
+                        None => self.opts.context.clone(),
+                        Some(from) => self.export_dir(step, from)?,
+                    };
+                    Some(rootfs::resolve(&root, source, true).map_err(filetree::Error::from)?)
                 }
-                Ok(made)
-            }
-            _ => {
-                sc.apply(inst, &self.plan.global_args, &self.plan.build_args)
-                    .map_err(|e| plain(&e))?;
-                Ok(false)
-            }
+            };
+            let m = Mounted::create(&self.opts.root, &spec.target, content.as_deref())
+                .map_err(|e| exec::Error::pod(Error::Mount(e)))?;
+            mounted.push(m);
         }
+        Ok(mounted)
+    }
+
+    /// The export of the stage a `--from` on this line reads, extracted (through the
+    /// layer applier) into the pod's scratch space once.
+    fn export_dir(&mut self, step: &Step<'_>, from: &str) -> exec::Result<PathBuf> {
+        let source = Sources::stage_read(step.stage, step.line, from)?;
+        if let Some(dir) = self.extracted.get(&source) {
+            return Ok(dir.clone());
+        }
+        let dir = self.scratch().join("from").join(&source);
+        let _ = std::fs::remove_dir_all(&dir);
+        layer::extract_archive(&self.opts.workspace.export(&source), &dir)
+            .map_err(exec::Error::Layer)?;
+        self.extracted.insert(source, dir.clone());
+        Ok(dir)
     }
 
     /// The declared volumes that exist, saved before a RUN: a tar of each in the pod's
     /// scratch space, and a snapshot of each to tell whether the RUN touched it. A volume
     /// that holds a mount (the workspace, the tools, the kubelet's files) or is the root
     /// itself cannot be put back and is left alone.
-    fn save_volumes(&self, sc: &StageConfig, step: usize) -> Result<Vec<SavedVolume>, String> {
+    fn save_volumes(&self, sc: &StageConfig, step: usize) -> Result<Vec<SavedVolume>, Error> {
         let mut saved = Vec::new();
-        for (n, path) in sc
-            .config
-            .config
-            .volumes
-            .iter()
-            .flat_map(|v| v.keys())
-            .enumerate()
-        {
+        let volumes = sc.config.config.volumes.iter().flat_map(|v| v.keys());
+        for (n, path) in volumes.enumerate() {
             let Ok(on_disk) = rootfs::resolve(&self.opts.root, path, true) else {
                 continue;
             };
@@ -505,20 +375,19 @@ impl<'a> StagePod<'a> {
             if on_disk == self.opts.root || holds_mount || !on_disk.is_dir() {
                 continue;
             }
-            let snapshot = Snapshot::take(&on_disk, &self.skip)
-                .map_err(|e| format!("cannot snapshot the volume {path}: {e}"))?;
-            let tar = self
-                .opts
-                .workspace
-                .scratch(&self.opts.pod)
-                .join(format!("volume-{step}-{n}.tar"));
+            let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::SaveVolume {
+                path: path.clone(),
+                source,
+            };
+            let snapshot = Snapshot::take(&on_disk, &self.skip).map_err(|e| failed(Box::new(e)))?;
+            let tar = self.scratch().join(format!("volume-{step}-{n}.tar"));
             export::write(
                 &self.opts.root,
                 std::slice::from_ref(path),
                 &self.skip,
                 &tar,
             )
-            .map_err(|e| format!("cannot save the volume {path}: {e}"))?;
+            .map_err(|e| failed(Box::new(e)))?;
             saved.push(SavedVolume {
                 path: path.clone(),
                 on_disk,
@@ -532,362 +401,114 @@ impl<'a> StagePod<'a> {
     /// Puts back the volumes a RUN changed, as [`Self::save_volumes`] saw them; the
     /// others stay untouched (putting them back would give every file a new inode, and
     /// the layer would carry them all again).
-    fn restore_volumes(&self, saved: Vec<SavedVolume>) -> Result<(), String> {
+    fn restore_volumes(&self, saved: Vec<SavedVolume>) -> Result<(), Error> {
         for volume in saved {
-            let path = &volume.path;
-            let after = Snapshot::take(&volume.on_disk, &self.skip)
-                .map_err(|e| format!("cannot snapshot the volume {path}: {e}"))?;
+            let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::RestoreVolume {
+                path: volume.path.clone(),
+                source,
+            };
+            let after =
+                Snapshot::take(&volume.on_disk, &self.skip).map_err(|e| failed(Box::new(e)))?;
             if !snapshot::diff(&volume.snapshot, &after).is_empty() {
-                std::fs::remove_dir_all(&volume.on_disk)
-                    .map_err(|e| format!("cannot restore the volume {path}: {e}"))?;
+                std::fs::remove_dir_all(&volume.on_disk).map_err(|e| failed(Box::new(e)))?;
                 layer::apply_layer(&volume.tar, &self.opts.root)
-                    .map_err(|e| format!("cannot restore the volume {path}: {e}"))?;
+                    .map_err(|e| failed(Box::new(e)))?;
             }
             let _ = std::fs::remove_file(&volume.tar);
         }
         Ok(())
     }
+}
 
-    fn run(
-        &mut self,
-        stage: &Stage,
-        line: usize,
-        r: &Run,
-        sc: &StageConfig,
-        prefix: &str,
-        step: usize,
-    ) -> Result<(), (String, Option<i32>)> {
-        let plain = |e: &dyn std::fmt::Display| (e.to_string(), None);
-        if self.opts.root != Path::new("/") {
-            return Err((
-                "RUN needs a base image to run in; this stage has none (FROM scratch)".into(),
-                None,
-            ));
-        }
-        // `--network=none` only takes something away, so running with the pod's network
-        // builds the same result; host networking, insecure mode and devices would need
-        // privileges a stage pod never has.
-        if r.network
-            .as_deref()
-            .is_some_and(|n| n != "default" && n != "none")
-            || r.security.as_deref().is_some_and(|s| s != "sandbox")
-            || !r.devices.is_empty()
-        {
-            return Err((
-                "RUN --network=host, --security=insecure and --device need privileges stage pods never have".into(),
-                None,
-            ));
-        }
-        let ids = match sc.config.config.user.as_deref() {
-            None | Some("") => Ids { uid: 0, gid: 0 },
-            Some(user) => users::resolve(&self.opts.root, user).map_err(|e| plain(&e))?,
-        };
-        let workdir = sc.config.working_dir();
-        let cwd =
-            disk_copy_old::make_dirs(&self.opts.root, &workdir, None).map_err(|e| plain(&e))?;
-        let mut env = sc.scope.run_env().to_vec();
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push(("PATH".into(), DEFAULT_PATH.into()));
-        }
-        if !env.iter().any(|(k, _)| k == "HOME") {
-            env.push(("HOME".into(), home_of(&self.opts.root, ids.uid)));
-        }
-        let mounts = self.mount(stage, line, r, sc).map_err(|e| plain(&e))?;
-        // Heredoc scripts go to the pod's scratch space on the workspace: never snapshotted,
-        // and the tools directory stays read-only.
-        let scripts = self.opts.workspace.scratch(&self.opts.pod).join("scripts");
-        let argv = run::argv(r, &sc.config.shell(), &scripts, step).map_err(|e| plain(&e))?;
-        let result = run::run(&RunSpec {
-            argv,
-            env,
-            cwd,
-            ids,
-            prefix: prefix.to_string(),
-        });
-        let unmounted = mounts.into_iter().rev().try_for_each(|m| m.undo());
-        match result {
-            Err(run::Error::Exit(code)) => Err((format!("exit code {code}"), Some(code))),
-            Err(e) => Err(plain(&e)),
-            Ok(()) => unmounted.map_err(|e| plain(&e)),
-        }
+impl Pod for StagePod<'_> {
+    type Tree = DiskTree;
+
+    fn tree(&mut self) -> &mut DiskTree {
+        &mut self.tree
     }
 
-    /// `RUN --mount`: pods cannot mount, so mounts are emulated in the filesystem. The
-    /// target gets the content (bind) or an empty directory (cache, tmpfs) for the run
-    /// and is put back as it was afterwards, so none of it reaches the layer. Secrets
-    /// and SSH agents are refused: RUN steps never see credentials here.
-    fn mount(
-        &mut self,
-        stage: &Stage,
-        line: usize,
-        r: &Run,
-        sc: &StageConfig,
-    ) -> Result<Vec<Mounted>, String> {
-        let mut mounted = Vec::new();
-        for raw in &r.mounts {
-            let value = sc.expand("RUN", raw).map_err(|e| e.to_string())?;
-            let fields: BTreeMap<String, String> = value
-                .split(',')
-                .filter(|f| !f.is_empty())
-                .map(|f| match f.split_once('=') {
-                    Some((k, v)) => (k.to_ascii_lowercase(), v.to_string()),
-                    None => (f.to_ascii_lowercase(), "true".into()),
-                })
-                .collect();
-            let kind = fields.get("type").map_or("bind", String::as_str);
-            let target = fields
-                .get("target")
-                .or_else(|| fields.get("dst"))
-                .or_else(|| fields.get("destination"))
-                .ok_or_else(|| format!("--mount={value}: target is required"))?;
-            let target = image_config::join_workdir(&sc.config.working_dir(), target);
-            let content = match kind {
-                "cache" | "tmpfs" => None,
-                "bind" => {
-                    let source = fields.get("source").or_else(|| fields.get("src"));
-                    let source = source.map_or("/", String::as_str).to_string();
-                    let root = match fields.get("from") {
-                        None => self.opts.context.clone(),
-                        Some(from) => self.export_of(stage, line, from)?,
-                    };
-                    Some(rootfs::resolve(&root, &source, true).map_err(|e| e.to_string())?)
-                }
-                other => {
-                    return Err(format!(
-                        "--mount=type={other} is not supported: RUN steps get no secrets or agents in Stagecoach"
-                    ));
-                }
-            };
-            mounted.push(Mounted::create(
-                &self.opts.root,
-                &target,
-                content.as_deref(),
-            )?);
-        }
-        Ok(mounted)
+    fn run(&mut self, step: &Step<'_>, r: &Run, sc: &StageConfig) -> exec::Result<()> {
+        // What RUN does inside a declared volume is discarded, as the Dockerfile
+        // reference says and buildah does: the volumes are put back afterwards.
+        let saved = self
+            .save_volumes(sc, step.number)
+            .map_err(exec::Error::pod)?;
+        let result = self.run_command(step, r, sc);
+        self.restore_volumes(saved).map_err(exec::Error::pod)?;
+        result
     }
 
-    /// The extracted export of the stage a `--from` on this line reads.
-    fn export_of(&mut self, stage: &Stage, line: usize, from: &str) -> Result<PathBuf, String> {
-        let source = stage
-            .read(line, from)
-            .ok_or_else(|| format!("--from={from} is not in the plan"))?
-            .to_string();
-        if let Some(dir) = self.extracted.get(&source) {
-            return Ok(dir.clone());
-        }
-        let ws = &self.opts.workspace;
-        let dir = ws.scratch(&self.opts.pod).join("from").join(&source);
-        let _ = std::fs::remove_dir_all(&dir);
-        export::extract(&ws.export(&source), &dir).map_err(|e| e.to_string())?;
-        self.extracted.insert(source, dir.clone());
-        Ok(dir)
-    }
-
-    fn copy(
+    /// ADD: each URL downloaded into a directory of its own and copied from there
+    /// (remote archives are not extracted, Docker's rule); local sources from the
+    /// context, their tar archives extracted unless `--unpack=false`.
+    fn add(
         &mut self,
-        stage: &Stage,
-        line: usize,
-        c: &CopyArgs,
-        sc: &StageConfig,
-        keyword: &'static str,
-    ) -> Result<(), String> {
-        let expand = |w: &str| sc.expand(keyword, w).map_err(|e| e.to_string());
-        let sources = c
+        step: &Step<'_>,
+        add: &ResolvedCopy,
+        sources: &mut Sources,
+    ) -> exec::Result<()> {
+        let (urls, local): (Vec<String>, Vec<String>) = add
             .sources
             .iter()
-            .map(|s| expand(s))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let dest = expand(&c.destination)?;
-        let absolute = image_config::join_workdir(&sc.config.working_dir(), &dest);
-        let dest = if dest.ends_with('/') && absolute != "/" {
-            format!("{absolute}/")
-        } else {
-            absolute
-        };
-        let owner = match &c.chown {
-            Some(spec) => {
-                Some(users::resolve(&self.opts.root, &expand(spec)?).map_err(|e| e.to_string())?)
-            }
-            None => None,
-        };
-        let chmod = match &c.chmod {
-            Some(m) => Some(Chmod::parse(&expand(m)?).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let opts = CopyOptions {
-            keyword,
-            owner,
-            chmod,
-            excludes: c
-                .excludes
-                .iter()
-                .map(|e| expand(e))
-                .collect::<Result<_, _>>()?,
-            parents: c.parents,
-            unpack_archives: keyword == "ADD" && c.unpack != Some(false),
-        };
-        for doc in &c.heredocs {
-            disk_copy_old::write_inline(&self.opts.root, &dest, &doc.name, &doc.body, &opts)
-                .map_err(|e| e.to_string())?;
-        }
-        // ADD <url>: each download becomes a source in a directory of its own.
-        let (urls, sources): (Vec<String>, Vec<String>) =
-            sources.into_iter().partition(|s| instruction::is_url(s));
+            .cloned()
+            .partition(|s| instruction::is_url(s));
         for (n, url) in urls.iter().enumerate() {
-            let dir = self
-                .opts
-                .workspace
-                .scratch(&self.opts.pod)
-                .join(format!("add-{line}-{n}"));
-            let checksum = c.checksum.as_deref().map(&expand).transpose()?;
-            let file = fetch::download(
-                url,
-                &dir,
-                checksum.as_deref(),
-                Some(&self.opts.tools.join(CA_BUNDLE)),
-            )
-            .map_err(|e| e.to_string())?;
-            let name = file
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let remote = CopyOptions {
-                // Remote archives are not unpacked (Docker's rule).
-                unpack_archives: false,
-                ..opts.clone()
+            let dir = self.scratch().join(format!("add-{}-{n}", step.line));
+            let ca = self.opts.tools.join(CA_BUNDLE);
+            let file = fetch::download(url, &dir, add.checksum.as_deref(), Some(&ca))
+                .map_err(|e| exec::Error::pod(Error::Download(e)))?;
+            let downloaded = FileTree::from_dir(&dir)?;
+            let name = copy::file_name(&file);
+            let source = Source {
+                tree: &downloaded,
+                keep_owner: false,
             };
-            disk_copy_old::copy(
-                SourceRoot {
-                    root: &dir,
-                    keep_owner: false,
-                },
+            copy::copy(
+                &mut self.tree,
+                source,
                 &[name],
-                &self.opts.root,
-                &dest,
-                &remote,
-            )
-            .map_err(|e| e.to_string())?;
+                &add.dest,
+                &add.flags,
+                step.now,
+                None,
+            )?;
         }
-        if sources.is_empty() {
+        if local.is_empty() {
             return Ok(());
         }
-        let (root, keep_owner) = match &c.from {
-            None => (self.opts.context.clone(), false),
-            Some(from) => (self.export_of(stage, line, &expand(from)?)?, true),
+        let source = Source {
+            tree: sources.context()?,
+            keep_owner: false,
         };
-        disk_copy_old::copy(
-            SourceRoot {
-                root: &root,
-                keep_owner,
-            },
-            &sources,
-            &self.opts.root,
-            &dest,
-            &opts,
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    }
-}
-
-/// A RUN mount emulated in the filesystem, undone after the command.
-struct Mounted {
-    target: PathBuf,
-    /// Where what was at the target before waits meanwhile.
-    hidden: Option<PathBuf>,
-}
-
-impl Mounted {
-    fn create(root: &Path, target: &str, content: Option<&Path>) -> Result<Mounted, String> {
-        let parent = Path::new(target)
-            .parent()
-            .map_or("/".into(), |p| p.to_string_lossy().into_owned());
-        let dir = disk_copy_old::make_dirs(root, &parent, None).map_err(|e| e.to_string())?;
-        let name = Path::new(target).file_name().unwrap_or_default();
-        let at = dir.join(name);
-        let hidden = if std::fs::symlink_metadata(&at).is_ok() {
-            let aside = dir.join(format!(".stagecoach-mount-{}", name.to_string_lossy()));
-            std::fs::rename(&at, &aside).map_err(|e| format!("--mount target {target}: {e}"))?;
-            Some(aside)
-        } else {
-            None
-        };
-        let mounted = Mounted { target: at, hidden };
-        match content {
-            Some(src) if src.is_dir() => copy_tree(src, &mounted.target)?,
-            Some(src) => {
-                std::fs::copy(src, &mounted.target).map_err(|e| format!("--mount source: {e}"))?;
-            }
-            None => std::fs::create_dir(&mounted.target)
-                .map_err(|e| format!("--mount target {target}: {e}"))?,
-        }
-        Ok(mounted)
-    }
-
-    fn undo(self) -> std::io::Result<()> {
-        match std::fs::symlink_metadata(&self.target) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&self.target)?,
-            Ok(_) => std::fs::remove_file(&self.target)?,
-            Err(_) => {}
-        }
-        if let Some(hidden) = self.hidden {
-            std::fs::rename(hidden, &self.target)?;
-        }
+        let mut extract = copy::extract_into(&self.opts.root);
+        let unpack: Option<copy::Unpack<'_>> = add.unpack.then_some(&mut extract);
+        copy::copy(
+            &mut self.tree,
+            source,
+            &local,
+            &add.dest,
+            &add.flags,
+            step.now,
+            unpack,
+        )?;
         Ok(())
     }
-}
 
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
-    let from = [src.to_string_lossy().into_owned()];
-    let parent = dst.parent().unwrap_or(Path::new("/"));
-    let name = dst
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    std::fs::create_dir_all(dst).map_err(|e| e.to_string())?;
-    disk_copy_old::copy(
-        SourceRoot {
-            root: Path::new("/"),
-            keep_owner: true,
-        },
-        &from,
-        parent,
-        &format!("/{name}/"),
-        &CopyOptions {
-            keyword: "RUN --mount",
-            ..CopyOptions::default()
-        },
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
-}
-
-/// The home directory of a uid in the root's passwd, `/` if it has none (Docker's rule).
-fn home_of(root: &Path, uid: u32) -> String {
-    let passwd = rootfs::read_file(root, "/etc/passwd")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    passwd
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.get(2)? == &uid.to_string().as_str()).then(|| f.get(5).map(|h| h.to_string()))?
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| if uid == 0 { "/root".into() } else { "/".into() })
-}
-
-/// A declared volume saved before a RUN.
-struct SavedVolume {
-    path: String,
-    on_disk: PathBuf,
-    snapshot: Snapshot,
-    tar: PathBuf,
+    fn layer(&mut self, out: &Path, epoch: Option<i64>) -> exec::Result<Option<LayerInfo>> {
+        let after = Snapshot::take(&self.opts.root, &self.skip)
+            .map_err(|e| exec::Error::pod(Error::Snapshot(e)))?;
+        let changes = snapshot::diff(&self.before, &after);
+        let info = if changes.is_empty() {
+            None
+        } else {
+            Some(
+                layer::write_layer(&self.opts.root, &changes, &after, out, epoch)
+                    .map_err(exec::Error::Layer)?,
+            )
+        };
+        self.before = after;
+        Ok(info)
+    }
 }
 
 /// Everything the snapshot must not walk: the pod's mounts (workspace, tools, the files
@@ -902,24 +523,9 @@ fn skip_list(opts: &StageOptions) -> Vec<PathBuf> {
     skip
 }
 
-/// Seconds since the epoch as RFC 3339 UTC (`2026-11-26T17:00:00Z`); the epoch for a
-/// time jiff cannot hold.
-pub fn rfc3339(secs: i64) -> String {
-    jiff::Timestamp::from_second(secs)
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_712_461), "2026-11-26T17:01:01Z");
-    }
 
     #[test]
     fn errors_read_like_a_user_needs_them() {
@@ -935,19 +541,5 @@ mod tests {
             e.to_string(),
             "stage build: Dockerfile:12: RUN make: exit code 2"
         );
-    }
-
-    #[test]
-    fn home_comes_from_passwd() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("etc")).expect("mkdir");
-        std::fs::write(
-            dir.path().join("etc/passwd"),
-            "app:x:1000:1000::/home/app:/bin/sh\n",
-        )
-        .expect("write");
-        assert_eq!(home_of(dir.path(), 1000), "/home/app");
-        assert_eq!(home_of(dir.path(), 0), "/root");
-        assert_eq!(home_of(dir.path(), 5), "/");
     }
 }
