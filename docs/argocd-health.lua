@@ -84,7 +84,7 @@ local done, total = 0, 0
 if status.stages ~= nil then
   for _, stage in ipairs(status.stages) do
     total = total + 1
-    if stage.phase == "Succeeded" or stage.phase == "Skipped" then
+    if stage.phase == "Succeeded" then
       done = done + 1
     end
   end

@@ -7,9 +7,7 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use stagecoach_operator::api::{ImageBuild, Phase};
 use stagecoach_operator::core::{Action, Observed, ObservedPod, PodState, decide};
-use stagecoach_operator::render::{
-    LABEL_ATTEMPT, LABEL_GENERATION, LABEL_ROLE, LABEL_STAGE, OperatorConfig, Role,
-};
+use stagecoach_operator::render::{LABEL_ATTEMPT, LABEL_GENERATION, OperatorConfig, Role};
 use stagecoach_plan::contract::{PlanSummary, PodOutcome, PodSummary};
 
 fn build(n: usize) -> ImageBuild {
@@ -90,11 +88,7 @@ fn main() {
                     Action::CreatePod(p) => {
                         pods_rendered += 1;
                         let l = p.metadata.labels.clone().unwrap_or_default();
-                        let role = match l[LABEL_ROLE].as_str() {
-                            "source" => Role::Source,
-                            "assemble" => Role::Assemble,
-                            _ => Role::Stage(l[LABEL_STAGE].clone()),
-                        };
+                        let role = Role::from_labels(&l, &[]).expect("our labels");
                         pods.push(ObservedPod {
                             name: p.metadata.name.clone().unwrap_or_default(),
                             outcome: Some(outcome_for(&role)),

@@ -257,8 +257,6 @@ pub struct StageStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     pub phase: StagePhase,
-    #[serde(default)]
-    pub cached: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,7 +271,6 @@ pub enum StagePhase {
     Running,
     Succeeded,
     Failed,
-    Skipped,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

@@ -6,7 +6,9 @@
 //! applies the status with one field manager, and records Events. Nothing lives only in
 //! memory: a restarted operator reconstructs everything from status and pods.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -17,10 +19,12 @@ use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource as _, ResourceExt as _};
+use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, StagePhase};
 use crate::core::{self, Action, Observed};
+use crate::leader::{self, Elector};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::observe::observe_pod;
 use crate::render::{self, OperatorConfig};
@@ -73,9 +77,60 @@ impl Context {
     }
 }
 
-/// Runs the controller until the process is asked to stop. `namespace` limits it to one
-/// namespace; None watches the whole cluster. At most `concurrency` builds reconcile at once.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
+/// Runs the controller until `shutdown` turns true. `namespace` limits it to one
+/// namespace; None watches the whole cluster. At most `concurrency` builds reconcile at
+/// once. With an elector it reconciles only while holding the lease; `leading` (and the
+/// `stagecoach_leader` gauge) is true while it may reconcile.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    elector: Option<Elector>,
+    leading: &AtomicBool,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), kube::Error> {
+    let controller = || {
+        let stop = leader::stopped(shutdown.clone());
+        let ctx = ctx.clone();
+        let namespace = namespace.clone();
+        async move {
+            let _leader = LeaderGauge::set(&ctx.metrics.leader);
+            reconcile_all(ctx.clone(), namespace, concurrency, stop).await;
+        }
+    };
+    match elector {
+        Some(elector) => elector.lead(leading, shutdown.clone(), controller).await,
+        None => {
+            leading.store(true, Ordering::Relaxed);
+            controller().await;
+            Ok(())
+        }
+    }
+}
+
+/// `stagecoach_leader` at 1 for as long as it lives: a lost lease drops the controller.
+struct LeaderGauge<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> LeaderGauge<'a> {
+    fn set(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> LeaderGauge<'a> {
+        gauge.set(1);
+        LeaderGauge(gauge)
+    }
+}
+
+impl Drop for LeaderGauge<'_> {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
+}
+
+/// The kube-runtime controller, until `stop` (then in-flight reconciles finish).
+async fn reconcile_all(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let (builds, pods, claims) = match &namespace {
         Some(ns) => (
@@ -90,11 +145,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
         ),
     };
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach");
-    Controller::new(builds, watcher::Config::default())
+    let controller = Controller::new(builds, watcher::Config::default());
+    let _counting = ctx.metrics.builds_in_progress.follow(controller.store());
+    controller
         .owns(pods, owned.clone())
         .owns(claims, owned)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -292,11 +349,9 @@ fn record_metrics(metrics: &Metrics, before: &ImageBuildStatus, after: &ImageBui
     let started = |s: &ImageBuildStatus| s.observed_generation;
     if started(before) != started(after) {
         metrics.builds_started.inc();
-        metrics.builds_in_progress.inc();
     }
     let finished = |s: &ImageBuildStatus| matches!(s.phase, Some(Phase::Succeeded | Phase::Failed));
     if !finished(before) && finished(after) {
-        metrics.builds_in_progress.dec();
         let reason = after
             .failure
             .as_ref()
@@ -777,5 +832,276 @@ mod tests {
             "b"
         );
         assert_eq!(status_patch(&seen)["phase"], "Building");
+    }
+
+    /// The Lease of the leader-election tests, held by `holder` (None: released) and
+    /// renewed now by the wall clock, which paused tokio time does not move.
+    fn lease(holder: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "stagecoach", "namespace": "system", "resourceVersion": "1"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::now())}
+        })
+    }
+
+    type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+    /// Plays a whole cluster for `run`: the Lease in `lease` (which the test may change
+    /// meanwhile), one new ImageBuild, no pods or claims, watches that stay open; records
+    /// every request in `seen` until the client is gone.
+    fn cluster(
+        mut handle: Handle,
+        lease: Shared<Option<serde_json::Value>>,
+        seen: Shared<Vec<Seen>>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut watches = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let uri = request.uri().to_string();
+                let path = request.uri().path().to_string();
+                let body = body_json(request).await;
+                seen.lock().expect("seen").push(Seen {
+                    method: method.clone(),
+                    uri: uri.clone(),
+                    body: body.clone(),
+                });
+                let list = |items: Vec<serde_json::Value>| {
+                    respond(
+                        serde_json::json!({"apiVersion": "v1", "kind": "List",
+                        "metadata": {"resourceVersion": "1"}, "items": items}),
+                        200,
+                    )
+                };
+                let response = match method.as_str() {
+                    _ if path.contains("/leases") => {
+                        let mut lease = lease.lock().expect("lease");
+                        match method.as_str() {
+                            "GET" => match lease.clone() {
+                                Some(l) => respond(l, 200),
+                                None => respond(not_found(), 404),
+                            },
+                            _ => {
+                                *lease = Some(body.clone());
+                                respond(body, if method == "POST" { 201 } else { 200 })
+                            }
+                        }
+                    }
+                    "GET" if uri.contains("watch=true") => {
+                        watches.push(send);
+                        continue;
+                    }
+                    "GET" if path.ends_with("/imagebuilds") => {
+                        list(vec![serde_json::to_value(build()).expect("build")])
+                    }
+                    "GET"
+                        if path.ends_with("/pods") || path.ends_with("/persistentvolumeclaims") =>
+                    {
+                        list(vec![])
+                    }
+                    "GET" => respond(not_found(), 404),
+                    "PATCH" => {
+                        let mut updated = serde_json::to_value(build()).expect("build");
+                        updated["status"] = body["status"].clone();
+                        respond(updated, 200)
+                    }
+                    _ => respond(body, 201),
+                };
+                send.send_response(response);
+            }
+        })
+    }
+
+    fn elector(ctx: &Context) -> Elector {
+        Elector {
+            api: Api::namespaced(ctx.client.clone(), "system"),
+            lease: "stagecoach".into(),
+            identity: "me".into(),
+            duration: crate::leader::LEASE_DURATION,
+        }
+    }
+
+    /// Waits (in paused time) until `done`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..600 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    fn count(seen: &Shared<Vec<Seen>>, method: &str, path_end: &str) -> usize {
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .filter(|r| {
+                let (path, query) = r.uri.split_once('?').unwrap_or((&r.uri, ""));
+                r.method == method && path.ends_with(path_end) && !query.contains("watch=true")
+            })
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_without_the_lease_reconciles_nothing_and_does_not_lead() {
+        let (ctx, handle) = context();
+        let lease_state = Arc::new(std::sync::Mutex::new(Some(lease(Some("other")))));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = cluster(handle, lease_state.clone(), seen.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let ready = AtomicBool::new(false);
+        let running = run(ctx.clone(), None, 2, Some(elector(&ctx)), &ready, shutdown);
+        let test = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(!ready.load(Ordering::Relaxed), "ready without the lease");
+            stop.send(true).expect("stop");
+        };
+        let (result, ()) = tokio::join!(running, test);
+        result.expect("run");
+        drop(ctx);
+        server.await.expect("server");
+        let seen = seen.lock().expect("seen");
+        assert!(seen.len() >= 3, "it contends for the lease: {seen:?}");
+        for r in seen.iter() {
+            assert_eq!(
+                (r.method.as_str(), r.uri.as_str()),
+                (
+                    "GET",
+                    "/apis/coordination.k8s.io/v1/namespaces/system/leases/stagecoach"
+                ),
+                "only the lease is read: no watch, no pod created"
+            );
+        }
+        assert_eq!(
+            lease_state
+                .lock()
+                .expect("lease")
+                .as_ref()
+                .map(|l| l["spec"]["holderIdentity"].clone()),
+            Some("other".into())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_reconciles_and_hands_the_lease_back_on_shutdown() {
+        let (ctx, handle) = context();
+        let lease_state = Arc::new(std::sync::Mutex::new(None));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = cluster(handle, lease_state.clone(), seen.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let ready = AtomicBool::new(false);
+        let running = run(ctx.clone(), None, 2, Some(elector(&ctx)), &ready, shutdown);
+        let test = async {
+            until("ready", || ready.load(Ordering::Relaxed)).await;
+            until("the build's source pod", || {
+                count(&seen, "POST", "/namespaces/team/pods") > 0
+            })
+            .await;
+            // Renewals keep the lease.
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            assert!(ready.load(Ordering::Relaxed));
+            assert!(count(&seen, "PUT", "/leases/stagecoach") >= 3, "renewed");
+            stop.send(true).expect("stop");
+        };
+        let (result, ()) = tokio::join!(running, test);
+        result.expect("run");
+        assert!(!ready.load(Ordering::Relaxed), "not ready once stopped");
+        drop(ctx);
+        server.await.expect("server");
+        let seen = seen.lock().expect("seen");
+        assert_eq!(seen[0].method, "GET");
+        assert_eq!(seen[1].method, "POST", "a free lease is created");
+        assert_eq!(seen[1].body["spec"]["holderIdentity"], "me");
+        let last = seen.last().expect("requests");
+        assert_eq!(
+            (last.method.as_str(), last.uri.trim_end_matches('?')),
+            (
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/system/leases/stagecoach"
+            ),
+            "the lease is written last"
+        );
+        assert!(
+            last.body["spec"]["holderIdentity"].is_null(),
+            "released: {}",
+            last.body
+        );
+        assert!(last.body["spec"]["renewTime"].is_string());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_and_reconciling_follow_the_lease() {
+        let (ctx, handle) = context();
+        let lease_state = Arc::new(std::sync::Mutex::new(Some(lease(Some("other")))));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = cluster(handle, lease_state.clone(), seen.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let ready = AtomicBool::new(false);
+        let running = run(ctx.clone(), None, 2, Some(elector(&ctx)), &ready, shutdown);
+        let builds_listed = || count(&seen, "GET", "/apis/stagecoach.dev/v1alpha1/imagebuilds");
+        let test = async {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            assert!(!ready.load(Ordering::Relaxed));
+            assert_eq!(builds_listed(), 0);
+            // The other replica hands the lease back: this one takes it and reconciles.
+            *lease_state.lock().expect("lease") = Some(lease(None));
+            until("ready", || ready.load(Ordering::Relaxed)).await;
+            until("watching builds", || builds_listed() == 1).await;
+            // Another replica takes the lease (as after a partition): this one stops.
+            *lease_state.lock().expect("lease") = Some(lease(Some("other")));
+            // The next renewal (every 3 s) sees it.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert!(
+                !ready.load(Ordering::Relaxed),
+                "still ready without the lease"
+            );
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(!ready.load(Ordering::Relaxed));
+            assert_eq!(builds_listed(), 1, "no controller runs without the lease");
+            // Free again: taken again, with a new controller.
+            *lease_state.lock().expect("lease") = Some(lease(None));
+            until("ready again", || ready.load(Ordering::Relaxed)).await;
+            until("watching builds again", || builds_listed() == 2).await;
+            stop.send(true).expect("stop");
+        };
+        let (result, ()) = tokio::join!(running, test);
+        result.expect("run");
+        drop(ctx);
+        server.await.expect("server");
+        let holder = lease_state
+            .lock()
+            .expect("lease")
+            .as_ref()
+            .map(|l| l["spec"]["holderIdentity"].clone());
+        assert_eq!(holder, Some(serde_json::Value::Null), "released at the end");
+    }
+
+    #[tokio::test]
+    async fn without_leader_election_it_leads_and_reconciles_at_once() {
+        let (ctx, handle) = context();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = cluster(handle, Arc::new(std::sync::Mutex::new(None)), seen.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let ready = AtomicBool::new(false);
+        let running = run(ctx.clone(), None, 2, None, &ready, shutdown);
+        let test = async {
+            until("ready", || ready.load(Ordering::Relaxed)).await;
+            until("the build's source pod", || {
+                count(&seen, "POST", "/namespaces/team/pods") > 0
+            })
+            .await;
+            stop.send(true).expect("stop");
+        };
+        let (result, ()) = tokio::join!(running, test);
+        result.expect("run");
+        drop(ctx);
+        server.await.expect("server");
+        assert_eq!(
+            count(&seen, "GET", "/leases/stagecoach"),
+            0,
+            "no lease without election"
+        );
     }
 }

@@ -332,7 +332,6 @@ impl<'a> Step<'a, '_> {
                 pod: None,
                 node: None,
                 phase: StagePhase::Waiting,
-                cached: false,
                 start_time: None,
                 finish_time: None,
                 message: None,
@@ -694,11 +693,7 @@ spec:
                     Action::CreateClaim(_) => self.claim = true,
                     Action::CreatePod(p) => {
                         let labels = p.metadata.labels.clone().unwrap_or_default();
-                        let role = match labels[render::LABEL_ROLE].as_str() {
-                            "source" => Role::Source,
-                            "assemble" => Role::Assemble,
-                            _ => Role::Stage(labels[render::LABEL_STAGE].clone()),
-                        };
+                        let role = Role::from_labels(&labels, &[]).expect("our labels");
                         self.pods.push(ObservedPod {
                             name: p.metadata.name.clone().expect("name"),
                             role,

@@ -72,6 +72,10 @@ struct OperatorArgs {
     /// Namespace of the Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "stagecoach-system")]
     lease_namespace: String,
+    /// Name of the Lease: one per installation, so that two beside each other do not
+    /// wait on one another.
+    #[arg(long, default_value = "stagecoach")]
+    lease_name: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -269,6 +273,7 @@ fn parse_secret(s: &str) -> Result<(String, PathBuf), String> {
 
 fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     use stagecoach_operator::controller::{self, Context};
+    use stagecoach_operator::leader::{Elector, LEASE_DURATION};
     use stagecoach_operator::metrics::Metrics;
     use stagecoach_operator::render::OperatorConfig;
     use stagecoach_operator::serve::{self, Health};
@@ -299,13 +304,50 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             default_storage_class: args.storage_class,
             insecure_registries: args.insecure_registries,
         };
+        let elector = args.leader_election.then(|| Elector {
+            api: kube::Api::namespaced(client.clone(), &args.lease_namespace),
+            lease: args.lease_name,
+            identity: identity(),
+            duration: LEASE_DURATION,
+        });
         let ctx = Arc::new(Context::new(client, config, metrics));
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("shutting down");
+            let _ = stop.send(true);
+        });
         let server = tokio::spawn(serve::serve(args.listen, health.clone()));
+        // Ready once the controller starts, leading or waiting for the Lease.
         health
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        controller::run(ctx, args.namespace, args.concurrency).await;
+        let result = controller::run(
+            ctx,
+            args.namespace,
+            args.concurrency,
+            elector,
+            &AtomicBool::new(false),
+            shutdown,
+        )
+        .await;
         server.abort();
-        Ok(())
+        Ok(result?)
     })
+}
+
+/// Who holds the lease: the pod's name (downward API), else host and process.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        })
 }

@@ -1,12 +1,18 @@
 //! Prometheus metrics of the operator: builds by result and reason, durations, builds in
 //! progress, reconcile errors. Labels are stable words (phases, reasons), never messages.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::api::{ImageBuild, Phase};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -22,8 +28,10 @@ pub struct Metrics {
     pub builds_finished: Family<ResultLabels, Counter>,
     pub build_duration: Histogram,
     pub stage_duration: Histogram,
-    pub builds_in_progress: Gauge,
+    pub builds_in_progress: InProgress,
     pub reconcile_errors: Counter,
+    /// 1 while this replica reconciles (holds the Lease, or runs without election).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -34,8 +42,14 @@ impl Default for Metrics {
         // 5 s to about 3 h.
         let build_duration = Histogram::new(exponential_buckets(5.0, 2.0, 12));
         let stage_duration = Histogram::new(exponential_buckets(1.0, 2.0, 14));
-        let builds_in_progress = Gauge::default();
+        let builds_in_progress = InProgress::default();
         let reconcile_errors = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica reconciles (holds the Lease)",
+            leader.clone(),
+        );
         registry.register("builds_started", "Builds started", builds_started.clone());
         registry.register(
             "builds_finished",
@@ -52,11 +66,7 @@ impl Default for Metrics {
             "Time a stage pod took",
             stage_duration.clone(),
         );
-        registry.register(
-            "builds_in_progress",
-            "Builds neither succeeded nor failed",
-            builds_in_progress.clone(),
-        );
+        registry.register_collector(Box::new(builds_in_progress.clone()));
         registry.register(
             "reconcile_errors",
             "Reconciliations that failed and were retried",
@@ -70,7 +80,56 @@ impl Default for Metrics {
             stage_duration,
             builds_in_progress,
             reconcile_errors,
+            leader,
         }
+    }
+}
+
+/// Builds in progress, counted at each scrape from the running controller's cache: a
+/// gauge moved up and down by hand restarts at zero with the operator and goes negative.
+#[derive(Debug, Clone, Default)]
+pub struct InProgress(Arc<RwLock<Option<Store<ImageBuild>>>>);
+
+impl InProgress {
+    /// Counts the builds of `store` until the returned guard is dropped.
+    pub fn follow(&self, store: Store<ImageBuild>) -> Following {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(store);
+        Following(self.clone())
+    }
+
+    /// Builds not finished at their current generation (none without a controller).
+    pub fn count(&self) -> i64 {
+        let store = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let finished = |b: &ImageBuild| {
+            b.status.as_ref().is_some_and(|s| {
+                matches!(s.phase, Some(Phase::Succeeded | Phase::Failed))
+                    && s.observed_generation == b.metadata.generation
+            })
+        };
+        store
+            .iter()
+            .flat_map(|s| s.state_filter(|b| !finished(b)))
+            .count() as i64
+    }
+}
+
+/// Stops the count when the controller it follows stops (a replica that lost the lease).
+#[derive(Debug)]
+pub struct Following(InProgress);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        *self.0.0.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+impl Collector for InProgress {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(self.count());
+        let help = "Builds neither succeeded nor failed";
+        let metric =
+            encoder.encode_descriptor("builds_in_progress", help, None, gauge.metric_type())?;
+        gauge.encode(metric)
     }
 }
 
@@ -87,6 +146,51 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_in_progress_are_counted_from_the_cache() {
+        let build = |name: &str, phase: Option<Phase>, observed: i64| {
+            let mut b = ImageBuild::new(
+                name,
+                serde_json::from_value(serde_json::json!({
+                    "source": {"git": {"url": "https://git.example/app.git"}},
+                    "output": {"image": "registry.example/app:1"}
+                }))
+                .expect("spec"),
+            );
+            b.metadata.namespace = Some("team".into());
+            b.metadata.generation = Some(2);
+            b.status = phase.map(|phase| crate::api::ImageBuildStatus {
+                phase: Some(phase),
+                observed_generation: Some(observed),
+                ..Default::default()
+            });
+            b
+        };
+        let m = Metrics::default();
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for b in [
+            build("new", None, 0),
+            build("building", Some(Phase::Building), 2),
+            build("done", Some(Phase::Succeeded), 2),
+            build("failed", Some(Phase::Failed), 2),
+            // Finished, but its spec changed since: a new build is due.
+            build("changed", Some(Phase::Succeeded), 1),
+        ] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(b));
+        }
+        // Before any controller runs (and after a restart) the gauge is 0, never negative.
+        assert!(m.encode().contains("stagecoach_builds_in_progress 0"));
+        let following = m.builds_in_progress.follow(store);
+        let text = m.encode();
+        assert!(text.contains("stagecoach_builds_in_progress 3"), "{text}");
+        assert!(
+            text.contains("# TYPE stagecoach_builds_in_progress gauge"),
+            "{text}"
+        );
+        drop(following);
+        assert!(m.encode().contains("stagecoach_builds_in_progress 0"));
+    }
 
     #[test]
     fn metrics_are_exposed_with_stable_labels() {

@@ -19,21 +19,7 @@ const LOST_REASONS: [&str; 5] = [
 /// Maps a pod the build owns; None for a pod without our labels.
 pub fn observe_pod(pod: &Pod, stage_names: &[String]) -> Option<ObservedPod> {
     let labels = pod.metadata.labels.as_ref()?;
-    let role = match labels.get(render::LABEL_ROLE)?.as_str() {
-        "source" => Role::Source,
-        "assemble" => Role::Assemble,
-        "stage" => {
-            // Labels hold a DNS-safe form; the status holds the real stage name.
-            let label = labels.get(render::LABEL_STAGE)?;
-            let name = stage_names
-                .iter()
-                .find(|n| render::dns_label(n) == *label)
-                .cloned()
-                .unwrap_or_else(|| label.clone());
-            Role::Stage(name)
-        }
-        _ => return None,
-    };
+    let role = Role::from_labels(labels, stage_names)?;
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
     let reason = status.and_then(|s| s.reason.as_deref()).unwrap_or("");

@@ -62,6 +62,24 @@ impl Role {
             Role::Assemble => "assemble",
         }
     }
+
+    /// The role a rendered pod's labels give; None for a pod that is not ours. Labels hold
+    /// a stage's DNS-safe form: the real name comes back from `stage_names` (the status's).
+    pub fn from_labels(labels: &BTreeMap<String, String>, stage_names: &[String]) -> Option<Role> {
+        match labels.get(LABEL_ROLE)?.as_str() {
+            "source" => Some(Role::Source),
+            "assemble" => Some(Role::Assemble),
+            "stage" => {
+                let label = labels.get(LABEL_STAGE)?;
+                let name = stage_names
+                    .iter()
+                    .find(|n| dns_label(n) == *label)
+                    .unwrap_or(label);
+                Some(Role::Stage(name.clone()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The build's workspace claim name.
@@ -648,6 +666,24 @@ spec:
         assert!(n1.len() <= 63 && n2.len() <= 63);
         assert_ne!(n1, n2);
         assert!(claim_name(&long).len() <= 63);
+    }
+
+    #[test]
+    fn roles_read_back_from_the_labels_they_render() {
+        let b = build(FULL);
+        let names = vec!["build_x".to_string()];
+        for role in [Role::Source, Role::Stage("build_x".into()), Role::Assemble] {
+            let labels = labels(&b, &role, 1);
+            assert_eq!(Role::from_labels(&labels, &names), Some(role));
+        }
+        // Without the status's names a stage keeps its label form.
+        let stage = labels(&b, &Role::Stage("build_x".into()), 0);
+        assert_eq!(
+            Role::from_labels(&stage, &[]),
+            Some(Role::Stage("build-x".into()))
+        );
+        let foreign = BTreeMap::from([(LABEL_ROLE.to_string(), "other".to_string())]);
+        assert_eq!(Role::from_labels(&foreign, &names), None);
     }
 
     #[test]

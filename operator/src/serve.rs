@@ -1,5 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics` for Prometheus, `/healthz` (the process
-//! answers) and `/readyz` (the controller has started watching).
+//! answers) and `/readyz` (the operator has started: a replica waiting for the Lease is
+//! ready too, as controller-runtime's are, so rollouts, `helm --wait` and node drains do
+//! not wait on a standby; `stagecoach_leader` says which replica reconciles).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -330,6 +330,62 @@ fn a_copy_only_target_with_user_and_workdir_is_assembled_like_buildah_builds_it(
     );
 }
 
+/// A directory source's destination directory: made 0755 and owned by root (or kept as
+/// it is when it exists), whatever the source directory's own mode and owner; only the
+/// contents carry theirs. The same stage assembled without a stage pod and run in a
+/// stage pod gives the same files, modes and owners, and both equal buildah's.
+#[test]
+fn copy_destinations_are_the_same_from_either_pod_and_from_buildah() {
+    let r = registry();
+    let copies = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\n\
+         RUN mkdir -p /out/sub && echo hi > /out/sub/f && chmod 0700 /out && chmod 0750 /out/sub && chown -R 1234:1234 /out\n\
+         FROM {r}/stagecoach/runtime:1 AS final\n\
+         COPY --from=build /out /app/\nCOPY --from=build /out /srv/data\nCOPY --from=build /out /tmp/\n\
+         COPY --chown=1000:1000 --from=build /out/sub /home/owned/\n"
+    );
+    let in_pod = format!("{copies}FROM final\nRUN true\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut images = Vec::new();
+    for (name, dockerfile) in [("destassembled", &copies), ("destpod", &in_pod)] {
+        let files = [("Dockerfile", dockerfile.as_str())];
+        let result = Build {
+            name,
+            files: &files,
+            ..Build::default()
+        }
+        .run(&dir.path().join(name));
+        // `final` runs in the last stage's pod (a fused chain) only when a RUN follows.
+        let stage_pods = result.timings.iter().filter(|(n, ..)| n.contains("-stage-"));
+        assert_eq!(
+            stage_pods.count(),
+            if name == "destpod" { 2 } else { 1 },
+            "{name}: {:?}",
+            result.timings
+        );
+        images.push((succeeded(&result.status), files.map(|(p, c)| (p, c.to_string()))));
+    }
+    let files: Vec<(&str, &str)> = images[0].1.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    assert_same_as_buildah(
+        &images[0].0,
+        &files,
+        &[],
+        None,
+        "localhost/stagecoach-e2e/destassembled:buildah",
+    );
+    let assembled = Layout::from_registry(&images[0].0);
+    let in_pod = Layout::from_registry(&images[1].0);
+    let diffs = differences(
+        &assembled.unpack().path().join("b/rootfs"),
+        &in_pod.unpack().path().join("b/rootfs"),
+    );
+    assert!(
+        diffs.is_empty(),
+        "the assembled stage differs from the same stage run in a pod:\n{}",
+        diffs.join("\n")
+    );
+}
+
 #[test]
 fn the_context_with_dockerignore_is_copied_like_buildah_copies_it() {
     let r = registry();

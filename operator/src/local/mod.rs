@@ -1,0 +1,407 @@
+//! `stagecoach local build`: the operator's own core and pod renderers, with podman in
+//! place of a cluster. Each rendered pod runs under `podman kube play`, the workspace
+//! claim is a podman volume, and what podman shows of the pods is fed back into
+//! [`core::decide`] until the build ends.
+//!
+//! Podman keeps no termination messages, so pods also write their outcome into the
+//! workspace (`STAGECOACH_OUTCOME_FILE`), where the runner reads it.
+//!
+//! This module is the runner loop; `podman` is what it asks podman and how a pod is
+//! adapted for it, `progress` what it prints.
+
+mod podman;
+mod progress;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use stagecoach_plan::contract::PodOutcome;
+
+use crate::api::{ImageBuild, ImageBuildStatus, Phase};
+use crate::core::{self, Action, ObservedPod, PodState};
+use crate::render::{self, OperatorConfig, Role};
+use podman::{Podman, outcome_path};
+use progress::Progress;
+
+pub use podman::podman_manifest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid ImageBuild: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("the pods need Secret {name:?}: give it with --secret {name}=DIR")]
+    MissingSecret { name: String },
+    #[error("podman {args}: {message}")]
+    Podman { args: String, message: String },
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the local runner runs a build.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub builder_image: String,
+    /// Leave pods and the volume for inspection.
+    pub keep: bool,
+    /// Stream every pod's output with its stage as prefix.
+    pub logs: bool,
+    /// Registries (`host:port`) the pods reach over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Kubernetes Secrets the build names, each a directory holding one file per key
+    /// (as `kubectl create secret generic --from-file` reads them).
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// The project's containers.conf and registries.conf, given to podman.
+    pub containers_conf: Option<PathBuf>,
+    pub registries_conf: Option<PathBuf>,
+}
+
+/// The outcome of a local build.
+#[derive(Debug, Clone)]
+pub struct LocalResult {
+    pub status: ImageBuildStatus,
+    /// Each stage pod's (name, start, end) as seen by the runner, for reports.
+    pub timings: Vec<(String, Duration, Duration)>,
+}
+
+/// Reads an ImageBuild manifest and runs it to the end.
+pub fn build(manifest: &Path, opts: &LocalOptions) -> Result<LocalResult> {
+    let text = std::fs::read_to_string(manifest).map_err(|source| Error::Read {
+        path: manifest.to_path_buf(),
+        source,
+    })?;
+    let mut build: ImageBuild = serde_saphyr::from_str(&text).map_err(|e| Error::Invalid {
+        path: manifest.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    build
+        .metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    build.metadata.generation = Some(1);
+    build.metadata.uid = Some(format!("local-{}", std::process::id()));
+    Runner::new(build, opts).run()
+}
+
+struct Runner<'a> {
+    build: ImageBuild,
+    opts: &'a LocalOptions,
+    podman: Podman,
+    config: OperatorConfig,
+    /// Pods created so far: name → (role, generation, attempt, manifest file).
+    pods: BTreeMap<String, (Role, i64, u32, PathBuf)>,
+    claim: Option<PathBuf>,
+    dir: tempfile::TempDir,
+    started: Instant,
+    timings: BTreeMap<String, (Duration, Option<Duration>)>,
+    /// Pods prepared but not started yet.
+    pending: Vec<String>,
+    progress: Progress,
+}
+
+impl<'a> Runner<'a> {
+    fn new(build: ImageBuild, opts: &'a LocalOptions) -> Runner<'a> {
+        Runner {
+            build,
+            opts,
+            podman: Podman::new(opts),
+            config: OperatorConfig {
+                builder_image: opts.builder_image.clone(),
+                default_workspace_size: "10Gi".into(),
+                default_storage_class: None,
+                insecure_registries: opts.insecure_registries.clone(),
+            },
+            pods: BTreeMap::new(),
+            claim: None,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            started: Instant::now(),
+            timings: BTreeMap::new(),
+            pending: Vec::new(),
+            progress: Progress::new(opts.logs),
+        }
+    }
+
+    fn run(mut self) -> Result<LocalResult> {
+        let result = self.drive().map(|mut status| {
+            // As the operator does: the failed pod's last log lines go into the status.
+            if let Some(failure) = status.failure.as_mut()
+                && let Some(pod) = &failure.pod
+                && let Some((role, ..)) = self.pods.get(pod)
+            {
+                let container = format!("{pod}-{}", role.label());
+                failure.log_tail = self
+                    .podman
+                    .log_tail(&container)
+                    .lines()
+                    .map(String::from)
+                    .collect();
+            }
+            status
+        });
+        if !self.opts.keep {
+            self.clean_up();
+        }
+        let status = result?;
+        let timings = self
+            .timings
+            .iter()
+            .map(|(name, (start, end))| (name.clone(), *start, end.unwrap_or(*start)))
+            .collect();
+        Ok(LocalResult { status, timings })
+    }
+
+    fn drive(&mut self) -> Result<ImageBuildStatus> {
+        loop {
+            let observed = self.observe()?;
+            let decision = core::decide(
+                &core::Observed {
+                    build: &self.build,
+                    pods: &observed,
+                    claim_exists: self.claim.is_some(),
+                    now: Timestamp::now(),
+                },
+                &self.config,
+            );
+            self.build.status = Some(decision.status.clone());
+            for action in decision.actions {
+                self.apply(action)?;
+            }
+            self.play_pending();
+            let name = self.build.metadata.name.clone().unwrap_or_default();
+            self.progress
+                .show(&name, &decision.status, &self.timings, self.started);
+            if self.opts.logs {
+                let pods = self.pods.iter().map(|(n, (r, ..))| (n.as_str(), r));
+                self.progress.stream_logs(&self.podman, pods);
+            }
+            if matches!(
+                decision.status.phase,
+                Some(Phase::Succeeded | Phase::Failed)
+            ) {
+                return Ok(decision.status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What podman shows of every pod created so far.
+    fn observe(&mut self) -> Result<Vec<ObservedPod>> {
+        let mut observed = Vec::new();
+        let containers = self.podman.containers()?;
+        let names: Vec<String> = self.pods.keys().cloned().collect();
+        for name in names {
+            let (role, generation, attempt, _) = self.pods[&name].clone();
+            let container = format!("{name}-{}", role.label());
+            let outcome = self.read_outcome(&name);
+            let state = match containers.get(&container) {
+                Some(c) if c.state == "exited" && c.exit_code == 0 => PodState::Succeeded,
+                Some(c) if c.state == "exited" => PodState::Failed,
+                Some(c) if c.state == "running" => PodState::Running,
+                Some(_) => PodState::Pending,
+                // The main container never came: the init container failed.
+                None => PodState::Failed,
+            };
+            if let Some(t) = self.timings.get_mut(&name)
+                && t.1.is_none()
+                && matches!(state, PodState::Succeeded | PodState::Failed)
+            {
+                t.1 = Some(self.started.elapsed());
+            }
+            let outcome = outcome.or_else(|| {
+                (state == PodState::Failed).then(|| PodOutcome {
+                    succeeded: false,
+                    message: Some(self.podman.log_tail(&container)),
+                    ..PodOutcome::default()
+                })
+            });
+            observed.push(ObservedPod {
+                name,
+                role,
+                generation,
+                attempt,
+                state,
+                node: Some("local".into()),
+                started: None,
+                finished: None,
+                outcome,
+            });
+        }
+        Ok(observed)
+    }
+
+    fn read_outcome(&self, pod: &str) -> Option<PodOutcome> {
+        let volume = self.claim.as_ref()?;
+        let rel = outcome_path(pod);
+        let path = volume.join(
+            rel.trim_start_matches(render::WORKSPACE)
+                .trim_start_matches('/'),
+        );
+        PodOutcome::from_message(&std::fs::read_to_string(path).ok()?)
+    }
+
+    fn apply(&mut self, action: Action) -> Result<()> {
+        match action {
+            Action::CreateClaim(pvc) => {
+                let name = pvc.metadata.name.clone().unwrap_or_default();
+                let _ = self
+                    .podman
+                    .command()
+                    .args(["volume", "rm", "-f", &name])
+                    .output();
+                self.podman.ok(&["volume", "create", &name])?;
+                let path =
+                    self.podman
+                        .ok(&["volume", "inspect", &name, "--format", "{{.Mountpoint}}"])?;
+                let path = PathBuf::from(path.trim());
+                // A kubelet gives the claim to the pod's fsGroup; podman does not.
+                let _ = Command::new("chown")
+                    .arg(format!("{0}:{0}", render::BUILDER_UID))
+                    .arg(&path)
+                    .status();
+                let _ = Command::new("chmod").arg("2775").arg(&path).status();
+                self.claim = Some(path);
+            }
+            Action::CreatePod(pod) => self.prepare(*pod)?,
+            Action::DeletePod(name) => {
+                if let Some((_, _, _, file)) = self.pods.get(&name) {
+                    let file = file.display().to_string();
+                    let _ = self.podman.command().args(["kube", "down", &file]).output();
+                }
+            }
+            Action::DeleteClaim(name) => {
+                if !self.opts.keep {
+                    let _ = self
+                        .podman
+                        .command()
+                        .args(["volume", "rm", "-f", &name])
+                        .output();
+                    self.claim = None;
+                }
+            }
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => {
+                if warning {
+                    eprintln!("warning: {reason}: {message}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a rendered pod's manifest for podman, with the local adjustments (Secrets
+    /// as host directories, the outcome file, a `file://` repository mounted read-only
+    /// into the source pod); [`Runner::play_pending`] starts it.
+    fn prepare(&mut self, mut pod: Pod) -> Result<()> {
+        podman::mount_secrets(&mut pod, &self.opts.secrets, self.dir.path())?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let stage_names: Vec<String> = self
+            .build
+            .status
+            .iter()
+            .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
+            .collect();
+        let role = Role::from_labels(&labels, &stage_names).ok_or_else(|| Error::Podman {
+            args: "kube play".into(),
+            message: format!("pod {name} has no Stagecoach role label"),
+        })?;
+        let generation = labels
+            .get(render::LABEL_GENERATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(1);
+        let attempt = labels
+            .get(render::LABEL_ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        let repository = (role == Role::Source)
+            .then(|| self.build.spec.source.git.url.strip_prefix("file://"))
+            .flatten();
+        let yaml = podman_manifest(pod, repository).map_err(|message| Error::Podman {
+            args: "kube play".into(),
+            message,
+        })?;
+        let file = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).map_err(|source| Error::Read {
+            path: file.clone(),
+            source,
+        })?;
+        self.pending.push(name.clone());
+        self.pods.insert(name, (role, generation, attempt, file));
+        Ok(())
+    }
+
+    /// Starts the pods prepared since the last call, all at once: `podman kube play`
+    /// returns only when a pod's init containers have run, so one after the other would
+    /// hold back independent stages.
+    fn play_pending(&mut self) {
+        let pending: Vec<(String, String)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|name| {
+                let file = self.pods.get(&name)?.3.display().to_string();
+                Some((name, file))
+            })
+            .collect();
+        let started = self.started;
+        let played: Vec<(String, Duration)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = pending
+                .iter()
+                .map(|(name, file)| {
+                    let mut down = self.podman.command();
+                    let mut play = self.podman.command();
+                    scope.spawn(move || {
+                        let _ = down.args(["kube", "down", file]).output();
+                        // An init container that fails makes kube play fail: observe()
+                        // reports it.
+                        let _ = play
+                            .args([
+                                "kube",
+                                "play",
+                                "--network",
+                                "host",
+                                "--tls-verify=false",
+                                file,
+                            ])
+                            .output();
+                        (name.clone(), started.elapsed())
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for (name, at) in played {
+            self.timings.insert(name, (at, None));
+        }
+    }
+
+    fn clean_up(&mut self) {
+        for (_, (_, _, _, file)) in std::mem::take(&mut self.pods) {
+            let file = file.display().to_string();
+            let _ = self.podman.command().args(["kube", "down", &file]).output();
+        }
+        if let Some(claim) = self
+            .build
+            .metadata
+            .name
+            .as_ref()
+            .map(|_| render::claim_name(&self.build))
+        {
+            let _ = self
+                .podman
+                .command()
+                .args(["volume", "rm", "-f", &claim])
+                .output();
+        }
+    }
+}

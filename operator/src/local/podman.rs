@@ -1,0 +1,241 @@
+//! The podman side of the local runner: the podman command line, what `podman ps` and
+//! `podman logs` show, and the changes a rendered pod needs to run under `podman kube
+//! play` (outcome file, repository and Secrets as host directories, unique emptyDirs).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::{EnvVar, HostPathVolumeSource, Pod, Volume, VolumeMount};
+
+use super::{Error, LocalOptions, Result};
+use crate::render;
+
+/// A container as `podman ps --format json` lists it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct PsEntry {
+    pub(super) names: Vec<String>,
+    /// `created`, `running`, `exited`, ...
+    pub(super) state: String,
+    pub(super) exit_code: i32,
+}
+
+/// Where a pod's outcome lands on the workspace volume.
+pub(super) fn outcome_path(pod: &str) -> String {
+    format!("{}/outcomes/{pod}.json", render::WORKSPACE)
+}
+
+/// A rendered pod as podman runs it: its outcome written to the workspace (podman keeps
+/// no termination messages), a `file://` repository mounted read-only into the source
+/// pod, and emptyDir names made unique (podman names those volumes globally).
+pub fn podman_manifest(mut pod: Pod, repository: Option<&str>) -> Result<String, String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    if let Some(spec) = pod.spec.as_mut() {
+        for c in &mut spec.containers {
+            c.env.get_or_insert_with(Vec::new).push(EnvVar {
+                name: "STAGECOACH_OUTCOME_FILE".into(),
+                value: Some(outcome_path(&name)),
+                value_from: None,
+            });
+        }
+        if let Some(repo) = repository {
+            spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+                name: format!("{name}-repository"),
+                host_path: Some(HostPathVolumeSource {
+                    path: repo.to_string(),
+                    type_: Some("Directory".into()),
+                }),
+                ..Volume::default()
+            });
+            for c in &mut spec.containers {
+                c.volume_mounts
+                    .get_or_insert_with(Vec::new)
+                    .push(VolumeMount {
+                        name: format!("{name}-repository"),
+                        mount_path: repo.to_string(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    });
+            }
+        }
+        for v in spec
+            .volumes
+            .iter_mut()
+            .flatten()
+            .filter(|v| v.empty_dir.is_some())
+        {
+            let unique = format!("{name}-{}", v.name);
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
+                for m in c
+                    .volume_mounts
+                    .iter_mut()
+                    .flatten()
+                    .filter(|m| m.name == v.name)
+                {
+                    m.name = unique.clone();
+                }
+            }
+            v.name = unique;
+        }
+    }
+    serde_saphyr::to_string(&pod).map_err(|e| e.to_string())
+}
+
+/// Podman with the project's containers.conf and registries.conf.
+#[derive(Debug, Clone)]
+pub(super) struct Podman {
+    containers_conf: Option<PathBuf>,
+    registries_conf: Option<PathBuf>,
+}
+
+impl Podman {
+    pub(super) fn new(opts: &LocalOptions) -> Podman {
+        Podman {
+            containers_conf: opts.containers_conf.clone(),
+            registries_conf: opts.registries_conf.clone(),
+        }
+    }
+
+    /// A podman command line.
+    pub(super) fn command(&self) -> Command {
+        let mut cmd = Command::new("podman");
+        if let Some(c) = &self.containers_conf {
+            cmd.env("CONTAINERS_CONF", c);
+        }
+        if let Some(r) = &self.registries_conf {
+            cmd.env("CONTAINERS_REGISTRIES_CONF", r);
+        }
+        cmd
+    }
+
+    /// Runs podman; its stdout, or its stderr as the error.
+    pub(super) fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .map_err(|e| Error::Podman {
+                args: args.join(" "),
+                message: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(Error::Podman {
+                args: args.join(" "),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every container podman knows, by name: one `podman ps` for all pods.
+    pub(super) fn containers(&self) -> Result<BTreeMap<String, PsEntry>> {
+        let json = self.ok(&["ps", "--all", "--format", "json"])?;
+        let entries: Vec<PsEntry> = serde_json::from_str(&json).map_err(|e| Error::Podman {
+            args: "ps --all --format json".into(),
+            message: e.to_string(),
+        })?;
+        Ok(entries
+            .into_iter()
+            .flat_map(|e| {
+                e.names
+                    .clone()
+                    .into_iter()
+                    .map(move |name| (name, e.clone()))
+            })
+            .collect())
+    }
+
+    /// The last lines a container wrote, stdout and stderr.
+    pub(super) fn log_tail(&self, container: &str) -> String {
+        let logs = self
+            .command()
+            .args(["logs", "--tail", "20", container])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        logs.trim().to_string()
+    }
+}
+
+/// Secret volumes become read-only host directories holding the Secret's keys (from
+/// `--secret NAME=DIR`, with the volume's key-to-path items applied), owned by the
+/// builder user as a kubelet would give them to the pod's fsGroup.
+pub(super) fn mount_secrets(
+    pod: &mut Pod,
+    secrets: &BTreeMap<String, PathBuf>,
+    dir: &Path,
+) -> Result<()> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(spec) = pod.spec.as_mut() else {
+        return Ok(());
+    };
+    for volume in spec.volumes.iter_mut().flatten() {
+        let Some(secret) = volume.secret.take() else {
+            continue;
+        };
+        let name = secret.secret_name.clone().unwrap_or_default();
+        let source = secrets
+            .get(&name)
+            .ok_or_else(|| Error::MissingSecret { name: name.clone() })?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Read { path, source }
+        };
+        let keys: Vec<(String, String)> = match &secret.items {
+            Some(items) => items
+                .iter()
+                .map(|i| (i.key.clone(), i.path.clone()))
+                .collect(),
+            None => std::fs::read_dir(source)
+                .map_err(io(source))?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .map(|k| (k.clone(), k))
+                .collect(),
+        };
+        let dir = dir
+            .join("secrets")
+            .join(format!("{pod_name}-{}", volume.name));
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        for (key, path) in keys {
+            let target = dir.join(&path);
+            std::fs::copy(source.join(&key), &target).map_err(io(&source.join(&key)))?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o440))
+                .map_err(io(&target))?;
+        }
+        // The builder user must read them; without the right to chown (rootless
+        // podman) the pod could not, so say so now rather than fail in the pod.
+        let chowned = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{0}:{0}", render::BUILDER_UID))
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !chowned {
+            return Err(Error::Podman {
+                args: format!("secret {name}"),
+                message: format!(
+                    "cannot give {} to the pods' user {}",
+                    dir.display(),
+                    render::BUILDER_UID
+                ),
+            });
+        }
+        volume.host_path = Some(HostPathVolumeSource {
+            path: dir.display().to_string(),
+            type_: Some("Directory".into()),
+        });
+    }
+    Ok(())
+}
