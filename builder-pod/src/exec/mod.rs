@@ -610,3 +610,30 @@ pub fn from_chain(plan: &Plan, id: &str) -> Result<Vec<String>, StageError> {
     chain.reverse();
     Ok(chain)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_instruction_keeps_its_line_and_its_cause() {
+        let plan = stagecoach_plan::plan(
+            "FROM busybox\nWORKDIR /app\nCOPY . /app\n",
+            &stagecoach_plan::PlanOptions::default(),
+        )
+        .expect("plans");
+        let stage = plan.stage(&plan.target).expect("target");
+        let copy = &stage.instructions[1];
+        let denied = Error::Copy(copy::Error::Tree(filetree::Error::Write {
+            path: "/app/x".into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        }));
+        let e = StageError::at(&plan, stage, copy, &denied);
+        assert_eq!(
+            e.to_string(),
+            "stage stage-0: Dockerfile:3: COPY . /app: cannot write /app/x: permission denied"
+        );
+        let exit = StageError::at(&plan, stage, copy, &Error::Exit(2));
+        assert_eq!(exit.exit_code, Some(2));
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fs::pattern;
-use crate::fs::rootfs::{MAX_SYMLINKS, components};
+use crate::fs::rootfs::resolve_with;
 use crate::fs::snapshot::{self, FileKind};
 use crate::layer::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
@@ -371,40 +371,23 @@ impl FileTree {
     /// way is followed within the tree, the last one too when `follow_last` is set. The
     /// result is a clean relative path; it need not exist.
     pub fn resolve(&self, path: &str, follow_last: bool) -> Result<PathBuf> {
-        let mut resolved: Vec<String> = Vec::new();
-        let mut pending: Vec<String> = components(path).into_iter().rev().collect();
-        let mut hops = 0;
-        while let Some(part) = pending.pop() {
-            match part.as_str() {
-                "." => continue,
-                ".." => {
-                    resolved.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            let candidate: PathBuf = resolved.iter().chain([&part]).collect();
-            let is_last = pending.is_empty();
-            match self.nodes.get(&candidate) {
-                Some(node) if node.kind == Kind::Symlink && (!is_last || follow_last) => {
-                    hops += 1;
-                    if hops > MAX_SYMLINKS {
-                        return Err(Error::Loop(path.to_string()));
-                    }
-                    let target = node
-                        .link_target
+        let symlink_at = |parts: &[String]| {
+            let candidate: PathBuf = parts.iter().collect();
+            Ok(self
+                .nodes
+                .get(&candidate)
+                .filter(|n| n.kind == Kind::Symlink)
+                .map(|n| {
+                    n.link_target
                         .as_deref()
                         .map(|t| t.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if target.starts_with('/') {
-                        resolved.clear();
-                    }
-                    pending.extend(components(&target).into_iter().rev());
-                }
-                _ => resolved.push(part),
-            }
-        }
-        Ok(resolved.iter().collect())
+                        .unwrap_or_default()
+                }))
+        };
+        let parts = resolve_with(path, follow_last, symlink_at, || {
+            Error::Loop(path.to_string())
+        })?;
+        Ok(parts.iter().collect())
     }
 
     /// Paths matching a pattern (relative, `/`-separated, `**` allowed), sorted as text.
@@ -608,16 +591,7 @@ mod tests {
     fn file(mode: u32) -> Node {
         Node {
             kind: Kind::File,
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            size: 0,
-            link_target: None,
-            device: (0, 0),
-            content: Content::Unknown,
-            inode: None,
-            xattrs: Vec::new(),
+            ..Node::dir(mode, 0, 0, 0)
         }
     }
 

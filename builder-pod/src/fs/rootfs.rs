@@ -5,7 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 
 /// Symlink hops before giving up, as Linux does (ELOOP).
-pub(crate) const MAX_SYMLINKS: usize = 40;
+const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,6 +23,39 @@ pub enum Error {
 /// followed within the root; the last component too when `follow_last` is set. The result
 /// is `root` joined with a clean path; it need not exist.
 pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Error> {
+    let symlink_at = |parts: &[String]| {
+        let candidate = root.join(parts.join("/"));
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&candidate)
+                .map(|t| Some(t.to_string_lossy().into_owned()))
+                .map_err(|source| Error::Io {
+                    path: candidate,
+                    source,
+                }),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(20) => Ok(None), // ENOTDIR: treat as missing
+            Err(source) => Err(Error::Io {
+                path: candidate,
+                source,
+            }),
+        }
+    };
+    let parts = resolve_with(path, follow_last, symlink_at, || {
+        Error::Loop(path.to_string())
+    })?;
+    Ok(root.join(parts.join("/")))
+}
+
+/// The resolution algorithm of [`resolve`], over any tree: `symlink_at` gives the target
+/// of the symlink at a path (its components below the root), None when no symlink is
+/// there. `..` stops at the root; an absolute target starts again from the root.
+pub(crate) fn resolve_with<E>(
+    path: &str,
+    follow_last: bool,
+    mut symlink_at: impl FnMut(&[String]) -> Result<Option<String>, E>,
+    too_many: impl FnOnce() -> E,
+) -> Result<Vec<String>, E> {
     let mut resolved: Vec<String> = Vec::new();
     let mut pending: Vec<String> = components(path).into_iter().rev().collect();
     let mut hops = 0;
@@ -35,43 +68,26 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Er
             }
             _ => {}
         }
-        let candidate = root.join(resolved.join("/")).join(&part);
-        let is_last = pending.is_empty();
-        let meta = match std::fs::symlink_metadata(&candidate) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) if e.raw_os_error() == Some(20) => None, // ENOTDIR: treat as missing
-            Err(source) => {
-                return Err(Error::Io {
-                    path: candidate,
-                    source,
-                });
-            }
+        let follow = !pending.is_empty() || follow_last;
+        resolved.push(part);
+        let Some(target) = follow.then(|| symlink_at(&resolved)).transpose()?.flatten() else {
+            continue;
         };
-        match meta {
-            Some(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
-                hops += 1;
-                if hops > MAX_SYMLINKS {
-                    return Err(Error::Loop(path.to_string()));
-                }
-                let target = std::fs::read_link(&candidate).map_err(|source| Error::Io {
-                    path: candidate.clone(),
-                    source,
-                })?;
-                let target = target.to_string_lossy().into_owned();
-                if target.starts_with('/') {
-                    resolved.clear();
-                }
-                pending.extend(components(&target).into_iter().rev());
-            }
-            _ => resolved.push(part),
+        resolved.pop();
+        hops += 1;
+        if hops > MAX_SYMLINKS {
+            return Err(too_many());
         }
+        if target.starts_with('/') {
+            resolved.clear();
+        }
+        pending.extend(components(&target).into_iter().rev());
     }
-    Ok(root.join(resolved.join("/")))
+    Ok(resolved)
 }
 
 /// The normal components of a path, keeping `.` and `..` for the resolver to handle.
-pub(crate) fn components(path: &str) -> Vec<String> {
+fn components(path: &str) -> Vec<String> {
     Path::new(path)
         .components()
         .filter_map(|c| match c {

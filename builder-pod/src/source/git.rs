@@ -287,10 +287,25 @@ pub fn redact(raw: &str) -> String {
 pub fn checkout(request: &Request, dest: &Path) -> Result<Checkout> {
     let mut credentials = request.credentials.clone();
     let target = target(request.url, &mut credentials)?;
+    let job = Job {
+        target: &target,
+        credentials: &credentials,
+        request,
+        dest,
+    };
     match &target.local {
-        Some(path) => checkout_local(path, &target, &credentials, request, dest),
-        None => checkout_remote(&target, &credentials, request, dest),
+        Some(path) => job.local(path),
+        None => job.remote(),
     }
+}
+
+/// One checkout: the repository, its credentials, what to check out, and where.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    target: &'a Target,
+    credentials: &'a Credentials,
+    request: &'a Request<'a>,
+    dest: &'a Path,
 }
 
 /// Opens a repository without reading any user or system git configuration: nothing on
@@ -299,38 +314,41 @@ fn open_options() -> gix::open::Options {
     gix::open::Options::isolated()
 }
 
-fn checkout_local(
-    path: &Path,
-    target: &Target,
-    credentials: &Credentials,
-    request: &Request,
-    dest: &Path,
-) -> Result<Checkout> {
-    let revision = request.revision;
-    let unreachable = |source| Error::Unreachable {
-        url: target.shown.clone(),
-        revision: revision.to_string(),
-        source,
-    };
-    let repo = gix::open_opts(path, open_options()).map_err(unreachable)?;
-    let refs = local_refs(&repo, revision).map_err(unreachable)?;
-    let not_found = |detail: Option<String>| Error::RevisionNotFound {
-        url: target.shown.clone(),
-        revision: revision.to_string(),
-        detail,
-    };
-    let (id, resolved_ref) = match decide(revision, &refs).ok_or_else(|| not_found(None))? {
-        Want::Ref { name, id } => (id, (name != "HEAD").then_some(name)),
-        Want::Object(id) => (id, None),
-        Want::Search(prefix) => (find_prefix(&repo, &prefix).map_err(not_found)?, None),
-    };
-    let commit = peel_to_commit(&repo, id).map_err(not_found)?;
-    let found = Found {
-        commit,
-        resolved_ref,
-        shallow: false,
-    };
-    finish(&repo, found, target, credentials, request, dest)
+impl Job<'_> {
+    /// A repository on a path: opened directly (gix would run `git upload-pack`).
+    fn local(self, path: &Path) -> Result<Checkout> {
+        let Job {
+            target,
+            credentials,
+            request,
+            dest,
+        } = self;
+        let revision = request.revision;
+        let unreachable = |source| Error::Unreachable {
+            url: target.shown.clone(),
+            revision: revision.to_string(),
+            source,
+        };
+        let repo = gix::open_opts(path, open_options()).map_err(unreachable)?;
+        let refs = local_refs(&repo, revision).map_err(unreachable)?;
+        let not_found = |detail: Option<String>| Error::RevisionNotFound {
+            url: target.shown.clone(),
+            revision: revision.to_string(),
+            detail,
+        };
+        let (id, resolved_ref) = match decide(revision, &refs).ok_or_else(|| not_found(None))? {
+            Want::Ref { name, id } => (id, (name != "HEAD").then_some(name)),
+            Want::Object(id) => (id, None),
+            Want::Search(prefix) => (find_prefix(&repo, &prefix).map_err(not_found)?, None),
+        };
+        let commit = peel_to_commit(&repo, id).map_err(not_found)?;
+        let found = Found {
+            commit,
+            resolved_ref,
+            shallow: false,
+        };
+        finish(&repo, found, target, credentials, request, dest)
+    }
 }
 
 /// The refs a revision can name, listed from a local repository the way a server
@@ -463,84 +481,88 @@ fn peel_to_commit(repo: &gix::Repository, id: ObjectId) -> Result<ObjectId, Opti
         .map_err(|_| Some(format!("{id} is not a commit")))
 }
 
-fn checkout_remote(
-    target: &Target,
-    credentials: &Credentials,
-    request: &Request,
-    dest: &Path,
-) -> Result<Checkout> {
-    let revision = request.revision;
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    let git_dir = request.scratch.join("objects.git");
-    fs::create_dir_all(&git_dir).map_err(io_err(&git_dir))?;
-    let mut repo = gix::ThreadSafeRepository::init_opts(
-        &git_dir,
-        gix::create::Kind::Bare,
-        gix::create::Options::default(),
-        open_options(),
-    )
-    .map_err(|source| Error::Fetch {
-        url: target.shown.clone(),
-        revision: revision.to_string(),
-        source,
-    })?
-    .to_thread_local();
-    let _key = configure_ssh(&mut repo, credentials, request.private_tmp)?;
-    let remote = Remote {
-        repo: &repo,
-        target,
-        credentials,
-        revision,
-    };
+impl Job<'_> {
+    /// A repository behind a URL: a shallow fetch where the server allows it.
+    fn remote(self) -> Result<Checkout> {
+        let Job {
+            target,
+            credentials,
+            request,
+            dest,
+        } = self;
+        let revision = request.revision;
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        let git_dir = request.scratch.join("objects.git");
+        fs::create_dir_all(&git_dir).map_err(io_err(&git_dir))?;
+        let mut repo = gix::ThreadSafeRepository::init_opts(
+            &git_dir,
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            open_options(),
+        )
+        .map_err(|source| Error::Fetch {
+            url: target.shown.clone(),
+            revision: revision.to_string(),
+            source,
+        })?
+        .to_thread_local();
+        let _key = configure_ssh(&mut repo, credentials, request.private_tmp)?;
+        let remote = Remote {
+            repo: &repo,
+            target,
+            credentials,
+            revision,
+        };
 
-    let refs = remote.list_refs()?;
-    let not_found = |detail| Error::RevisionNotFound {
-        url: target.shown.clone(),
-        revision: revision.to_string(),
-        detail,
-    };
-    let want = decide(revision, &refs).ok_or_else(|| not_found(None))?;
-    let (id, resolved_ref, shallow) = match want {
-        Want::Ref { name, id } => {
-            let fetched = remote.fetch(&[name.as_str()], true)?;
-            // The ref may have moved since it was listed; what was fetched counts.
-            let id = fetched
-                .mappings
-                .iter()
-                .find(|m| m.remote.as_name() == Some(name.as_bytes().as_bstr()))
-                .and_then(|m| m.remote.peeled_id())
-                .map(ToOwned::to_owned)
-                .unwrap_or(id);
-            (id, (name != "HEAD").then_some(name), true)
-        }
-        Want::Object(id) => {
-            let hex = id.to_string();
-            match remote.fetch(&[hex.as_str()], true) {
-                Ok(_) => (id, None, true),
-                // Servers that allow only advertised tips (protocol v0/v1, dumb HTTP)
-                // refuse an id; the full history has it if anything does.
-                Err(Error::Fetch { .. }) => {
-                    remote.fetch_everything()?;
-                    (id, None, false)
-                }
-                Err(e) => return Err(e),
+        let refs = remote.list_refs()?;
+        let not_found = |detail| Error::RevisionNotFound {
+            url: target.shown.clone(),
+            revision: revision.to_string(),
+            detail,
+        };
+        let want = decide(revision, &refs).ok_or_else(|| not_found(None))?;
+        let (id, resolved_ref, shallow) = match want {
+            Want::Ref { name, id } => {
+                let fetched = remote.fetch(&[name.as_str()], true)?;
+                // The ref may have moved since it was listed; what was fetched counts.
+                let id = fetched
+                    .mappings
+                    .iter()
+                    .find(|m| m.remote.as_name() == Some(name.as_bytes().as_bstr()))
+                    .and_then(|m| m.remote.peeled_id())
+                    .map(ToOwned::to_owned)
+                    .unwrap_or(id);
+                (id, (name != "HEAD").then_some(name), true)
             }
-        }
-        Want::Search(prefix) => {
-            remote.fetch_everything()?;
-            (find_prefix(&repo, &prefix).map_err(not_found)?, None, false)
-        }
-    };
-    let commit = peel_to_commit(&repo, id).map_err(not_found)?;
-    let found = Found {
-        commit,
-        resolved_ref,
-        shallow,
-    };
-    finish(&repo, found, target, credentials, request, dest)
+            Want::Object(id) => {
+                let hex = id.to_string();
+                match remote.fetch(&[hex.as_str()], true) {
+                    Ok(_) => (id, None, true),
+                    // Servers that allow only advertised tips (protocol v0/v1, dumb HTTP)
+                    // refuse an id; the full history has it if anything does.
+                    Err(Error::Fetch { .. }) => {
+                        remote.fetch_everything()?;
+                        (id, None, false)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Want::Search(prefix) => {
+                remote.fetch_everything()?;
+                (find_prefix(&repo, &prefix).map_err(not_found)?, None, false)
+            }
+        };
+        let commit = peel_to_commit(&repo, id).map_err(not_found)?;
+        let found = Found {
+            commit,
+            resolved_ref,
+            shallow,
+        };
+        finish(&repo, found, target, credentials, request, dest)
+    }
 }
 
 /// One remote, with what every connection to it needs. Each operation opens its own
