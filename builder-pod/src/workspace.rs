@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Paths on the workspace volume (ARCHITECTURE.md, "Workspace layout").
+/// Paths on the workspace volume (docs/architecture.md, "A build, step by step").
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,

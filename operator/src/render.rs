@@ -1,5 +1,5 @@
 //! Pods and the workspace claim of a build, rendered from the ImageBuild and the plan
-//! summary by pure functions (ARCHITECTURE.md: source pod, stage pods, assemble pod).
+//! summary by pure functions (docs/architecture.md: source pod, stage pods, assemble pod).
 //! The security rules live here: no service account token, never privileged, secrets
 //! mounted only where they are needed, non-root read-only source and assemble pods.
 

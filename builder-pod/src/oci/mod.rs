@@ -82,6 +82,18 @@ pub enum Error {
         platform: String,
         available: String,
     },
+    #[error(
+        "registry {registry} answers in plain HTTP, not HTTPS: let the build reach it over HTTP with `output.insecureRegistry: true` (the output registry), the operator's `--insecure-registry {registry}` (chart value `insecureRegistries`), or `stagecoach local build --insecure-registry {registry}`"
+    )]
+    NotTls { registry: String },
+    #[error(
+        "registry {registry} speaks HTTPS but is listed as a plain-HTTP registry: remove it from `--insecure-registry` / `insecureRegistries` (or `output.insecureRegistry`)"
+    )]
+    TlsOnly { registry: String },
+    #[error(
+        "the certificate of registry {registry} is not signed by an authority the builder trusts ({detail}): use a certificate from a public authority, or, for a registry on a private network only, list it as insecure (plain HTTP)"
+    )]
+    UntrustedCertificate { registry: String, detail: String },
     #[error("registry {registry} unavailable after {attempts} attempts: {last}")]
     Unavailable {
         registry: String,
@@ -124,6 +136,8 @@ impl Error {
             Error::PullDenied { .. } => "PullDenied",
             Error::NotFound { .. } | Error::NoPlatform { .. } => "BaseImageNotFound",
             Error::Unavailable { .. } => "RegistryUnavailable",
+            Error::NotTls { .. } | Error::TlsOnly { .. } => "RegistryTransportMismatch",
+            Error::UntrustedCertificate { .. } => "RegistryCertificateUntrusted",
             Error::Reference { .. } => "InvalidReference",
             Error::CredentialsFile { .. } | Error::CredentialsInvalid { .. } => {
                 "CredentialsInvalid"
@@ -296,6 +310,9 @@ impl Registry {
         let authorization = match self.authorization(reference, op).await? {
             Ok(a) => a,
             Err(why) => {
+                if let Some(mistake) = transport_mistake(reference.registry(), &why) {
+                    return Err(mistake);
+                }
                 return Ok(Attempt::Again {
                     retry_after: None,
                     why,
@@ -314,18 +331,22 @@ impl Registry {
         let what = format!("{} {shown}", request.method());
         let response = match self.http.execute(request).await {
             Ok(r) => r,
-            Err(e) if transient(&e) => {
-                return Ok(Attempt::Again {
-                    retry_after: None,
-                    why: format!("{what}: {}", crate::error::chain(&e)),
-                });
-            }
             Err(e) => {
-                return Err(Error::Protocol {
-                    what,
-                    status: 0,
-                    message: crate::error::chain(&e),
-                });
+                let why = crate::error::chain(&e);
+                if let Some(mistake) = transport_mistake(reference.registry(), &why) {
+                    return Err(mistake);
+                }
+                return match transient(&e) {
+                    true => Ok(Attempt::Again {
+                        retry_after: None,
+                        why: format!("{what}: {why}"),
+                    }),
+                    false => Err(Error::Protocol {
+                        what,
+                        status: 0,
+                        message: why,
+                    }),
+                };
             }
         };
         self.classify(reference, op, what, response, ok).await
@@ -347,6 +368,12 @@ impl Registry {
         }
         let retry_after = retry_after(response.headers());
         let message = error_message(response).await;
+        if status == StatusCode::BAD_REQUEST && message.contains("HTTP request to an HTTPS server")
+        {
+            return Err(Error::TlsOnly {
+                registry: reference.registry().to_string(),
+            });
+        }
         let detail = if message.is_empty() {
             status.to_string()
         } else {
@@ -432,9 +459,98 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(Error::Runtime)
 }
 
+/// A transport error that no retry mends, said with the setting that does: TLS spoken
+/// to a plain-HTTP registry (rustls sees a corrupt record), or a certificate of an
+/// authority the builder does not trust. (Plain HTTP spoken to a TLS registry is a 400
+/// response: see [`Registry::classify`].)
+fn transport_mistake(registry: &str, error: &str) -> Option<Error> {
+    let registry = registry.to_string();
+    if error.contains("InvalidContentType") || error.contains("received corrupt message") {
+        return Some(Error::NotTls { registry });
+    }
+    let untrusted = [
+        "UnknownIssuer",
+        "unknown issuer",
+        "self-signed",
+        "self signed",
+    ];
+    if let Some(marker) = untrusted.iter().find(|m| error.contains(*m)) {
+        return Some(Error::UntrustedCertificate {
+            registry,
+            detail: marker.to_string(),
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_mistakes_name_their_fix() {
+        let rustls = "error sending request: client error (Connect): received corrupt message of type InvalidContentType";
+        let e = transport_mistake("127.0.0.1:5000", rustls).expect("plain HTTP");
+        assert_eq!(e.reason(), "RegistryTransportMismatch");
+        assert!(
+            e.to_string().contains("--insecure-registry 127.0.0.1:5000"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("output.insecureRegistry: true"),
+            "{e}"
+        );
+        let ca = "error sending request: invalid peer certificate: UnknownIssuer";
+        let e = transport_mistake("registry.corp:443", ca).expect("unknown CA");
+        assert_eq!(e.reason(), "RegistryCertificateUntrusted");
+        assert!(transport_mistake("r", "connection refused").is_none());
+    }
+
+    /// A TLS client meeting a plain-HTTP registry stops at the first attempt, saying
+    /// what to set, instead of retrying six times.
+    #[test]
+    fn tls_to_a_plain_http_registry_fails_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let mut connections = 0;
+            listener.set_nonblocking(true).expect("nonblocking");
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        connections += 1;
+                        let mut buf = [0u8; 1024];
+                        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+                        let _ = stream.read(&mut buf);
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+            connections
+        });
+        let settings = Settings {
+            retry: RetryPolicy {
+                attempts: 6,
+                ..RetryPolicy::default()
+            },
+            ..Settings::default()
+        };
+        let platform: stagecoach_plan::Platform = "linux/amd64".parse().expect("platform");
+        let result = runtime().expect("runtime").block_on(async {
+            let registry = Registry::new(&settings)?;
+            let reference = parse_reference(&format!("{addr}/app:1"))?;
+            registry.manifest(&reference, &platform).await
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let e = result.expect_err("plain HTTP");
+        assert!(matches!(e, Error::NotTls { .. }), "{e}");
+        assert_eq!(server.join().expect("server"), 1, "one attempt, no retries");
+    }
 
     #[test]
     fn reasons_are_stable_words() {
