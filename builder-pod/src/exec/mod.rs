@@ -46,6 +46,12 @@ pub enum Error {
     Refused(String),
     #[error("--from={0} is not in the plan")]
     NotInPlan(String),
+    #[error(
+        "{0:?}: not found in the build context (is it excluded by .dockerignore, or outside `spec.source.contextDir`?)"
+    )]
+    NotInContext(String),
+    #[error("{path:?}: not found in stage {stage} (or not among the paths it exports)")]
+    NotInStage { path: String, stage: String },
     #[error("cannot read the export of stage {stage}")]
     Export {
         stage: String,
@@ -446,8 +452,16 @@ impl Executor<'_> {
                 keep_owner: true,
             },
         };
-        copy::copy(to, source, &c.sources, &c.dest, &c.flags, self.now, None)?;
-        Ok(())
+        copy::copy(to, source, &c.sources, &c.dest, &c.flags, self.now, None).map_err(|e| {
+            match (e, &c.from) {
+                (copy::Error::NotFound(path), None) => Error::NotInContext(path),
+                (copy::Error::NotFound(path), Some(from)) => Error::NotInStage {
+                    path,
+                    stage: Sources::stage_read(step.stage, step.line, from).unwrap_or(from.clone()),
+                },
+                (e, _) => Error::Copy(e),
+            }
+        })
     }
 }
 

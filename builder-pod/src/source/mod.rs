@@ -41,8 +41,16 @@ pub enum SourceError {
         context_dir: String,
         message: String,
     },
-    #[error("Dockerfile {path:?} not found in the context")]
-    DockerfileNotFound { path: String },
+    #[error(
+        "Dockerfile {path:?} not found in the context {context:?} of the repository: `spec.dockerfile` is relative to `spec.source.contextDir`{hint}"
+    )]
+    DockerfileNotFound {
+        path: String,
+        /// The context directory, relative to the repository (`.` for its root).
+        context: String,
+        /// A Dockerfile that is there, when there is one to suggest.
+        hint: String,
+    },
     #[error("Dockerfile {path:?}: {message}")]
     DockerfileUnreadable { path: String, message: String },
     #[error(transparent)]
@@ -539,7 +547,18 @@ fn read_dockerfile(
         Dockerfile::Inline(text) => return Ok((None, text.clone())),
         Dockerfile::Path(p) => p,
     };
-    let not_found = || SourceError::DockerfileNotFound { path: path.clone() };
+    let not_found = || SourceError::DockerfileNotFound {
+        path: path.clone(),
+        context: context
+            .strip_prefix(root)
+            .ok()
+            .map(|c| c.to_string_lossy().into_owned())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| ".".into()),
+        hint: dockerfiles_in(context)
+            .map(|found| format!("; found here: {found}"))
+            .unwrap_or_default(),
+    };
     let resolved = inside(root, &context.join(path)).ok_or_else(not_found)?;
     if !resolved.is_file() {
         return Err(not_found());
@@ -553,6 +572,19 @@ fn read_dockerfile(
         .ok()
         .map(|r| r.to_string_lossy().into_owned());
     Ok((rel, text))
+}
+
+/// The Dockerfiles at the top of a context (`Dockerfile`, `*.Dockerfile`,
+/// `Dockerfile.*`), named for a hint; None when there are none.
+fn dockerfiles_in(context: &Path) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(context)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n == "Dockerfile" || n.starts_with("Dockerfile.") || n.ends_with(".Dockerfile"))
+        .collect();
+    names.sort();
+    names.truncate(5);
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// A path with symlinks resolved, if it exists and stays inside `root`.
@@ -791,6 +823,13 @@ mod tests {
             let e = read_dockerfile(&root, &context, &Dockerfile::Path(bad.into())).expect_err(bad);
             assert_eq!(e.reason(), "DockerfileNotFound", "{bad}");
         }
+        let e = read_dockerfile(&root, &context, &Dockerfile::Path("app/Dockerfile".into()))
+            .expect_err("relative to the context, not the repository");
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile \"app/Dockerfile\" not found in the context \"app\" of the repository: \
+             `spec.dockerfile` is relative to `spec.source.contextDir`; found here: Dockerfile"
+        );
         let (rel, text) =
             read_dockerfile(&root, &context, &Dockerfile::Inline("FROM x".into())).expect("df");
         assert_eq!((rel, text.as_str()), (None, "FROM x"));
