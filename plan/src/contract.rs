@@ -39,6 +39,54 @@ pub struct Plan {
     /// Stages of the Dockerfile the target does not need; never run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pruned: Vec<String>,
+    /// What is legal but probably not meant (the build goes on): lines in order, then
+    /// warnings about the options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+/// Something in the Dockerfile or the build options that is allowed but most likely a
+/// mistake; the build goes on, and people are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    pub kind: WarningKind,
+    /// What happened and what to do, ready to show: it starts with `<dockerfile>:<line>: `
+    /// when the warning has a line.
+    pub message: String,
+    /// The Dockerfile line the warning is about, if it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+}
+
+/// The stable CamelCase word for a kind of warning, for machines to tell kinds apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WarningKind {
+    /// Build args that no ARG of the target's stages or of the global scope declares.
+    BuildArgUnused,
+    /// `FROM x`, `COPY --from=x` or `RUN --mount=from=x` where `x` is no stage but is
+    /// close to a stage name, so it is pulled as an image (likely a typo).
+    FromLooksLikeStage,
+    /// A kind this version does not know (from a newer writer), kept as written so
+    /// reading a plan or summary never fails on it.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl WarningKind {
+    /// The word as it is written in JSON.
+    pub fn as_str(&self) -> &str {
+        match self {
+            WarningKind::BuildArgUnused => "BuildArgUnused",
+            WarningKind::FromLooksLikeStage => "FromLooksLikeStage",
+            WarningKind::Other(kind) => kind,
+        }
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// A name and value, in order (ARG and ENV scopes are ordered lists, last one wins).
@@ -278,6 +326,12 @@ impl Plan {
         if !self.pruned.is_empty() {
             out.push_str(&format!("pruned: {}\n", self.pruned.join(", ")));
         }
+        if !self.warnings.is_empty() {
+            out.push_str("warnings:\n");
+            for w in &self.warnings {
+                out.push_str(&format!("  {w}\n"));
+            }
+        }
         out
     }
 }
@@ -296,6 +350,9 @@ pub struct PlanSummary {
     pub target: String,
     /// The stage pods, in wave order.
     pub pods: Vec<PodSummary>,
+    /// The plan's warnings, for the operator to pass on to people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
 }
 
 /// One stage pod of the build.
@@ -379,6 +436,7 @@ impl Plan {
             commit_time,
             target: self.target.clone(),
             pods,
+            warnings: self.warnings.clone(),
         }
     }
 }

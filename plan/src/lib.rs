@@ -12,7 +12,8 @@ pub mod instruction;
 pub mod planner;
 pub mod scope;
 pub mod shell;
+pub mod suggest;
 pub mod syntax;
 
-pub use contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Stage};
+pub use contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Stage, Warning, WarningKind};
 pub use planner::{PlanError, PlanOptions, plan};

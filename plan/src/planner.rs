@@ -5,10 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use oci_spec::distribution::Reference;
 
-use crate::contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Read, Stage, Variable};
+use crate::contract::{
+    Base, Execution, PLAN_VERSION, Plan, Platform, Read, Stage, Variable, Warning, WarningKind,
+};
 use crate::instruction::{self, Instruction, Kind};
 use crate::scope::{self, Expansion, Scope};
 use crate::shell::Lexer;
+use crate::suggest;
 use crate::syntax::{self, Dockerfile};
 
 /// What the planner needs besides the Dockerfile text.
@@ -81,6 +84,8 @@ struct Draft {
     /// Variables whose values may differ at build time (they read the base image's env).
     uncertain: BTreeSet<String>,
     scope: Scope,
+    /// Images this stage reads whose names look like a stage's: (line, what to say).
+    looks_like_stage: Vec<(usize, String)>,
 }
 
 /// One stage reading another: the whole filesystem (`FROM`) or some paths (`--from`).
@@ -108,6 +113,7 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
     let drafts = planner.draft_stages(raw_stages, &names, &ids, &globals)?;
     check_cycles(&drafts).map_err(|(line, message)| planner.error(Some(line), message))?;
     let needed = needed_stages(&drafts, target);
+    let warnings = warnings(&drafts, &needed, global_part, options);
     let takes = what_readers_take(&drafts, &needed, target);
     let (mut stages, pruned) = contract_stages(drafts, &needed, takes, &ids, target);
     fuse_chains(&mut stages);
@@ -128,6 +134,7 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
         stages,
         waves,
         pruned,
+        warnings,
     })
 }
 
@@ -216,7 +223,8 @@ impl Planner<'_> {
                     .iter()
                     .position(|n| n.as_deref() == Some(wanted.as_str()))
                     .ok_or_else(|| {
-                        self.error(None, format!("target stage {t:?} could not be found"))
+                        let hint = target_hint(&wanted, names);
+                        self.error(None, format!("target stage {t:?} could not be found{hint}"))
                     })
             }
         }
@@ -281,6 +289,13 @@ impl Planner<'_> {
             .filter(|_| image != "scratch");
         let (base, env_known, uncertain, scope) =
             base_and_environment(&image, parent, ids, earlier).map_err(at)?;
+        let earlier_names = names[..index].iter().flatten().map(String::as_str);
+        let looks_like_stage = match &base {
+            Base::Image { reference, .. } => {
+                looks_like_stage(&format!("FROM {image}"), &image, reference, earlier_names)
+            }
+            _ => None,
+        };
         Ok(Draft {
             id: ids[index].clone(),
             name: names[index].clone(),
@@ -301,6 +316,10 @@ impl Planner<'_> {
             env_known,
             uncertain,
             scope,
+            looks_like_stage: looks_like_stage
+                .map(|text| (line, text))
+                .into_iter()
+                .collect(),
         })
     }
 
@@ -669,7 +688,7 @@ fn walk_instruction(
                         }
                     }
                 }
-                read_from(draft, lexer, names, from, paths, inst.line, "COPY")?;
+                read_from(draft, lexer, names, from, paths, inst.line, Reader::Copy)?;
             }
         }
         Kind::Run(run) => {
@@ -689,7 +708,7 @@ fn walk_instruction(
                         &from,
                         vec![source],
                         inst.line,
-                        "RUN --mount",
+                        Reader::Mount,
                     )?;
                 }
             }
@@ -731,6 +750,33 @@ fn absolute(path: &str) -> String {
     }
 }
 
+/// What reads another stage or an image with a `from` value.
+#[derive(Debug, Clone, Copy)]
+enum Reader {
+    /// `COPY --from=`
+    Copy,
+    /// `RUN --mount=from=`
+    Mount,
+}
+
+impl Reader {
+    /// The instruction, as errors name it.
+    fn what(self) -> &'static str {
+        match self {
+            Reader::Copy => "COPY",
+            Reader::Mount => "RUN --mount",
+        }
+    }
+
+    /// The flag with its value, as warnings quote it.
+    fn flag(self, value: &str) -> String {
+        match self {
+            Reader::Copy => format!("--from={value}"),
+            Reader::Mount => format!("--mount=from={value}"),
+        }
+    }
+}
+
 /// Resolves a `--from` value: a stage name (any position), a stage index, or an image.
 fn read_from(
     draft: &mut Draft,
@@ -739,8 +785,9 @@ fn read_from(
     from: &str,
     paths: Vec<String>,
     line: usize,
-    what: &str,
+    reader: Reader,
 ) -> Result<(), String> {
+    let what = reader.what();
     let value = draft
         .scope
         .expand(lexer, from)
@@ -777,10 +824,126 @@ fn read_from(
         None => {
             let reference = normalise_image(&value)
                 .map_err(|_| format!("{what} --from={value}: no stage or image named {value:?}"))?;
+            let others = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != draft.index)
+                .filter_map(|(_, n)| n.as_deref());
+            if let Some(text) = looks_like_stage(&reader.flag(&value), &value, &reference, others) {
+                draft.looks_like_stage.push((line, text));
+            }
             draft.image_reads.push((reference, paths, line, value));
         }
     }
     Ok(())
+}
+
+/// What to say about an image read as `written` (`FROM x`, `--from=x`) when its name
+/// `value` is close to a stage's (one of `stages`): probably a typo for that stage. None
+/// for names that are plainly images (with a registry, path, tag or digest) and for names
+/// close to no stage.
+fn looks_like_stage<'s>(
+    written: &str,
+    value: &str,
+    reference: &str,
+    stages: impl IntoIterator<Item = &'s str>,
+) -> Option<String> {
+    if value.contains(['/', ':', '@']) {
+        return None;
+    }
+    let stage = suggest::nearest(value, stages)?;
+    Some(format!(
+        "{written} names no stage, so it is pulled as the image {reference}; \
+         did you mean the stage {stage:?}?"
+    ))
+}
+
+/// The plan's warnings: images named like stages in the stages the target needs (in line
+/// order), then the build args no ARG consumes.
+fn warnings(
+    drafts: &[Draft],
+    needed: &BTreeSet<usize>,
+    global_part: &[Instruction],
+    options: &PlanOptions,
+) -> Vec<Warning> {
+    let mut lines: Vec<&(usize, String)> = needed
+        .iter()
+        .flat_map(|&i| &drafts[i].looks_like_stage)
+        .collect();
+    lines.sort_by_key(|(line, _)| *line);
+    let mut warnings: Vec<Warning> = lines
+        .into_iter()
+        .map(|(line, text)| Warning {
+            kind: WarningKind::FromLooksLikeStage,
+            message: format!("{}:{line}: {text}", options.dockerfile_name),
+            line: Some(*line),
+        })
+        .collect();
+    let stage_parts = needed.iter().map(|&i| drafts[i].instructions.as_slice());
+    warnings.extend(unused_build_args(
+        std::iter::once(global_part).chain(stage_parts),
+        options,
+    ));
+    warnings
+}
+
+/// The build args no ARG declares in `parts` (the global scope and the stages the target
+/// needs), as one warning; the automatic args (`TARGETPLATFORM`, ...) are never unused.
+/// As Docker's "One or more build-args [...] were not consumed", but naming where it looked.
+fn unused_build_args<'i>(
+    parts: impl IntoIterator<Item = &'i [Instruction]>,
+    options: &PlanOptions,
+) -> Option<Warning> {
+    let mut declared: BTreeSet<String> = automatic_args(&options.platform, "")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    for inst in parts.into_iter().flatten() {
+        if let Kind::Arg { args } = &inst.kind {
+            declared.extend(args.iter().map(|decl| decl.name.clone()));
+        }
+    }
+    let unused: Vec<&str> = options
+        .build_args
+        .keys()
+        .filter(|name| !declared.contains(*name))
+        .map(String::as_str)
+        .collect();
+    let message = match unused.as_slice() {
+        [] => return None,
+        [name] => format!(
+            "build arg {name} is not used by any ARG in the stages the target needs; \
+             declare it with ARG {name} in the stage that reads it, or leave it out"
+        ),
+        names => format!(
+            "build args {} are not used by any ARG in the stages the target needs; \
+             declare each with ARG in the stage that reads it, or leave them out",
+            names.join(", ")
+        ),
+    };
+    Some(Warning {
+        kind: WarningKind::BuildArgUnused,
+        message,
+        line: None,
+    })
+}
+
+/// The end of the "target stage could not be found" message: the nearest stage name, or
+/// the names when there are a few to choose from.
+fn target_hint(wanted: &str, names: &[Option<String>]) -> String {
+    /// The most names listed; past that a list is no help.
+    const LISTED_AT_MOST: usize = 10;
+    let named: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+    if let Some(near) = suggest::nearest(wanted, named.iter().copied()) {
+        return format!("; did you mean {near:?}?");
+    }
+    match named.len() {
+        0 => "; no stage has a name (name one with FROM <image> AS <name>)".into(),
+        // A lone name is not listed: the message stays exactly BuildKit's.
+        1 => String::new(),
+        n if n <= LISTED_AT_MOST => format!("; the named stages are: {}", named.join(", ")),
+        _ => String::new(),
+    }
 }
 
 /// The parts of a `RUN --mount=` value the graph needs.
@@ -1246,6 +1409,360 @@ mod tests {
         );
         assert_eq!(s.pods[0].stages, ["deps", "build"]);
         assert!(serde_json::to_string(&s).expect("json").len() < 1024);
+    }
+
+    fn with_build_args(src: &str, target: Option<&str>, build_args: &[&str]) -> Plan {
+        plan(
+            src,
+            &PlanOptions {
+                target: target.map(str::to_string),
+                build_args: build_args
+                    .iter()
+                    .map(|name| (name.to_string(), "1".to_string()))
+                    .collect(),
+                ..PlanOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn messages(plan: &Plan) -> Vec<&str> {
+        plan.warnings.iter().map(|w| w.message.as_str()).collect()
+    }
+
+    #[test]
+    fn a_missing_target_names_the_nearest_stage_or_the_stages() {
+        let three = "FROM a AS build\nRUN x\nFROM b AS test\nRUN y\nFROM c\nRUN z\n";
+        let many: String = (0..11).map(|i| format!("FROM a AS s{i}\n")).collect();
+        let cases = [
+            (
+                three,
+                "buidl",
+                "Dockerfile: target stage \"buidl\" could not be found; did you mean \"build\"?",
+            ),
+            (
+                three,
+                "BUIDL",
+                "Dockerfile: target stage \"BUIDL\" could not be found; did you mean \"build\"?",
+            ),
+            (
+                three,
+                "tset",
+                "Dockerfile: target stage \"tset\" could not be found; did you mean \"test\"?",
+            ),
+            (
+                three,
+                "release",
+                "Dockerfile: target stage \"release\" could not be found; \
+                 the named stages are: build, test",
+            ),
+            (
+                "FROM a\nRUN x\nFROM b\n",
+                "release",
+                "Dockerfile: target stage \"release\" could not be found; \
+                 no stage has a name (name one with FROM <image> AS <name>)",
+            ),
+            (
+                many.as_str(),
+                "release",
+                "Dockerfile: target stage \"release\" could not be found",
+            ),
+            (
+                "FROM a AS x\n",
+                "nosuch",
+                "Dockerfile: target stage \"nosuch\" could not be found",
+            ),
+        ];
+        for (src, target, want) in cases {
+            let err = with_target(src, target).expect_err("no such target");
+            assert_eq!(err.to_string(), want, "{src:?} --target {target}");
+        }
+    }
+
+    #[test]
+    fn build_args_no_arg_consumes_are_warned_about() {
+        let one = "build arg FOO is not used by any ARG in the stages the target needs; \
+                   declare it with ARG FOO in the stage that reads it, or leave it out";
+        let two = "build args BAR, FOO are not used by any ARG in the stages the target needs; \
+                   declare each with ARG in the stage that reads it, or leave them out";
+        /// (what, Dockerfile, target, build args, the warning).
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            &'a [&'a str],
+            Option<&'a str>,
+        );
+        let cases: [Case; 11] = [
+            (
+                "none consumed",
+                "FROM a\nRUN x\n",
+                None,
+                &["FOO", "BAR"],
+                Some(two),
+            ),
+            (
+                "one of two",
+                "FROM a\nARG BAR\nRUN x\n",
+                None,
+                &["FOO", "BAR"],
+                Some(one),
+            ),
+            (
+                "stage ARG",
+                "FROM a\nARG FOO=x\nRUN x\n",
+                None,
+                &["FOO"],
+                None,
+            ),
+            (
+                "global ARG, used by nothing",
+                "ARG FOO\nFROM a\nRUN x\n",
+                None,
+                &["FOO"],
+                None,
+            ),
+            (
+                "global ARG in FROM",
+                "ARG FOO=a\nFROM $FOO\n",
+                None,
+                &["FOO"],
+                None,
+            ),
+            (
+                "ARG of the FROM parent",
+                "FROM a AS base\nARG FOO\nFROM base\nRUN x\n",
+                None,
+                &["FOO"],
+                None,
+            ),
+            (
+                "ARG of a stage read with --from",
+                "FROM a AS tools\nARG FOO\nRUN x\nFROM b\nCOPY --from=tools /x /\n",
+                None,
+                &["FOO"],
+                None,
+            ),
+            (
+                "ARG only in a pruned stage",
+                "FROM a AS other\nARG FOO\nFROM b AS app\nRUN x\n",
+                Some("app"),
+                &["FOO"],
+                Some(one),
+            ),
+            (
+                "names are case-sensitive",
+                "FROM a\nARG foo\n",
+                None,
+                &["FOO"],
+                Some(one),
+            ),
+            (
+                "automatic args",
+                "FROM a\nRUN x\n",
+                None,
+                &[
+                    "TARGETPLATFORM",
+                    "TARGETOS",
+                    "TARGETARCH",
+                    "TARGETVARIANT",
+                    "BUILDPLATFORM",
+                    "BUILDOS",
+                    "BUILDARCH",
+                    "BUILDVARIANT",
+                    "TARGETSTAGE",
+                ],
+                None,
+            ),
+            ("no build args", "FROM a\nRUN x\n", None, &[], None),
+        ];
+        for (what, src, target, build_args, want) in cases {
+            let p = with_build_args(src, target, build_args);
+            let got: Vec<&Warning> = p
+                .warnings
+                .iter()
+                .filter(|w| w.kind == WarningKind::BuildArgUnused)
+                .collect();
+            assert_eq!(got.len(), usize::from(want.is_some()), "{what}: {got:?}");
+            if let (Some(w), Some(want)) = (got.first(), want) {
+                assert_eq!(w.message, want, "{what}");
+                assert_eq!(w.line, None, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn images_named_almost_like_a_stage_are_warned_about() {
+        let build = "FROM busybox AS build\nRUN x\n";
+        let warned = |line: usize, written: &str, image: &str| {
+            format!(
+                "Dockerfile:{line}: {written} names no stage, so it is pulled as the image \
+                 docker.io/library/{image}; did you mean the stage \"build\"?"
+            )
+        };
+        let cases: [(&str, String, Option<String>); 14] = [
+            (
+                "COPY --from",
+                format!("{build}FROM scratch\nCOPY --from=buidler /x /\n"),
+                Some(warned(4, "--from=buidler", "buidler:latest")),
+            ),
+            (
+                "COPY --from, expanded",
+                format!("{build}FROM scratch\nARG S=buidl\nCOPY --from=$S /x /\n"),
+                Some(warned(5, "--from=buidl", "buidl:latest")),
+            ),
+            (
+                "RUN --mount=from",
+                format!("{build}FROM busybox\nRUN --mount=from=biuld,source=/x,target=/y true\n"),
+                Some(warned(4, "--mount=from=biuld", "biuld:latest")),
+            ),
+            (
+                "FROM",
+                format!("{build}FROM buidl\nRUN y\n"),
+                Some(warned(3, "FROM buidl", "buidl:latest")),
+            ),
+            (
+                "a tag",
+                format!("{build}FROM scratch\nCOPY --from=buidl:1 /x /\n"),
+                None,
+            ),
+            (
+                "a path",
+                format!("{build}FROM scratch\nCOPY --from=x/buidl /x /\n"),
+                None,
+            ),
+            (
+                "a path in FROM",
+                format!("{build}FROM x/build\nRUN y\n"),
+                None,
+            ),
+            (
+                "a digest",
+                format!(
+                    "{build}FROM scratch\nCOPY --from=buidl@sha256:{} /x /\n",
+                    "a".repeat(64)
+                ),
+                None,
+            ),
+            (
+                "not close",
+                format!("{build}FROM scratch\nCOPY --from=golang /x /\n"),
+                None,
+            ),
+            (
+                "the stage itself",
+                format!("{build}FROM scratch\nCOPY --from=build /x /\n"),
+                None,
+            ),
+            (
+                "close only to the reading stage",
+                "FROM busybox AS build\nCOPY --from=buidl /x /\n".to_string(),
+                None,
+            ),
+            (
+                "FROM sees only earlier stages",
+                "FROM buidl AS first\nRUN x\nFROM busybox AS build\nCOPY --from=first /x /\n"
+                    .to_string(),
+                None,
+            ),
+            (
+                "in a stage the target does not need",
+                format!("{build}FROM scratch AS other\nCOPY --from=buidl /x /\nFROM build\n"),
+                None,
+            ),
+            (
+                "scratch",
+                "FROM busybox AS scratc\nFROM scratch\n".to_string(),
+                None,
+            ),
+        ];
+        for (what, src, want) in cases {
+            let p = plan_of(&src);
+            assert_eq!(messages(&p), want.as_slice(), "{what}");
+            assert!(
+                p.warnings
+                    .iter()
+                    .all(|w| w.kind == WarningKind::FromLooksLikeStage
+                        && w.line
+                            .is_some_and(|l| w.message.starts_with(&format!("Dockerfile:{l}: ")))),
+                "{what}: {:?}",
+                p.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn warnings_come_in_line_order_then_the_build_args() {
+        let p = with_build_args(
+            "FROM busybox AS build\nRUN x\nFROM scratch\nCOPY --from=buidl /b /\n\
+             COPY --from=biuld /a /\n",
+            None,
+            &["FOO"],
+        );
+        let kinds: Vec<(&str, Option<usize>)> = p
+            .warnings
+            .iter()
+            .map(|w| (w.kind.as_str(), w.line))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("FromLooksLikeStage", Some(4)),
+                ("FromLooksLikeStage", Some(5)),
+                ("BuildArgUnused", None)
+            ]
+        );
+        let text = p.to_text();
+        assert!(
+            text.ends_with(&format!(
+                "warnings:\n  {}\n  {}\n  {}\n",
+                p.warnings[0], p.warnings[1], p.warnings[2]
+            )),
+            "{text}"
+        );
+        assert!(!plan_of("FROM a\n").to_text().contains("warnings"));
+    }
+
+    #[test]
+    fn warnings_round_trip_through_json() {
+        let p = with_build_args(
+            "FROM busybox AS build\nRUN x\nFROM scratch\nCOPY --from=buidl /b /\n",
+            None,
+            &["FOO"],
+        );
+        assert_eq!(p.warnings.len(), 2);
+        let json = p.to_json();
+        assert!(json.contains("\"kind\": \"FromLooksLikeStage\""), "{json}");
+        assert!(json.contains("\"line\": 4"), "{json}");
+        assert_eq!(Plan::from_json(&json).expect("reads"), p);
+
+        let summary = p.summary(Some("abc".into()), Some(1));
+        assert_eq!(summary.warnings, p.warnings);
+        let outcome = crate::contract::PodOutcome {
+            succeeded: true,
+            summary: Some(summary.clone()),
+            ..Default::default()
+        };
+        let message = outcome.to_message().expect("fits");
+        assert_eq!(
+            crate::contract::PodOutcome::from_message(&message).expect("reads"),
+            outcome
+        );
+
+        // Written before warnings existed: no field, nothing lost.
+        let quiet = plan_of("FROM busybox\nRUN x\n");
+        assert!(!quiet.to_json().contains("warnings"));
+        let summary_json = serde_json::to_string(&quiet.summary(None, None)).expect("json");
+        assert!(!summary_json.contains("warnings"), "{summary_json}");
+
+        // A kind from a newer writer is kept, not refused.
+        let newer = json.replace("\"FromLooksLikeStage\"", "\"SomethingNew\"");
+        let read = Plan::from_json(&newer).expect("reads a newer kind");
+        assert_eq!(
+            read.warnings[0].kind,
+            WarningKind::Other("SomethingNew".into())
+        );
+        assert_eq!(Plan::from_json(&read.to_json()).expect("reads"), read);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use stagecoach_plan::{Base, Execution, Plan, PlanOptions, plan};
+use stagecoach_plan::{Base, Execution, Plan, PlanOptions, WarningKind, plan};
 
 /// The same lookup as the library's unit tests (`STAGECOACH_CORPORA`, skip or fail).
 #[path = "../src/corpora.rs"]
@@ -142,6 +142,41 @@ fn every_realworld_dockerfile_plans() {
         count += 1;
     }
     assert_eq!(count, 37);
+}
+
+#[test]
+fn realworld_dockerfiles_name_no_image_like_a_stage() {
+    let Some(corpora) = corpora::root() else {
+        return;
+    };
+    let mut warned = Vec::new();
+    for entry in std::fs::read_dir(corpora.join("realworld")).expect("realworld") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("Dockerfile") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).expect("read");
+        let last = plan(&src, &PlanOptions::default()).expect("plans");
+        // Every named stage as the target too, so pruned stages' reads are looked at.
+        let names = last.stages.iter().filter_map(|s| s.name.as_deref());
+        let targets: Vec<&str> = names
+            .chain(last.pruned.iter().map(String::as_str))
+            .collect();
+        let mut plans = vec![last.clone()];
+        plans.extend(
+            targets
+                .iter()
+                .filter_map(|t| plan(&src, &options(Some(t), &[])).ok()),
+        );
+        for p in plans {
+            for w in p.warnings {
+                if w.kind == WarningKind::FromLooksLikeStage {
+                    warned.push(format!("{}: {}", path.display(), w.message));
+                }
+            }
+        }
+    }
+    assert!(warned.is_empty(), "{}", warned.join("\n"));
 }
 
 fn realworld(corpora: &Path, name: &str, opts: &PlanOptions) -> Plan {

@@ -652,6 +652,7 @@ mod tests {
                 commit: Some("a".repeat(40)),
                 commit_time: Some(1_700_000_000),
                 target: "final".into(),
+                warnings: Vec::new(),
                 pods: (0..n)
                     .map(|i| PodSummary {
                         id: format!("stage-{i}"),
