@@ -41,6 +41,7 @@ fn outcome_for(role: &Role) -> PodOutcome {
                     pod("c", &[]),
                     pod("final", &["a", "b", "c"]),
                 ],
+                warnings: Vec::new(),
             }),
             ..PodOutcome::default()
         },

@@ -196,6 +196,10 @@ pub struct ImageBuildStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    // Ready and Succeeded; Stalled (True) once failed; PodStartBlocked (True) while a pod
+    // cannot start a container: its lastTransitionTime is the core's memory of since when
+    // (core::START_BLOCKED), so a restarted operator keeps counting the grace period.
+    // (Plain comments: doc comments here are the CRD's descriptions, in crds/.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,6 +290,11 @@ pub struct ImageStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
+    // Every reason: the builder pods' own (DockerfileInvalid, GitAuthFailed,
+    // RevisionNotFound, BaseImageNotFound, StageFailed, PushDenied, ...) and the
+    // operator's (core::reason: SourceFailed, StageFailed, PushFailed, Timeout, PodLost,
+    // and for a pod that cannot start ImagePullFailed, SecretNotFound, PodStartFailed).
+    // `stage` is set for a stage pod's failure, `pod` for every pod's.
     /// A stable CamelCase reason (`StageFailed`, `PushDenied`, ...).
     pub reason: String,
     pub message: String,

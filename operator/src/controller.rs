@@ -26,7 +26,7 @@ use crate::api::{ImageBuild, ImageBuildStatus, Phase, StagePhase};
 use crate::core::{self, Action, Observed};
 use crate::leader::{self, Elector};
 use crate::metrics::{Metrics, ResultLabels};
-use crate::observe::observe_pod;
+use crate::observe::{self, observe_pod};
 use crate::render::{self, OperatorConfig};
 
 /// The field manager of every status write.
@@ -37,6 +37,9 @@ pub const FIELD_MANAGER: &str = "stagecoach";
 const LOG_TAIL_LINES: i64 = 20;
 const LOG_LINE_CHARS: usize = 400;
 const LOG_TAIL_BYTES: i64 = 16 * 1024;
+
+/// How often a build in progress is looked at even when nothing it owns changes.
+const IN_PROGRESS_RECHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -217,17 +220,18 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
     }
     let before = build.status.clone().unwrap_or_default();
     let mut status = decision.status;
-    // A build that has just failed gets the failed pod's last log lines, once.
+    // A build that has just failed gets the failed pod's last log lines, once (a pod
+    // that could not start has none). Its container by name: injected sidecars may come
+    // first.
     if before.failure.is_none()
         && let Some(failure) = status.failure.as_mut()
+        && !core::reason::START_FAILURES.contains(&failure.reason.as_str())
         && let Some(pod) = failure.pod.clone()
     {
-        let container = pods
+        let container = observed
             .iter()
-            .find(|p| p.name_any() == pod)
-            .and_then(|p| p.spec.as_ref())
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.clone());
+            .find(|p| p.name == pod)
+            .map(|p| observe::main_container(&p.role).to_string());
         failure.log_tail = log_tail(&pods_api, &pod, container).await;
     }
     if before != status {
@@ -250,8 +254,13 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
             Some(after) => Requeue::requeue(after),
             None => Requeue::await_change(),
         },
-        // Pods report through watch events; the requeue catches timeouts.
-        _ => Requeue::requeue(Duration::from_secs(30)),
+        // Pods report through watch events; the requeue catches timeouts, and the end of
+        // the grace period of a pod that cannot start.
+        _ => Requeue::requeue(
+            decision
+                .recheck_after
+                .map_or(IN_PROGRESS_RECHECK, |after| after.min(IN_PROGRESS_RECHECK)),
+        ),
     })
 }
 
@@ -651,6 +660,7 @@ mod tests {
                 commit_time: Some(1_700_000_000),
                 target: "final".into(),
                 pods: vec![pod("a", &[]), pod("b", &[]), pod("final", &["a", "b"])],
+                warnings: Vec::new(),
             }),
             ..PodOutcome::default()
         }
@@ -810,6 +820,116 @@ mod tests {
             created_pods(&seen).is_empty(),
             "nothing starts after a failure"
         );
+    }
+
+    /// A stage pod as the API server shows it while its main container cannot start: the
+    /// install init container done, the kubelet's waiting reason and message.
+    fn pod_waiting(pod: &Pod, reason: &str, message: &str) -> serde_json::Value {
+        let mut value = serde_json::to_value(pod).expect("pod");
+        let status = |name: &str, state: serde_json::Value| {
+            serde_json::json!({"name": name, "ready": false, "restartCount": 0, "image": "i",
+                "imageID": "", "started": false, "state": state})
+        };
+        value["status"] = serde_json::json!({
+            "phase": "Pending",
+            "startTime": "2025-01-01T10:00:00Z",
+            "initContainerStatuses": [status("install", serde_json::json!(
+                {"terminated": {"exitCode": 0, "reason": "Completed"}}))],
+            "containerStatuses": [status("stage", serde_json::json!(
+                {"waiting": {"reason": reason, "message": message}}))],
+        });
+        value
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_cannot_pull_past_the_grace_period_fails_the_build() {
+        let (ctx, handle) = context();
+        let (mut b, source) = building(&ctx);
+        let a = stage_pod(&ctx, &b, "a");
+        let a_name = a.metadata.name.clone().expect("name");
+        let image = "registry.example/busybox@sha256:1";
+        let pull_error = pod_waiting(
+            &a,
+            "ErrImagePull",
+            &format!("failed to pull and unpack image \"{image}\": 401 Unauthorized"),
+        );
+        // What the operator saw 100 s ago (it, or the one before a restart, wrote it down
+        // in the status): the first failed pull.
+        let stages: Vec<String> = b
+            .status
+            .iter()
+            .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
+            .collect();
+        let observed: Vec<_> = [&source, &pull_error]
+            .into_iter()
+            .filter_map(|p| observe_pod(&serde_json::from_value(p.clone()).expect("pod"), &stages))
+            .collect();
+        let earlier = Timestamp::from_second(Timestamp::now().as_second() - 100).expect("time");
+        let before = core::decide(
+            &Observed {
+                build: &b,
+                pods: &observed,
+                claim_exists: true,
+                now: earlier,
+            },
+            &ctx.config,
+        );
+        assert_eq!(before.status.phase, Some(Phase::Building));
+        b.status = Some(before.status);
+        let b: ImageBuild =
+            serde_json::from_value(serde_json::to_value(&b).expect("json")).expect("build");
+        // Now it backs off, and b runs.
+        let pods = vec![
+            source,
+            pod_waiting(
+                &a,
+                "ImagePullBackOff",
+                &format!("Back-off pulling image \"{image}\""),
+            ),
+            pod_in(&stage_pod(&ctx, &b, "b"), "Running", None),
+        ];
+        let server = api_server(handle, pods, "");
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        let status = status_patch(&seen);
+        assert_eq!(status["phase"], "Failed");
+        let failure = &status["failure"];
+        assert_eq!(failure["reason"], "ImagePullFailed");
+        assert_eq!(failure["stage"], "a");
+        assert_eq!(failure["pod"], a_name.as_str());
+        let message = failure["message"].as_str().expect("message");
+        assert!(
+            message.starts_with(&format!(
+                "stage a: container \"stage\" of pod {a_name} could not pull image \"{image}\" for 10"
+            )) && message.contains("401 Unauthorized")
+                && message.contains("spec.imagePullSecrets"),
+            "{message}"
+        );
+        let conditions = status["conditions"].as_array().expect("conditions");
+        let ready = conditions
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .expect("Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&"False".into(), &"ImagePullFailed".into())
+        );
+        assert!(
+            !conditions.iter().any(|c| c["type"] == core::START_BLOCKED),
+            "{conditions:?}"
+        );
+        let mut deleted: Vec<&str> = seen
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .filter_map(|r| r.uri.split('?').next()?.rsplit('/').next())
+            .collect();
+        deleted.sort();
+        assert_eq!(deleted, [a_name.as_str(), "app-stage-b-g1"]);
+        assert!(
+            !seen.iter().any(|r| r.uri.contains("/log")),
+            "a pod that never ran has no log to read"
+        );
+        assert!(created_pods(&seen).is_empty());
     }
 
     #[tokio::test]

@@ -25,19 +25,101 @@ pub mod reason {
     pub const PUSH_FAILED: &str = "PushFailed";
     pub const TIMEOUT: &str = "Timeout";
     pub const POD_LOST: &str = "PodLost";
+    /// A pod cannot pull an image: an invalid name at once, any other pull failure once
+    /// it has lasted [`START_GRACE_SECONDS`](super::START_GRACE_SECONDS).
+    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    /// A container refers to a Secret, or a key of one, that does not exist (for
+    /// [`START_GRACE_SECONDS`](super::START_GRACE_SECONDS)).
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The runtime cannot create or start a container (for
+    /// [`START_GRACE_SECONDS`](super::START_GRACE_SECONDS) when it may retry).
+    pub const POD_START_FAILED: &str = "PodStartFailed";
+    /// Failures of a pod whose container never ran: there is no log to read.
+    pub const START_FAILURES: [&str; 3] = [IMAGE_PULL_FAILED, SECRET_NOT_FOUND, POD_START_FAILED];
     pub const SUCCEEDED: &str = "Succeeded";
     pub const BUILDING: &str = "Building";
 }
 
+/// How long a pod may keep failing to pull an image or to start a container before the
+/// build fails, counted from the first time the operator saw the problem (kept in the
+/// [`START_BLOCKED`] condition, so a restarted operator counts on). The kubelet retries a
+/// failed pull after 10, 20, 40 s (doubling, at most 5 min): 90 s sees four attempts fail,
+/// while a registry hiccup that one retry mends passes.
+pub const START_GRACE_SECONDS: i64 = 90;
+
+/// The status condition (True) that remembers, from one decision to the next and across
+/// restarts, since when a pod cannot start a container: its `lastTransitionTime` is when
+/// the operator first saw the problem, its message `<pod>/<container>: <kubelet reason>:
+/// <kubelet message>`. Gone once the pod starts or the build ends.
+pub const START_BLOCKED: &str = "PodStartBlocked";
+
 /// What a pod is doing, as the core needs to know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodState {
     Pending,
+    /// Pending, and the kubelet reports that one of our containers cannot start.
+    Stuck(StartProblem),
     Running,
     Succeeded,
     Failed,
     /// Evicted, preempted, its node gone: not the build's fault, may be retried.
     Lost,
+}
+
+impl PodState {
+    /// Not ended: may still run (or be waited for).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            PodState::Pending | PodState::Stuck(_) | PodState::Running
+        )
+    }
+}
+
+/// Why a container of a pending pod cannot start, from its waiting state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartProblem {
+    pub failure: StartFailure,
+    /// Our container that cannot start (`install`, `stage`, `source`, `assemble`).
+    pub container: String,
+    /// Its image, as the pod spec names it.
+    pub image: Option<String>,
+    /// The kubelet's waiting reason (`ImagePullBackOff`, `CreateContainerError`, ...).
+    pub reason: String,
+    /// The kubelet's waiting message.
+    pub message: String,
+}
+
+/// What kind of start problem, which decides how soon the build fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The image cannot be pulled now (`ErrImagePull`, `ImagePullBackOff`): may pass (a
+    /// registry outage, credentials still to come), so it fails after the grace period.
+    ImagePull,
+    /// The image can never be pulled as named (`InvalidImageName`, `ErrImageNeverPull`):
+    /// fails at once.
+    InvalidImage,
+    /// A Secret, or its `key`, that the container refers to does not exist
+    /// (`CreateContainerConfigError`): fails after the grace period, since a Secret
+    /// applied beside the build (a GitOps sync, External Secrets) arrives a moment later.
+    Secret { name: String, key: Option<String> },
+    /// The runtime cannot create or start the container (`CreateContainerError`,
+    /// `RunContainerError`, any other `CreateContainerConfigError`): fails after the grace
+    /// period.
+    Start,
+}
+
+impl StartFailure {
+    /// The reason of the [`START_BLOCKED`] condition while a retryable problem lasts; None
+    /// for a problem that fails the build at once.
+    fn blocked_reason(&self) -> Option<&'static str> {
+        match self {
+            StartFailure::ImagePull => Some("ImagePull"),
+            StartFailure::Start => Some("ContainerStart"),
+            StartFailure::Secret { .. } => Some("SecretMissing"),
+            StartFailure::InvalidImage => None,
+        }
+    }
 }
 
 /// One pod the build owns, as observed.
@@ -85,7 +167,8 @@ pub struct Decision {
     pub actions: Vec<Action>,
     pub status: ImageBuildStatus,
     /// Decide again after this long even if nothing changes: a finished build keeps
-    /// pods or its workspace until the retention TTL passes.
+    /// pods or its workspace until the retention TTL passes; a pod that cannot start
+    /// fails the build once the grace period has passed.
     pub recheck_after: Option<std::time::Duration>,
 }
 
@@ -141,12 +224,14 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
         pods: &pods,
         status: &mut status,
         actions: &mut actions,
+        recheck_after: None,
     };
     step.advance();
+    let recheck_after = step.recheck_after;
     Decision {
         actions,
         status,
-        recheck_after: None,
+        recheck_after,
     }
 }
 
@@ -156,6 +241,7 @@ struct Step<'a, 'b> {
     pods: &'a [&'a ObservedPod],
     status: &'b mut ImageBuildStatus,
     actions: &'b mut Vec<Action>,
+    recheck_after: Option<std::time::Duration>,
 }
 
 /// How one role's pods stand.
@@ -178,13 +264,7 @@ impl<'a> Step<'a, '_> {
                 ))));
         }
         if self.timed_out() {
-            for pod in self
-                .pods
-                .iter()
-                .filter(|p| matches!(p.state, PodState::Pending | PodState::Running))
-            {
-                self.actions.push(Action::DeletePod(pod.name.clone()));
-            }
+            self.stop_active_pods();
             let limit = render::timeout_seconds(build);
             self.fail(
                 reason::TIMEOUT,
@@ -192,6 +272,9 @@ impl<'a> Step<'a, '_> {
                 None,
                 None,
             );
+            return;
+        }
+        if self.start_failed() {
             return;
         }
         if !self.source_done() {
@@ -211,6 +294,148 @@ impl<'a> Step<'a, '_> {
         elapsed > render::timeout_seconds(self.observed.build)
     }
 
+    /// Deletes the pods still pending or running: the build has ended without them (and
+    /// a pod that cannot start would never end by itself).
+    fn stop_active_pods(&mut self) {
+        for pod in self.pods.iter().filter(|p| p.state.is_active()) {
+            self.actions.push(Action::DeletePod(pod.name.clone()));
+        }
+    }
+
+    /// Pods that cannot start a container. A problem no retry mends (an invalid image
+    /// name, a missing Secret) fails the build at once; a failing pull or container start
+    /// once it has lasted [`START_GRACE_SECONDS`], timed by the [`START_BLOCKED`]
+    /// condition for one pod and container at a time (the one timed so far while it
+    /// lasts, else the first), so that no problem fails the build before it has lasted
+    /// that long. A status read before the condition was written only starts the clock
+    /// later. True when the build failed.
+    fn start_failed(&mut self) -> bool {
+        let pods: &'a [&'a ObservedPod] = self.pods;
+        let stuck: Vec<(&'a ObservedPod, &'a StartProblem)> = pods
+            .iter()
+            .filter_map(|p| match &p.state {
+                PodState::Stuck(problem) => Some((*p, problem)),
+                _ => None,
+            })
+            .collect();
+        if let Some((pod, problem)) = stuck
+            .iter()
+            .find(|(_, problem)| problem.failure.blocked_reason().is_none())
+        {
+            self.fail_to_start(pod, problem, &problem.reason, &problem.message, None);
+            return true;
+        }
+        let now = self.observed.now;
+        let blocked = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == START_BLOCKED && c.status == "True");
+        // The problem timed so far, if it lasts: the kubelet's reason and message it kept,
+        // and since when.
+        let timed = stuck.iter().find_map(|(pod, problem)| {
+            let c = blocked?;
+            let detail = c.message.strip_prefix(&blocked_key(pod, problem))?;
+            (Some(c.reason.as_str()) == problem.failure.blocked_reason())
+                .then(|| (*pod, *problem, detail.to_string(), c.last_transition_time.0))
+        });
+        let (pod, problem, reason, message, since) = match timed {
+            // `ImagePullBackOff` only says "Back-off pulling image": keep the error of the
+            // last pull tried.
+            Some((pod, problem, detail, since)) => match detail.split_once(": ") {
+                Some((reason, message)) if problem.reason == "ImagePullBackOff" => {
+                    (pod, problem, reason.to_string(), message.to_string(), since)
+                }
+                _ => (
+                    pod,
+                    problem,
+                    problem.reason.clone(),
+                    problem.message.clone(),
+                    since,
+                ),
+            },
+            None => match stuck.first() {
+                Some((pod, problem)) => (
+                    *pod,
+                    *problem,
+                    problem.reason.clone(),
+                    problem.message.clone(),
+                    now,
+                ),
+                None => {
+                    self.status.conditions.retain(|c| c.type_ != START_BLOCKED);
+                    return false;
+                }
+            },
+        };
+        let lasted = now.as_second() - since.as_second();
+        if lasted >= START_GRACE_SECONDS {
+            self.fail_to_start(pod, problem, &reason, &message, Some(lasted));
+            return true;
+        }
+        let condition = Condition {
+            type_: START_BLOCKED.into(),
+            status: "True".into(),
+            reason: problem.failure.blocked_reason().unwrap_or_default().into(),
+            message: format!("{}{reason}: {message}", blocked_key(pod, problem)),
+            observed_generation: self.status.observed_generation,
+            last_transition_time: Time(since),
+        };
+        // In place, so that the conditions keep their order and an unchanged status is
+        // not written again.
+        match self
+            .status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == START_BLOCKED)
+        {
+            Some(c) => *c = condition,
+            None => self.status.conditions.push(condition),
+        }
+        let left = (START_GRACE_SECONDS - lasted).clamp(1, START_GRACE_SECONDS);
+        self.recheck_after = Some(std::time::Duration::from_secs(left as u64));
+        false
+    }
+
+    /// Ends the build for a pod that cannot start (its stage failed, the other pods
+    /// stopped), naming the stage, the pod, the container and what to check.
+    fn fail_to_start(
+        &mut self,
+        pod: &ObservedPod,
+        problem: &StartProblem,
+        reason: &str,
+        message: &str,
+        lasted: Option<i64>,
+    ) {
+        let (reason, message) = start_failure(
+            self.observed.build,
+            self.config,
+            pod,
+            problem,
+            (reason, message),
+            lasted,
+        );
+        self.stop_active_pods();
+        let stage = match &pod.role {
+            Role::Stage(name) => Some(name.clone()),
+            _ => None,
+        };
+        if let Some(entry) = self
+            .status
+            .stages
+            .iter_mut()
+            .find(|s| Some(&s.name) == stage.as_ref())
+        {
+            entry.phase = StagePhase::Failed;
+            entry.message = Some(message.clone());
+            entry.finish_time = Some(Time(self.observed.now));
+        }
+        self.fail(reason, message, Some(pod.name.clone()), None);
+        if let Some(f) = &mut self.status.failure {
+            f.stage = stage;
+        }
+    }
+
     /// The latest attempt of a role and what it means.
     fn progress(&self, role: &Role) -> Progress<'a> {
         let pods: &'a [&'a ObservedPod] = self.pods;
@@ -222,7 +447,7 @@ impl<'a> Step<'a, '_> {
         match latest {
             None => Progress::NotStarted,
             Some(p) => match p.state {
-                PodState::Pending | PodState::Running => Progress::Active,
+                PodState::Pending | PodState::Stuck(_) | PodState::Running => Progress::Active,
                 PodState::Succeeded => Progress::Done(p),
                 PodState::Failed => Progress::Failed(p),
                 PodState::Lost => Progress::Lost(p.attempt),
@@ -555,6 +780,10 @@ impl<'a> Step<'a, '_> {
             .map(|c| c.last_transition_time.clone())
             .unwrap_or(Time(now));
         self.status.conditions.retain(|c| c.type_ != "Stalled");
+        if succeeded != "Unknown" {
+            // The build has ended: no pod is waited for.
+            self.status.conditions.retain(|c| c.type_ != START_BLOCKED);
+        }
         if succeeded == "False" {
             self.status.conditions.push(Condition {
                 type_: "Stalled".into(),
@@ -566,6 +795,111 @@ impl<'a> Step<'a, '_> {
             });
         }
     }
+}
+
+/// How the [`START_BLOCKED`] condition's message starts for a pod's container.
+fn blocked_key(pod: &ObservedPod, problem: &StartProblem) -> String {
+    format!("{}/{}: ", pod.name, problem.container)
+}
+
+/// The failure reason and message of a pod that cannot start, as a user reads them in
+/// `status.failure`: whose pod, which container, the image or Secret, how long it
+/// lasted, the kubelet's `reason: message`, and what to check.
+fn start_failure(
+    build: &ImageBuild,
+    config: &OperatorConfig,
+    pod: &ObservedPod,
+    problem: &StartProblem,
+    (reason, message): (&str, &str),
+    lasted: Option<i64>,
+) -> (&'static str, String) {
+    let whose = match &pod.role {
+        Role::Stage(name) => format!("stage {name}"),
+        role => format!("{} pod", role.label()),
+    };
+    let container = format!("container {:?} of pod {}", problem.container, pod.name);
+    let lasted = lasted.map(|s| format!(" for {s}s")).unwrap_or_default();
+    let kubelet = if message.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{reason}: {message}")
+    };
+    match &problem.failure {
+        StartFailure::ImagePull | StartFailure::InvalidImage => {
+            let image = problem.image.as_deref().unwrap_or_default();
+            let verb = if lasted.is_empty() {
+                "cannot pull"
+            } else {
+                "could not pull"
+            };
+            let check = if image == config.builder_image {
+                "it is the operator's builder image (its --builder-image, the chart's \
+                 builderImage): check that reference and its tag, and that the nodes may pull \
+                 it (a Secret in spec.imagePullSecrets, or the nodes' own credentials)"
+            } else {
+                "check the image reference and its tag (the stage's FROM), and that \
+                 spec.imagePullSecrets names a Secret with pull credentials for its registry"
+            };
+            (
+                reason::IMAGE_PULL_FAILED,
+                format!("{whose}: {container} {verb} image {image:?}{lasted} ({kubelet}); {check}"),
+            )
+        }
+        StartFailure::Secret { name, key } => {
+            let namespace = build.metadata.namespace.as_deref().unwrap_or("default");
+            let (missing, fix) = match key {
+                Some(key) => (
+                    format!("key {key:?} of Secret {name:?}, which has no such key"),
+                    "add the key to the Secret or correct the reference".to_string(),
+                ),
+                None => (
+                    format!("Secret {name:?}, which does not exist in namespace {namespace}"),
+                    "create the Secret or correct the name".to_string(),
+                ),
+            };
+            let field = match secret_field(build, name) {
+                Some(field) => format!("{field} names it: {fix}"),
+                None => "no field of the ImageBuild names it: something else (an admission \
+                         webhook?) added it to the pod"
+                    .to_string(),
+            };
+            (
+                reason::SECRET_NOT_FOUND,
+                format!("{whose}: {container} refers to {missing} ({kubelet}); {field}"),
+            )
+        }
+        StartFailure::Start => (
+            reason::POD_START_FAILED,
+            format!("{whose}: {container} cannot start{lasted} ({kubelet})"),
+        ),
+    }
+}
+
+/// The spec field that names a Secret.
+fn secret_field(build: &ImageBuild, secret: &str) -> Option<String> {
+    let spec = &build.spec;
+    if spec
+        .source
+        .git
+        .secret_ref
+        .as_ref()
+        .is_some_and(|s| s.name == secret)
+    {
+        return Some("spec.source.git.secretRef".into());
+    }
+    if spec
+        .output
+        .push_secret_ref
+        .as_ref()
+        .is_some_and(|s| s.name == secret)
+    {
+        return Some("spec.output.pushSecretRef".into());
+    }
+    spec.image_pull_secrets
+        .iter()
+        .flatten()
+        .position(|s| s.name == secret)
+        .map(|i| format!("spec.imagePullSecrets[{i}]"))
 }
 
 fn event(warning: bool, reason: &str, message: String) -> Action {
@@ -631,6 +965,7 @@ fn retention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::LocalObjectReference;
     use stagecoach_plan::contract::PodSummary;
 
     const BUILD: &str = r#"
@@ -663,6 +998,8 @@ spec:
         build: ImageBuild,
         pods: Vec<ObservedPod>,
         claim: bool,
+        /// The last decision's `recheck_after`.
+        recheck: Option<std::time::Duration>,
     }
 
     impl Sim {
@@ -674,6 +1011,7 @@ spec:
                 build,
                 pods: Vec::new(),
                 claim: false,
+                recheck: None,
             }
         }
 
@@ -688,6 +1026,7 @@ spec:
                 &config(),
             );
             self.build.status = Some(d.status);
+            self.recheck = d.recheck_after;
             for a in &d.actions {
                 match a {
                     Action::CreateClaim(_) => self.claim = true,
@@ -781,6 +1120,7 @@ spec:
                     pod("c", &[]),
                     pod("final", &["a", "b", "c"]),
                 ],
+                warnings: Vec::new(),
             }),
             ..PodOutcome::default()
         })
@@ -1039,5 +1379,393 @@ spec:
             ]
         );
         assert_eq!(recheck(&sim, 72), None, "nothing kept, nothing to wait for");
+    }
+
+    /// A pod whose container cannot start, as observe maps the kubelet's waiting state.
+    fn stuck(
+        failure: StartFailure,
+        container: &str,
+        image: &str,
+        (reason, message): (&str, &str),
+    ) -> PodState {
+        PodState::Stuck(StartProblem {
+            failure,
+            container: container.into(),
+            image: Some(image.into()),
+            reason: reason.into(),
+            message: message.into(),
+        })
+    }
+
+    const BASE: &str = "busybox@sha256:1";
+
+    /// The first failed pull of a private base image without credentials (containerd).
+    fn pull_error() -> PodState {
+        stuck(
+            StartFailure::ImagePull,
+            "stage",
+            BASE,
+            (
+                "ErrImagePull",
+                "failed to pull and unpack image \"docker.io/library/busybox@sha256:1\": \
+                 401 Unauthorized",
+            ),
+        )
+    }
+
+    /// The kubelet waiting to pull again.
+    fn back_off() -> PodState {
+        stuck(
+            StartFailure::ImagePull,
+            "stage",
+            BASE,
+            (
+                "ImagePullBackOff",
+                "Back-off pulling image \"busybox@sha256:1\"",
+            ),
+        )
+    }
+
+    fn set_state(sim: &mut Sim, stage: &str, state: PodState) {
+        sim.set(Role::Stage(stage.into()), state, None);
+    }
+
+    fn deleted(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeletePod(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failure(sim: &Sim) -> Failure {
+        sim.status().failure.clone().expect("failure")
+    }
+
+    fn blocked(sim: &Sim) -> Option<Condition> {
+        sim.status()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == START_BLOCKED)
+            .cloned()
+    }
+
+    /// The three first-wave stage pods created at 10 s.
+    fn building() -> Sim {
+        let mut sim = Sim::new();
+        through_source(&mut sim);
+        sim.step(10);
+        sim
+    }
+
+    #[test]
+    fn an_invalid_image_name_fails_the_build_at_once_and_stops_its_pods() {
+        let mut sim = building();
+        set_state(
+            &mut sim,
+            "a",
+            stuck(
+                StartFailure::InvalidImage,
+                "stage",
+                "Busybox:1",
+                (
+                    "InvalidImageName",
+                    "Failed to apply default image tag \"Busybox:1\": couldn't parse image \
+                     reference \"Busybox:1\": invalid reference format: repository name must \
+                     be lowercase",
+                ),
+            ),
+        );
+        set_state(&mut sim, "b", PodState::Running);
+        let actions = sim.step(11);
+        assert_eq!(sim.phase(), Phase::Failed);
+        let f = failure(&sim);
+        assert_eq!(
+            (f.reason.as_str(), f.stage.as_deref(), f.pod.as_deref()),
+            ("ImagePullFailed", Some("a"), Some("app-stage-a-g1"))
+        );
+        assert_eq!(
+            f.message,
+            "stage a: container \"stage\" of pod app-stage-a-g1 cannot pull image \
+             \"Busybox:1\" (InvalidImageName: Failed to apply default image tag \"Busybox:1\": \
+             couldn't parse image reference \"Busybox:1\": invalid reference format: \
+             repository name must be lowercase); check the image reference and its tag (the \
+             stage's FROM), and that spec.imagePullSecrets names a Secret with pull \
+             credentials for its registry"
+        );
+        assert_eq!(
+            sim.condition("Ready"),
+            ("False".into(), "ImagePullFailed".into())
+        );
+        assert_eq!(
+            deleted(&actions),
+            ["app-stage-a-g1", "app-stage-b-g1", "app-stage-c-g1"],
+            "a pod that cannot start never ends: it and its siblings stop"
+        );
+        let stage = &sim.status().stages[0];
+        assert_eq!(stage.phase, StagePhase::Failed);
+        assert_eq!(stage.message.as_ref(), Some(&f.message));
+        assert!(blocked(&sim).is_none());
+    }
+
+    #[test]
+    fn a_failed_pull_that_mends_itself_does_not_fail_the_build() {
+        let mut sim = building();
+        set_state(&mut sim, "a", pull_error());
+        sim.step(20);
+        assert_eq!(sim.phase(), Phase::Building);
+        let c = blocked(&sim).expect("the problem is remembered");
+        assert_eq!(
+            (
+                c.status.as_str(),
+                c.reason.as_str(),
+                c.last_transition_time.0
+            ),
+            ("True", "ImagePull", at(20))
+        );
+        assert_eq!(
+            c.message,
+            "app-stage-a-g1/stage: ErrImagePull: failed to pull and unpack image \
+             \"docker.io/library/busybox@sha256:1\": 401 Unauthorized"
+        );
+        assert_eq!(sim.recheck, Some(std::time::Duration::from_secs(90)));
+        // Backing off: still the same problem, since 20 s, with the pull's own error kept.
+        set_state(&mut sim, "a", back_off());
+        sim.step(30);
+        let c = blocked(&sim).expect("still remembered");
+        assert_eq!(c.last_transition_time.0, at(20));
+        assert!(c.message.contains("401 Unauthorized"), "{}", c.message);
+        assert_eq!(sim.recheck, Some(std::time::Duration::from_secs(80)));
+        // The next pull works.
+        set_state(&mut sim, "a", PodState::Running);
+        assert!(deleted(&sim.step(40)).is_empty());
+        assert!(blocked(&sim).is_none(), "forgotten once the pod runs");
+        assert_eq!(sim.recheck, None);
+        sim.step(300);
+        assert_eq!(sim.phase(), Phase::Building);
+        assert!(sim.status().failure.is_none());
+    }
+
+    #[test]
+    fn a_pull_failing_past_the_grace_period_fails_naming_image_and_stage() {
+        let mut sim = building();
+        set_state(&mut sim, "a", pull_error());
+        sim.step(20);
+        set_state(&mut sim, "a", back_off());
+        // The status goes through the API server (and a restarted operator reads it).
+        sim.build =
+            serde_json::from_value(serde_json::to_value(&sim.build).expect("json")).expect("build");
+        sim.step(60);
+        assert_eq!(sim.phase(), Phase::Building);
+        sim.step(20 + START_GRACE_SECONDS - 1);
+        assert_eq!(sim.phase(), Phase::Building, "not before the grace period");
+        assert_eq!(sim.recheck, Some(std::time::Duration::from_secs(1)));
+        let actions = sim.step(20 + START_GRACE_SECONDS);
+        assert_eq!(sim.phase(), Phase::Failed);
+        let f = failure(&sim);
+        assert_eq!(
+            (f.reason.as_str(), f.stage.as_deref(), f.pod.as_deref()),
+            ("ImagePullFailed", Some("a"), Some("app-stage-a-g1"))
+        );
+        assert_eq!(
+            f.message,
+            "stage a: container \"stage\" of pod app-stage-a-g1 could not pull image \
+             \"busybox@sha256:1\" for 90s (ErrImagePull: failed to pull and unpack image \
+             \"docker.io/library/busybox@sha256:1\": 401 Unauthorized); check the image \
+             reference and its tag (the stage's FROM), and that spec.imagePullSecrets names a \
+             Secret with pull credentials for its registry"
+        );
+        assert_eq!(
+            deleted(&actions),
+            ["app-stage-a-g1", "app-stage-b-g1", "app-stage-c-g1"]
+        );
+        let stalled = sim.condition("Stalled");
+        assert_eq!(stalled, ("True".into(), "ImagePullFailed".into()));
+        assert!(blocked(&sim).is_none());
+    }
+
+    #[test]
+    fn a_missing_secret_fails_after_the_grace_period_naming_it_and_the_field() {
+        let reference = |name: &str| LocalObjectReference { name: name.into() };
+        let cases = [
+            (
+                (
+                    "CreateContainerConfigError",
+                    "secret \"git-creds\" not found",
+                ),
+                None,
+                "source pod: container \"source\" of pod app-source-g1 refers to Secret \
+                 \"git-creds\", which does not exist in namespace team \
+                 (CreateContainerConfigError: secret \"git-creds\" not found); \
+                 spec.source.git.secretRef names it: create the Secret or correct the name",
+            ),
+            (
+                (
+                    "CreateContainerConfigError",
+                    "couldn't find key .dockerconfigjson in Secret team/pull",
+                ),
+                Some(".dockerconfigjson"),
+                "source pod: container \"source\" of pod app-source-g1 refers to key \
+                 \".dockerconfigjson\" of Secret \"pull\", which has no such key \
+                 (CreateContainerConfigError: couldn't find key .dockerconfigjson in Secret \
+                 team/pull); spec.imagePullSecrets[0] names it: add the key to the Secret or \
+                 correct the reference",
+            ),
+        ];
+        for (kubelet, key, expected) in cases {
+            let mut sim = Sim::new();
+            sim.build.spec.source.git.secret_ref = Some(reference("git-creds"));
+            sim.build.spec.image_pull_secrets = Some(vec![reference("pull")]);
+            sim.step(0);
+            let name = if key.is_some() { "pull" } else { "git-creds" };
+            let failure_kind = StartFailure::Secret {
+                name: name.into(),
+                key: key.map(String::from),
+            };
+            sim.set(
+                Role::Source,
+                stuck(failure_kind, "source", "builder:1", kubelet),
+                None,
+            );
+            sim.step(5);
+            assert_ne!(
+                sim.phase(),
+                Phase::Failed,
+                "a Secret may arrive a moment after the build"
+            );
+            let actions = sim.step(5 + START_GRACE_SECONDS + 1);
+            assert_eq!(sim.phase(), Phase::Failed);
+            let f = failure(&sim);
+            assert_eq!(
+                (f.reason.as_str(), f.stage, f.pod.as_deref()),
+                ("SecretNotFound", None, Some("app-source-g1"))
+            );
+            assert_eq!(f.message, expected);
+            assert_eq!(deleted(&actions), ["app-source-g1"]);
+        }
+    }
+
+    #[test]
+    fn a_container_that_cannot_be_created_fails_after_the_grace_period() {
+        let mut sim = building();
+        let cannot_create = stuck(
+            StartFailure::Start,
+            "stage",
+            BASE,
+            (
+                "CreateContainerError",
+                "failed to generate container \"3f9c\" spec: failed to apply OCI options: \
+                 failed to mkdir \"/var/lib/kubelet/pods/u/volumes\": permission denied",
+            ),
+        );
+        set_state(&mut sim, "b", cannot_create);
+        sim.step(20);
+        assert_eq!(
+            blocked(&sim).map(|c| c.reason),
+            Some("ContainerStart".into())
+        );
+        sim.step(100);
+        assert_eq!(sim.phase(), Phase::Building);
+        sim.step(110);
+        assert_eq!(sim.phase(), Phase::Failed);
+        let f = failure(&sim);
+        assert_eq!(
+            (f.reason.as_str(), f.stage.as_deref(), f.pod.as_deref()),
+            ("PodStartFailed", Some("b"), Some("app-stage-b-g1"))
+        );
+        assert_eq!(
+            f.message,
+            "stage b: container \"stage\" of pod app-stage-b-g1 cannot start for 90s \
+             (CreateContainerError: failed to generate container \"3f9c\" spec: failed to \
+             apply OCI options: failed to mkdir \"/var/lib/kubelet/pods/u/volumes\": \
+             permission denied)"
+        );
+    }
+
+    #[test]
+    fn a_stage_pod_that_cannot_pull_the_builder_image_names_it() {
+        let mut sim = building();
+        let install = stuck(
+            StartFailure::ImagePull,
+            "install",
+            "builder:1",
+            ("ImagePullBackOff", "Back-off pulling image \"builder:1\""),
+        );
+        set_state(&mut sim, "c", install);
+        sim.step(20);
+        sim.step(110);
+        assert_eq!(sim.phase(), Phase::Failed);
+        let f = failure(&sim);
+        assert_eq!(
+            (f.reason.as_str(), f.stage.as_deref(), f.pod.as_deref()),
+            ("ImagePullFailed", Some("c"), Some("app-stage-c-g1"))
+        );
+        assert_eq!(
+            f.message,
+            "stage c: container \"install\" of pod app-stage-c-g1 could not pull image \
+             \"builder:1\" for 90s (ImagePullBackOff: Back-off pulling image \"builder:1\"); \
+             it is the operator's builder image (its --builder-image, the chart's \
+             builderImage): check that reference and its tag, and that the nodes may pull it \
+             (a Secret in spec.imagePullSecrets, or the nodes' own credentials)"
+        );
+    }
+
+    #[test]
+    fn each_pod_and_container_is_timed_from_when_its_own_problem_was_seen() {
+        let mut sim = building();
+        set_state(&mut sim, "a", pull_error());
+        sim.step(20);
+        set_state(&mut sim, "b", pull_error());
+        sim.step(50);
+        assert!(blocked(&sim).is_some_and(|c| c.message.starts_with("app-stage-a-g1/stage: ")));
+        // a starts: b is timed from now, never from before it was the one timed.
+        set_state(&mut sim, "a", PodState::Running);
+        sim.step(60);
+        let c = blocked(&sim).expect("b");
+        assert!(
+            c.message.starts_with("app-stage-b-g1/stage: "),
+            "{}",
+            c.message
+        );
+        assert_eq!(c.last_transition_time.0, at(60));
+        sim.step(149);
+        assert_eq!(sim.phase(), Phase::Building);
+        // b's install container failed to pull; then (unseen in between) the main one.
+        set_state(
+            &mut sim,
+            "b",
+            stuck(
+                StartFailure::ImagePull,
+                "install",
+                "builder:1",
+                ("ImagePullBackOff", "Back-off pulling image \"builder:1\""),
+            ),
+        );
+        sim.step(150);
+        set_state(&mut sim, "b", back_off());
+        sim.step(300);
+        assert_eq!(
+            sim.phase(),
+            Phase::Building,
+            "another container, another clock"
+        );
+        assert_eq!(
+            blocked(&sim).map(|c| c.last_transition_time.0),
+            Some(at(300))
+        );
+        // A status read from before the condition was written starts the clock again:
+        // later, never sooner.
+        sim.build
+            .status
+            .as_mut()
+            .expect("status")
+            .conditions
+            .retain(|c| c.type_ != START_BLOCKED);
+        sim.step(390);
+        assert_eq!(sim.phase(), Phase::Building);
+        sim.step(480);
+        assert_eq!(failure(&sim).pod.as_deref(), Some("app-stage-b-g1"));
     }
 }

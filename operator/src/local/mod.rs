@@ -105,6 +105,10 @@ struct Runner<'a> {
     timings: BTreeMap<String, (Duration, Option<Duration>)>,
     /// Pods prepared but not started yet.
     pending: Vec<String>,
+    /// The images of each pod's containers (init containers too).
+    images: BTreeMap<String, Vec<String>>,
+    /// What `podman kube play` said of each pod it could not start.
+    play_errors: BTreeMap<String, String>,
     progress: Progress,
 }
 
@@ -126,6 +130,8 @@ impl<'a> Runner<'a> {
             started: Instant::now(),
             timings: BTreeMap::new(),
             pending: Vec::new(),
+            images: BTreeMap::new(),
+            play_errors: BTreeMap::new(),
             progress: Progress::new(opts.logs),
         }
     }
@@ -217,10 +223,16 @@ impl<'a> Runner<'a> {
                 t.1 = Some(self.started.elapsed());
             }
             let outcome = outcome.or_else(|| {
-                (state == PodState::Failed).then(|| PodOutcome {
-                    succeeded: false,
-                    message: Some(self.podman.log_tail(&container)),
-                    ..PodOutcome::default()
+                (state == PodState::Failed).then(|| match self.play_errors.get(&name) {
+                    // It never started: the pull or mount error podman gave.
+                    Some(error) if !containers.contains_key(&container) => {
+                        start_failure(&role, &self.images[&name], error)
+                    }
+                    _ => PodOutcome {
+                        succeeded: false,
+                        message: Some(self.podman.log_tail(&container)),
+                        ..PodOutcome::default()
+                    },
                 })
             });
             observed.push(ObservedPod {
@@ -325,6 +337,13 @@ impl<'a> Runner<'a> {
             .get(render::LABEL_ATTEMPT)
             .and_then(|a| a.parse().ok())
             .unwrap_or(0);
+        let images = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .filter_map(|c| c.image.clone())
+            .collect();
+        self.images.insert(name.clone(), images);
         let repository = (role == Role::Source)
             .then(|| self.build.spec.source.git.url.strip_prefix("file://"))
             .flatten();
@@ -354,7 +373,7 @@ impl<'a> Runner<'a> {
             })
             .collect();
         let started = self.started;
-        let played: Vec<(String, Duration)> = std::thread::scope(|scope| {
+        let played: Vec<(String, Duration, Option<String>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = pending
                 .iter()
                 .map(|(name, file)| {
@@ -362,9 +381,9 @@ impl<'a> Runner<'a> {
                     let mut play = self.podman.command();
                     scope.spawn(move || {
                         let _ = down.args(["kube", "down", file]).output();
-                        // An init container that fails makes kube play fail: observe()
-                        // reports it.
-                        let _ = play
+                        // A pull, a mount or an init container that fails makes kube
+                        // play fail: observe() reports what it said.
+                        let error = match play
                             .args([
                                 "kube",
                                 "play",
@@ -373,15 +392,23 @@ impl<'a> Runner<'a> {
                                 "--tls-verify=false",
                                 file,
                             ])
-                            .output();
-                        (name.clone(), started.elapsed())
+                            .output()
+                        {
+                            Ok(out) if out.status.success() => None,
+                            Ok(out) => Some(String::from_utf8_lossy(&out.stderr).into_owned()),
+                            Err(e) => Some(format!("Error: cannot run podman: {e}")),
+                        };
+                        (name.clone(), started.elapsed(), error)
                     })
                 })
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
-        for (name, at) in played {
-            self.timings.insert(name, (at, None));
+        for (name, at, error) in played {
+            self.timings.insert(name.clone(), (at, None));
+            if let Some(error) = error {
+                self.play_errors.insert(name, error);
+            }
         }
     }
 
@@ -403,5 +430,79 @@ impl<'a> Runner<'a> {
                 .args(["volume", "rm", "-f", &claim])
                 .output();
         }
+    }
+}
+
+/// The outcome of a pod podman could not start, with the reasons the operator gives on a
+/// cluster: the image it could not pull (`ImagePullFailed`), or why the pod could not be
+/// made (`PodStartFailed`), in podman's own words.
+fn start_failure(role: &Role, images: &[String], podman_error: &str) -> PodOutcome {
+    let error = podman_error
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("Error: "))
+        .unwrap_or(podman_error.trim());
+    let who = match role {
+        Role::Stage(name) => format!("stage {name}"),
+        other => format!("the {} pod", other.label()),
+    };
+    let (reason, message) = match images.iter().find(|image| error.contains(image.as_str())) {
+        Some(image) => (
+            core::reason::IMAGE_PULL_FAILED,
+            format!(
+                "{who}: cannot pull {image}: {error}; check the image reference and tag, that the \
+                 registry is reachable, and that it needs no credentials the pod lacks"
+            ),
+        ),
+        None => (
+            core::reason::POD_START_FAILED,
+            format!("{who}: the pod cannot start: {error}"),
+        ),
+    };
+    PodOutcome {
+        succeeded: false,
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        stage: match role {
+            Role::Stage(name) => Some(name.clone()),
+            _ => None,
+        },
+        ..PodOutcome::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_that_cannot_start_say_why() {
+        let images = ["127.0.0.1:5000/stagecoach/buildr:dev".to_string()];
+        let pull = start_failure(
+            &Role::Stage("build".into()),
+            &images,
+            "Trying to pull 127.0.0.1:5000/stagecoach/buildr:dev...\nError: initializing source docker://127.0.0.1:5000/stagecoach/buildr:dev: reading manifest dev in 127.0.0.1:5000/stagecoach/buildr: manifest unknown\n",
+        );
+        assert_eq!(pull.reason.as_deref(), Some("ImagePullFailed"));
+        assert_eq!(pull.stage.as_deref(), Some("build"));
+        let message = pull.message.unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "stage build: cannot pull 127.0.0.1:5000/stagecoach/buildr:dev: initializing source"
+            ) && message.contains("manifest unknown; check the image reference"),
+            "{message}"
+        );
+        let mount = start_failure(
+            &Role::Source,
+            &images,
+            "Error: failed to create volume \"repo\": in parsing HostPath in YAML: stat /nonexistent/repo: no such file or directory\n",
+        );
+        assert_eq!(mount.reason.as_deref(), Some("PodStartFailed"));
+        assert_eq!(
+            mount.message.as_deref(),
+            Some(
+                "the source pod: the pod cannot start: failed to create volume \"repo\": in parsing HostPath in YAML: stat /nonexistent/repo: no such file or directory"
+            )
+        );
     }
 }
