@@ -283,7 +283,7 @@ OPERATOR = {
     ("", "pods"): {"list", "watch", "create", "delete"},               # build pods
     ("", "pods/log"): {"get"},                                         # failure log excerpts
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},  # workspaces
-    ("events.k8s.io", "events"): {"create", "patch"},                  # Recorder (patch: series)
+    ("events.k8s.io", "events"): {"create", "patch", "list"},          # Recorder (patch: series); FailedMount of build pods
 }
 LEASES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}  # leader election
 # ClusterRoles aggregated into the built-in admin/edit/view roles (for people, not the operator).

@@ -28,6 +28,7 @@ use crate::leader::{self, Elector};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::observe::{self, observe_pod};
 use crate::render::{self, OperatorConfig};
+use k8s_openapi::api::events::v1::Event as KubeEvent;
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "stagecoach";
@@ -201,10 +202,21 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
         .iter()
         .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
         .collect();
-    let observed: Vec<_> = pods
-        .iter()
-        .filter_map(|p| observe_pod(p, &stage_names))
-        .collect();
+    let events_api = Api::<KubeEvent>::namespaced(ctx.client.clone(), &namespace);
+    let mut observed = Vec::new();
+    for pod in &pods {
+        let Some(seen) = observe_pod(pod, &stage_names) else {
+            continue;
+        };
+        let seen = match observe::may_wait_on_a_mount(pod) {
+            true => match mount_failure(&events_api, &seen.name).await {
+                Some(message) => observe::with_mount_failure(seen, &message),
+                None => seen,
+            },
+            false => seen,
+        };
+        observed.push(seen);
+    }
     let decision = core::decide(
         &Observed {
             build: &build,
@@ -262,6 +274,26 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
                 .map_or(IN_PROGRESS_RECHECK, |after| after.min(IN_PROGRESS_RECHECK)),
         ),
     })
+}
+
+/// The latest `FailedMount` event of a pod (a Secret or volume the kubelet cannot mount
+/// says so only there); None when there is none or the events cannot be read.
+async fn mount_failure(events: &Api<KubeEvent>, pod: &str) -> Option<String> {
+    let fields = format!("regarding.kind=Pod,regarding.name={pod},reason=FailedMount");
+    let list = events
+        .list(&ListParams::default().fields(&fields))
+        .await
+        .ok()?;
+    list.items
+        .into_iter()
+        .max_by_key(|e| {
+            e.series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+                .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+        })
+        .and_then(|e| e.note)
 }
 
 /// The last lines of a failed pod's log; none when the log cannot be read (the pod is
@@ -584,9 +616,19 @@ mod tests {
     /// Plays an API server that holds `pods` and the build's claim: answers whatever the
     /// reconcile asks, in any order, and returns every request once the client is gone.
     fn api_server(
+        handle: Handle,
+        pods: Vec<serde_json::Value>,
+        log: &'static str,
+    ) -> tokio::task::JoinHandle<Vec<Seen>> {
+        api_server_with_events(handle, pods, log, Vec::new())
+    }
+
+    /// [`api_server`], answering event lists with `events`.
+    fn api_server_with_events(
         mut handle: Handle,
         pods: Vec<serde_json::Value>,
         log: &'static str,
+        events: Vec<serde_json::Value>,
     ) -> tokio::task::JoinHandle<Vec<Seen>> {
         tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -600,6 +642,10 @@ mod tests {
                         .status(200)
                         .body(Body::from(log.as_bytes().to_vec()))
                         .expect("response"),
+                    "GET" if path.ends_with("/events") => respond(
+                        serde_json::json!({"kind": "EventList", "apiVersion": "events.k8s.io/v1", "metadata": {}, "items": events}),
+                        200,
+                    ),
                     "GET" if path.ends_with("/pods") => respond(
                         serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
                         200,
@@ -839,6 +885,67 @@ mod tests {
                 {"waiting": {"reason": reason, "message": message}}))],
         });
         value
+    }
+
+    /// A volume the kubelet cannot mount shows only in the pod's `FailedMount` events: a
+    /// pod held there past the grace period fails the build with the event's words.
+    #[tokio::test]
+    async fn a_pod_held_by_a_failed_mount_past_the_grace_period_fails_the_build() {
+        let (ctx, handle) = context();
+        let (mut b, source) = building(&ctx);
+        let a = stage_pod(&ctx, &b, "a");
+        let a_name = a.metadata.name.clone().expect("name");
+        let mut creating = pod_waiting(&a, "ContainerCreating", "");
+        creating["spec"]["nodeName"] = "node-1".into();
+        creating["status"]["initContainerStatuses"] = serde_json::json!([{"name": "install",
+            "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "PodInitializing"}}}]);
+        let note =
+            "MountVolume.SetUp failed for volume \"workspace\" : mount failed: exit status 32";
+        let event = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e1", "namespace": "team"}, "eventTime": "2025-01-01T10:00:05.000000Z",
+            "reason": "FailedMount", "note": note, "type": "Warning",
+            "regarding": {"kind": "Pod", "name": a_name}});
+        // What an operator saw 100 s ago, written down in the status.
+        let stages: Vec<String> = b
+            .status
+            .iter()
+            .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
+            .collect();
+        let observed: Vec<_> = [&source, &creating]
+            .into_iter()
+            .filter_map(|p| observe_pod(&serde_json::from_value(p.clone()).expect("pod"), &stages))
+            .map(|p| match p.name == a_name {
+                true => observe::with_mount_failure(p, note),
+                false => p,
+            })
+            .collect();
+        let earlier = Timestamp::from_second(Timestamp::now().as_second() - 100).expect("time");
+        let before = core::decide(
+            &Observed {
+                build: &b,
+                pods: &observed,
+                claim_exists: true,
+                now: earlier,
+            },
+            &ctx.config,
+        );
+        assert_eq!(before.status.phase, Some(Phase::Building));
+        b.status = Some(before.status);
+        let server = api_server_with_events(handle, vec![source, creating], "", vec![event]);
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        assert!(
+            seen.iter()
+                .any(|r| r.uri.contains("/events?") && r.uri.contains("reason%3DFailedMount")),
+            "the pod's FailedMount events are read: {:?}",
+            seen.iter().map(|r| &r.uri).collect::<Vec<_>>()
+        );
+        let status = status_patch(&seen);
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["failure"]["reason"], "PodStartFailed");
+        let message = status["failure"]["message"].as_str().expect("message");
+        assert!(message.contains(note), "{message}");
     }
 
     #[tokio::test]

@@ -218,6 +218,49 @@ fn missing_secret(message: &str) -> Option<StartFailure> {
     })
 }
 
+/// A pod still being created that the kubelet cannot mount a volume for: the reason is
+/// only in its `FailedMount` events (`message`, the latest), never in a container state.
+/// A missing Secret volume is a Secret problem; anything else a start problem.
+pub fn with_mount_failure(mut observed: ObservedPod, message: &str) -> ObservedPod {
+    if observed.state == PodState::Pending {
+        observed.state = PodState::Stuck(StartProblem {
+            failure: missing_secret(message).unwrap_or(StartFailure::Start),
+            container: main_container(&observed.role).to_string(),
+            image: None,
+            reason: "FailedMount".into(),
+            message: message.to_string(),
+        });
+    }
+    observed
+}
+
+/// Whether a pending pod may be held up by a volume: scheduled, and no container of ours
+/// past `ContainerCreating`/`PodInitializing` (a mount blocks every container).
+pub fn may_wait_on_a_mount(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    let scheduled = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    let creating = |statuses: Option<&Vec<ContainerStatus>>| {
+        statuses.is_none_or(|cs| {
+            cs.iter().all(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    .is_none_or(|r| r == "ContainerCreating" || r == "PodInitializing")
+                    && c.state
+                        .as_ref()
+                        .is_none_or(|s| s.running.is_none() && s.terminated.is_none())
+            })
+        })
+    };
+    status.phase.as_deref() == Some("Pending")
+        && scheduled
+        && creating(status.init_container_statuses.as_ref())
+        && creating(status.container_statuses.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +276,60 @@ mod tests {
             "stagecoach.dev/generation": "2",
             "stagecoach.dev/attempt": "1",
         })
+    }
+
+    #[test]
+    fn failed_mounts_are_start_problems_and_a_missing_secret_says_so() {
+        let names = vec!["build_x".to_string()];
+        let pending = pod(serde_json::json!({
+            "metadata": {"name": "p", "labels": labels("source")},
+            "spec": {"nodeName": "n", "containers": [{"name": "source", "image": "b:1"}]},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "source", "ready": false,
+                "restartCount": 0, "image": "b:1", "imageID": "",
+                "state": {"waiting": {"reason": "ContainerCreating"}}}]},
+        }));
+        assert!(may_wait_on_a_mount(&pending));
+        let seen = observe_pod(&pending, &names).expect("ours");
+        let note = "MountVolume.SetUp failed for volume \"git\" : secret \"git-creds\" not found";
+        let stuck = with_mount_failure(seen.clone(), note);
+        let PodState::Stuck(problem) = &stuck.state else {
+            panic!("{:?}", stuck.state);
+        };
+        assert_eq!(
+            problem.failure,
+            StartFailure::Secret {
+                name: "git-creds".into(),
+                key: None
+            }
+        );
+        assert_eq!(
+            (problem.container.as_str(), problem.reason.as_str()),
+            ("source", "FailedMount")
+        );
+        let other = with_mount_failure(
+            seen,
+            "MountVolume.SetUp failed for volume \"workspace\" : timed out",
+        );
+        assert!(matches!(
+            other.state,
+            PodState::Stuck(StartProblem {
+                failure: StartFailure::Start,
+                ..
+            })
+        ));
+        let mut unscheduled = pending.clone();
+        unscheduled.spec.as_mut().expect("spec").node_name = None;
+        assert!(
+            !may_wait_on_a_mount(&unscheduled),
+            "not scheduled: nothing to mount yet"
+        );
+        let running = pod(serde_json::json!({
+            "metadata": {"name": "p", "labels": labels("source")},
+            "spec": {"nodeName": "n", "containers": [{"name": "source", "image": "b:1"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "source", "ready": true,
+                "restartCount": 0, "image": "b:1", "imageID": "", "state": {"running": {}}}]},
+        }));
+        assert!(!may_wait_on_a_mount(&running));
     }
 
     #[test]
