@@ -568,6 +568,12 @@ impl<'a> Step<'a, '_> {
             "SourceReady",
             format!("commit {commit}, {} stage pods", summary.pods.len()),
         ));
+        // What the planner warns about (a build arg no ARG uses, an image named like a
+        // stage) builds anyway, as with Docker: a Warning Event each.
+        for warning in &summary.warnings {
+            self.actions
+                .push(event(true, warning.kind.as_str(), warning.message.clone()));
+        }
     }
 
     fn stages_done(&mut self) -> bool {
@@ -1139,6 +1145,37 @@ spec:
     fn through_source(sim: &mut Sim) {
         sim.step(0);
         sim.set(Role::Source, PodState::Succeeded, summary());
+    }
+
+    #[test]
+    fn plan_warnings_become_warning_events_once() {
+        let mut sim = Sim::new();
+        sim.step(0);
+        let mut outcome = summary().expect("summary");
+        if let Some(s) = outcome.summary.as_mut() {
+            s.warnings = vec![stagecoach_plan::contract::Warning {
+                kind: stagecoach_plan::contract::WarningKind::BuildArgUnused,
+                message: "build arg FOO is not used by any ARG in the stages the target needs"
+                    .into(),
+                line: None,
+            }];
+        }
+        sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+        let warnings = |actions: &[Action]| -> Vec<String> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Event {
+                        warning: true,
+                        reason,
+                        ..
+                    } => Some(reason.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(warnings(&sim.step(1)), ["BuildArgUnused"]);
+        assert!(warnings(&sim.step(2)).is_empty(), "said once");
     }
 
     #[test]

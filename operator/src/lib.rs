@@ -6,6 +6,7 @@ pub mod controller;
 pub mod core;
 pub mod leader;
 pub mod local;
+pub mod manifest;
 pub mod metrics;
 pub mod observe;
 pub mod render;

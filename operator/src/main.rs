@@ -212,14 +212,13 @@ fn main() -> ExitCode {
 
 fn render(args: RenderArgs) -> anyhow::Result<String> {
     use anyhow::Context as _;
-    use stagecoach_operator::api::ImageBuild;
     use stagecoach_operator::render::{self, OperatorConfig};
     use stagecoach_plan::contract::PodOutcome;
 
     let text = std::fs::read_to_string(&args.manifest)
         .with_context(|| format!("cannot read {}", args.manifest.display()))?;
-    let mut build: ImageBuild = serde_saphyr::from_str(&text)
-        .with_context(|| format!("{} is not a valid ImageBuild", args.manifest.display()))?;
+    // Unknown fields are errors, as for the API server (the message names the file).
+    let mut build = stagecoach_operator::manifest::read_image_build(&text, &args.manifest)?;
     build
         .metadata
         .namespace

@@ -37,8 +37,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a valid ImageBuild: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
     #[error("the pods need Secret {name:?}: give it with --secret {name}=DIR")]
     MissingSecret { name: String },
     #[error("podman {args}: {message}")]
@@ -79,10 +79,8 @@ pub fn build(manifest: &Path, opts: &LocalOptions) -> Result<LocalResult> {
         path: manifest.to_path_buf(),
         source,
     })?;
-    let mut build: ImageBuild = serde_saphyr::from_str(&text).map_err(|e| Error::Invalid {
-        path: manifest.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    // Strict, as the API server is: a misspelt field is an error, never ignored.
+    let mut build = crate::manifest::read_image_build(&text, manifest)?;
     build
         .metadata
         .namespace
