@@ -336,11 +336,12 @@ impl Job<'_> {
             revision: revision.to_string(),
             detail,
         };
-        let (id, resolved_ref) = match decide(revision, &refs).ok_or_else(|| not_found(None))? {
-            Want::Ref { name, id } => (id, (name != "HEAD").then_some(name)),
-            Want::Object(id) => (id, None),
-            Want::Search(prefix) => (find_prefix(&repo, &prefix).map_err(not_found)?, None),
-        };
+        let (id, resolved_ref) =
+            match decide(revision, &refs).ok_or_else(|| not_found(hint(revision, &refs)))? {
+                Want::Ref { name, id } => (id, (name != "HEAD").then_some(name)),
+                Want::Object(id) => (id, None),
+                Want::Search(prefix) => (find_prefix(&repo, &prefix).map_err(not_found)?, None),
+            };
         let commit = peel_to_commit(&repo, id).map_err(not_found)?;
         let found = Found {
             commit,
@@ -405,6 +406,35 @@ enum Want {
 
 /// Git's order for `clone --branch`: a full ref name, a branch, then a tag; then commit
 /// ids. None when nothing can match.
+/// What to say of a revision that names no branch, tag or commit there: the nearest
+/// branch or tag, else the branches (a few), so a typo or a tag taken for a branch shows.
+fn hint(revision: &str, refs: &[Ref]) -> Option<String> {
+    let names: Vec<&str> = refs
+        .iter()
+        .filter_map(|r| {
+            let name = r.unpack().0.to_str().ok()?;
+            name.strip_prefix("refs/heads/")
+                .or_else(|| name.strip_prefix("refs/tags/"))
+        })
+        .collect();
+    if let Some(near) = stagecoach_plan::suggest::nearest(revision, names.iter().copied()) {
+        return Some(format!(
+            "it is no branch, tag or commit there; did you mean {near:?}?"
+        ));
+    }
+    let branches: Vec<&str> = refs
+        .iter()
+        .filter_map(|r| r.unpack().0.to_str().ok()?.strip_prefix("refs/heads/"))
+        .take(5)
+        .collect();
+    (!branches.is_empty()).then(|| {
+        format!(
+            "it is no branch, tag or commit there (a branch, a tag, or a commit SHA); branches: {}",
+            branches.join(", ")
+        )
+    })
+}
+
 fn decide(revision: &str, refs: &[Ref]) -> Option<Want> {
     let find = |name: &str| {
         refs.iter().find_map(|r| {
@@ -523,7 +553,7 @@ impl Job<'_> {
             revision: revision.to_string(),
             detail,
         };
-        let want = decide(revision, &refs).ok_or_else(|| not_found(None))?;
+        let want = decide(revision, &refs).ok_or_else(|| not_found(hint(revision, &refs)))?;
         let (id, resolved_ref, shallow) = match want {
             Want::Ref { name, id } => {
                 let fetched = remote.fetch(&[name.as_str()], true)?;
@@ -1092,6 +1122,21 @@ mod tests {
             assert_eq!(decide(revision, &refs()), want, "{revision:?}");
         }
         assert_eq!(decide("", &[]), None, "an empty repository has no HEAD");
+    }
+
+    #[test]
+    fn a_revision_not_found_names_the_nearest_branch_or_tag_or_the_branches() {
+        assert_eq!(
+            hint("mian", &refs()).as_deref(),
+            Some("it is no branch, tag or commit there; did you mean \"main\"?")
+        );
+        assert_eq!(
+            hint("cafee", &refs()).as_deref(),
+            Some("it is no branch, tag or commit there; did you mean \"cafe\"?")
+        );
+        let listed = hint("release-2024", &refs()).expect("branches");
+        assert!(listed.ends_with("branches: main, v1, cafe"), "{listed}");
+        assert_eq!(hint("x", &[]), None);
     }
 
     #[test]
