@@ -43,6 +43,8 @@ struct Build<'a> {
     /// Another registry than the local one (`host:port`).
     registry: Option<String>,
     secrets: BTreeMap<String, PathBuf>,
+    /// The runner's options, when not [`options`].
+    options: Option<LocalOptions>,
 }
 
 impl Build<'_> {
@@ -52,6 +54,15 @@ impl Build<'_> {
     }
 
     fn run(&self, dir: &Path) -> LocalResult {
+        let manifest = self.manifest(dir);
+        let mut opts = self.options.clone().unwrap_or_else(options);
+        opts.secrets = self.secrets.clone();
+        opts.insecure_registries.extend(self.registry.clone());
+        local::build(&manifest, &opts).unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// The build's repository and manifest, written under `dir`; the manifest's path.
+    fn manifest(&self, dir: &Path) -> PathBuf {
         let repo = dir.join("repo");
         std::fs::create_dir_all(&repo).expect("repository dir");
         git(&repo, &["init", "--quiet", "--initial-branch=main"]);
@@ -72,10 +83,7 @@ impl Build<'_> {
             extra = self.extra
         );
         std::fs::write(&manifest, yaml).expect("manifest");
-        let mut opts = options();
-        opts.secrets = self.secrets.clone();
-        opts.insecure_registries.extend(self.registry.clone());
-        local::build(&manifest, &opts).unwrap_or_else(|e| panic!("{}: {e}", self.name))
+        manifest
     }
 }
 
@@ -356,14 +364,20 @@ fn copy_destinations_are_the_same_from_either_pod_and_from_buildah() {
         }
         .run(&dir.path().join(name));
         // `final` runs in the last stage's pod (a fused chain) only when a RUN follows.
-        let stage_pods = result.timings.iter().filter(|(n, ..)| n.contains("-stage-"));
+        let stage_pods = result
+            .timings
+            .iter()
+            .filter(|(n, ..)| n.contains("-stage-"));
         assert_eq!(
             stage_pods.count(),
             if name == "destpod" { 2 } else { 1 },
             "{name}: {:?}",
             result.timings
         );
-        images.push((succeeded(&result.status), files.map(|(p, c)| (p, c.to_string()))));
+        images.push((
+            succeeded(&result.status),
+            files.map(|(p, c)| (p, c.to_string())),
+        ));
     }
     let files: Vec<(&str, &str)> = images[0].1.iter().map(|(p, c)| (*p, c.as_str())).collect();
     assert_same_as_buildah(
@@ -719,5 +733,148 @@ fn credentials_reach_only_their_pods_and_a_wrong_password_pushes_nothing() {
     assert_eq!(
         protected.repositories(),
         vec!["e2e/credentials".to_string()]
+    );
+}
+
+/// The mistakes a new user makes on the way to a first build, each ending at once with a
+/// message that says what happened and what to do.
+#[test]
+fn new_user_mistakes_say_what_to_do() {
+    let r = registry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let two_stages = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\nRUN echo hi > /out\n\
+         FROM {r}/stagecoach/busybox:1\nCOPY --from=build /out /out\nCOPY notes.txt /\n"
+    );
+    let files = [
+        ("app/Dockerfile", two_stages.as_str()),
+        ("app/.dockerignore", "notes.txt\n"),
+        ("app/notes.txt", "left out\n"),
+    ];
+    let in_app = "    contextDir: app\n";
+    // (name, what goes into the manifest, expected reason, words the message must hold)
+    let cases: [(&str, Build<'_>, &str, &[&str]); 5] = [
+        (
+            "a misspelt target",
+            Build {
+                extra: "  target: biuld\n",
+                ..Build::default()
+            },
+            "DockerfileInvalid",
+            &[
+                "target stage \"biuld\" could not be found",
+                "did you mean \"build\"",
+            ],
+        ),
+        (
+            "the Dockerfile named from the repository's root",
+            Build {
+                extra: "  dockerfile: app/Dockerfile\n",
+                ..Build::default()
+            },
+            "DockerfileNotFound",
+            &[
+                "relative to `spec.source.contextDir`",
+                "found here: Dockerfile",
+            ],
+        ),
+        (
+            "a COPY of a file .dockerignore leaves out",
+            Build::default(),
+            "StageFailed",
+            &[
+                "COPY notes.txt /",
+                "not found in the build context",
+                ".dockerignore",
+            ],
+        ),
+        (
+            "a misspelt branch",
+            Build {
+                revision: "mian",
+                ..Build::default()
+            },
+            "RevisionNotFound",
+            &["did you mean \"main\""],
+        ),
+        (
+            "a builder image that does not exist",
+            Build {
+                options: Some(LocalOptions {
+                    builder_image: format!("{r}/stagecoach/buildr:dev"),
+                    ..options()
+                }),
+                ..Build::default()
+            },
+            "ImagePullFailed",
+            &[
+                "cannot pull",
+                "stagecoach/buildr:dev",
+                "check the image reference",
+            ],
+        ),
+    ];
+    for (n, (what, build, reason, words)) in cases.into_iter().enumerate() {
+        let build = Build {
+            name: "mistake",
+            files: &files,
+            git_extra: in_app,
+            ..build
+        };
+        let status = build.run(&dir.path().join(n.to_string())).status;
+        let (got, message, _) = failure(&status);
+        assert_eq!(got, reason, "{what}: {message}");
+        for word in words {
+            assert!(message.contains(word), "{what}: {message:?} lacks {word:?}");
+        }
+    }
+}
+
+/// A misspelt field is refused with its line and the name meant, before anything runs.
+#[test]
+fn a_misspelt_field_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = [("Dockerfile", "FROM busybox\n")];
+    let manifest = Build {
+        name: "misspelt",
+        files: &files,
+        git_extra: "      revison: main\n",
+        ..Build::default()
+    }
+    .manifest(dir.path());
+    let e = local::build(&manifest, &options()).expect_err("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "build.yaml:10: unknown field `revison` in spec.source.git; did you mean `revision`?"
+        ),
+        "{text}"
+    );
+}
+
+/// A plain-HTTP registry the runner was not told about fails at the first attempt with
+/// the setting that fixes it, instead of six retries.
+#[test]
+fn a_plain_http_registry_reached_over_tls_names_the_setting() {
+    let r = registry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dockerfile = format!("FROM {r}/stagecoach/busybox:1\nRUN true\n");
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let status = Build {
+        name: "notls",
+        files: &files,
+        options: Some(LocalOptions {
+            insecure_registries: Vec::new(),
+            ..options()
+        }),
+        ..Build::default()
+    }
+    .run(dir.path())
+    .status;
+    let (reason, message, _) = failure(&status);
+    assert_eq!(reason, "RegistryTransportMismatch", "{message}");
+    assert!(
+        message.contains(&format!("--insecure-registry {r}")) && !message.contains("attempts"),
+        "{message}"
     );
 }

@@ -336,12 +336,13 @@ impl Job<'_> {
             revision: revision.to_string(),
             detail,
         };
-        let (id, resolved_ref) =
-            match decide(revision, &refs).ok_or_else(|| not_found(hint(revision, &refs)))? {
-                Want::Ref { name, id } => (id, (name != "HEAD").then_some(name)),
-                Want::Object(id) => (id, None),
-                Want::Search(prefix) => (find_prefix(&repo, &prefix).map_err(not_found)?, None),
-            };
+        let (id, resolved_ref) = match decide(revision, &refs)
+            .ok_or_else(|| not_found(hint(revision, &ref_names(&repo))))?
+        {
+            Want::Ref { name, id } => (id, (name != "HEAD").then_some(name)),
+            Want::Object(id) => (id, None),
+            Want::Search(prefix) => (find_prefix(&repo, &prefix).map_err(not_found)?, None),
+        };
         let commit = peel_to_commit(&repo, id).map_err(not_found)?;
         let found = Found {
             commit,
@@ -354,6 +355,26 @@ impl Job<'_> {
 
 /// The refs a revision can name, listed from a local repository the way a server
 /// advertises them.
+/// Every branch and tag of a local repository, for [`hint`] (a remote one lists them
+/// all anyway).
+fn ref_names(repo: &gix::Repository) -> Vec<Ref> {
+    let Ok(platform) = repo.references() else {
+        return Vec::new();
+    };
+    let Ok(all) = platform.all() else {
+        return Vec::new();
+    };
+    all.filter_map(Result::ok)
+        .filter_map(|mut r| {
+            let object = r.peel_to_id().ok()?.detach();
+            Some(Ref::Direct {
+                full_ref_name: r.name().as_bstr().to_owned(),
+                object,
+            })
+        })
+        .collect()
+}
+
 fn local_refs(repo: &gix::Repository, revision: &str) -> gix::Result<Vec<Ref>> {
     let mut refs = Vec::new();
     if let Ok(mut head) = repo.head()
