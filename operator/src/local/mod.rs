@@ -41,6 +41,15 @@ pub enum Error {
     Manifest(#[from] crate::manifest::ManifestError),
     #[error("the pods need Secret {name:?}: give it with --secret {name}=DIR")]
     MissingSecret { name: String },
+    #[error(
+        "the pods need key {key:?} of Secret {name:?}, but {} has no file {key:?} (a Secret given as a directory holds one file per key)",
+        dir.display()
+    )]
+    MissingSecretKey {
+        name: String,
+        key: String,
+        dir: PathBuf,
+    },
     #[error("podman {args}: {message}")]
     Podman { args: String, message: String },
 }

@@ -210,6 +210,13 @@ pub(super) fn mount_secrets(
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         for (key, path) in keys {
             let target = dir.join(&path);
+            if !source.join(&key).is_file() {
+                return Err(Error::MissingSecretKey {
+                    name: name.clone(),
+                    key,
+                    dir: source.clone(),
+                });
+            }
             std::fs::copy(source.join(&key), &target).map_err(io(&source.join(&key)))?;
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o440))
                 .map_err(io(&target))?;
@@ -238,4 +245,34 @@ pub(super) fn mount_secrets(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_directory_without_a_key_the_pod_needs_is_refused_by_name() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "source"}], "volumes": [{"name": "git",
+                "secret": {"secretName": "git-creds", "items": [{"key": "password", "path": "password"}]}}]},
+        }))
+        .expect("pod");
+        let given = tempfile::tempdir().expect("tempdir");
+        std::fs::write(given.path().join("username"), "me").expect("write");
+        let work = tempfile::tempdir().expect("tempdir");
+        let secrets = BTreeMap::from([("git-creds".to_string(), given.path().to_path_buf())]);
+        let mut other = pod.clone();
+        let e = mount_secrets(&mut pod, &secrets, work.path()).expect_err("no password");
+        assert!(
+            matches!(&e, Error::MissingSecretKey { key, .. } if key == "password"),
+            "{e}"
+        );
+        let e = mount_secrets(&mut other, &BTreeMap::new(), work.path()).expect_err("no secret");
+        assert_eq!(
+            e.to_string(),
+            "the pods need Secret \"git-creds\": give it with --secret git-creds=DIR"
+        );
+    }
 }
