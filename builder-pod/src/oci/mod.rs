@@ -62,13 +62,17 @@ pub enum Error {
     },
     #[error("registry credentials {path} are not a Docker config.json: {message}")]
     CredentialsInvalid { path: PathBuf, message: String },
-    #[error("push to {registry}/{repository} denied: {detail}")]
+    #[error(
+        "push to {registry}/{repository} denied: {detail}; `output.pushSecretRef` must name a Secret with push rights to that repository (`--secret NAME=DIR` for the local runner)"
+    )]
     PushDenied {
         registry: String,
         repository: String,
         detail: String,
     },
-    #[error("pull from {registry}/{repository} denied: {detail}")]
+    #[error(
+        "pull from {registry}/{repository} denied: {detail}; `spec.imagePullSecrets` must name a Secret that may pull it"
+    )]
     PullDenied {
         registry: String,
         repository: String,
@@ -562,7 +566,9 @@ mod tests {
         assert_eq!(denied.reason(), "PushDenied");
         assert_eq!(
             denied.to_string(),
-            "push to r/a/b denied: 401 Unauthorized: authentication required"
+            "push to r/a/b denied: 401 Unauthorized: authentication required; \
+             `output.pushSecretRef` must name a Secret with push rights to that repository \
+             (`--secret NAME=DIR` for the local runner)"
         );
         assert_eq!(
             Error::NotFound {
