@@ -319,9 +319,9 @@ impl Job<'_> {
     fn local(self, path: &Path) -> Result<Checkout> {
         let Job {
             target,
-            credentials,
             request,
             dest,
+            ..
         } = self;
         let revision = request.revision;
         let unreachable = |source| Error::Unreachable {
@@ -349,7 +349,7 @@ impl Job<'_> {
             resolved_ref,
             shallow: false,
         };
-        finish(&repo, found, target, credentials, request, dest)
+        finish(&repo, found, target, self.credentials, request, dest)
     }
 }
 
