@@ -209,7 +209,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
             continue;
         };
         let seen = match observe::may_wait_on_a_mount(pod) {
-            true => match mount_failure(&events_api, &seen.name).await {
+            true => match mount_failure(&events_api, pod).await {
                 Some(message) => observe::with_mount_failure(seen, &message),
                 None => seen,
             },
@@ -276,24 +276,28 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
     })
 }
 
-/// The latest `FailedMount` event of a pod (a Secret or volume the kubelet cannot mount
-/// says so only there); None when there is none or the events cannot be read.
-async fn mount_failure(events: &Api<KubeEvent>, pod: &str) -> Option<String> {
-    let fields = format!("regarding.kind=Pod,regarding.name={pod},reason=FailedMount");
+/// The message of a pod's latest event when it is a `FailedMount` (a Secret or volume
+/// the kubelet cannot mount says so only there); None when a later event (the mount
+/// done, an image being pulled) supersedes it, or the events cannot be read. Events are
+/// matched by the pod's uid: a pod made again under the same name has none of the old
+/// one's.
+async fn mount_failure(events: &Api<KubeEvent>, pod: &Pod) -> Option<String> {
+    let uid = pod.metadata.uid.as_deref()?;
+    let fields = format!("regarding.kind=Pod,regarding.uid={uid}");
     let list = events
         .list(&ListParams::default().fields(&fields))
         .await
         .ok()?;
-    list.items
-        .into_iter()
-        .max_by_key(|e| {
-            e.series
-                .as_ref()
-                .map(|s| s.last_observed_time.0)
-                .or(e.event_time.as_ref().map(|t| t.0))
-                .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
-        })
-        .and_then(|e| e.note)
+    let latest = list.items.into_iter().max_by_key(|e| {
+        e.series
+            .as_ref()
+            .map(|s| s.last_observed_time.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+    })?;
+    (latest.reason.as_deref() == Some("FailedMount"))
+        .then_some(latest.note)
+        .flatten()
 }
 
 /// The last lines of a failed pod's log; none when the log cannot be read (the pod is
@@ -887,6 +891,38 @@ mod tests {
         value
     }
 
+    /// The status the operator wrote `seconds` ago (it, or the one before a restart) from
+    /// what it saw then: the memory a later reconcile starts from.
+    fn decided_ago(
+        ctx: &Context,
+        b: &ImageBuild,
+        observed: &[core::ObservedPod],
+        seconds: i64,
+    ) -> crate::api::ImageBuildStatus {
+        let earlier = Timestamp::from_second(Timestamp::now().as_second() - seconds).expect("time");
+        let before = core::decide(
+            &Observed {
+                build: b,
+                pods: observed,
+                claim_exists: true,
+                now: earlier,
+            },
+            &ctx.config,
+        );
+        assert_eq!(before.status.phase, Some(Phase::Building));
+        before.status
+    }
+
+    /// A build pod's JSON as observed, with the build's stage names.
+    fn observed(b: &ImageBuild, pod: &serde_json::Value) -> Option<core::ObservedPod> {
+        let stages: Vec<String> = b
+            .status
+            .iter()
+            .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
+            .collect();
+        observe_pod(&serde_json::from_value(pod.clone()).expect("pod"), &stages)
+    }
+
     /// A volume the kubelet cannot mount shows only in the pod's `FailedMount` events: a
     /// pod held there past the grace period fails the build with the event's words.
     #[tokio::test]
@@ -894,58 +930,46 @@ mod tests {
         let (ctx, handle) = context();
         let (mut b, source) = building(&ctx);
         let a = stage_pod(&ctx, &b, "a");
-        let a_name = a.metadata.name.clone().expect("name");
         let mut creating = pod_waiting(&a, "ContainerCreating", "");
+        creating["metadata"]["uid"] = "uid-a".into();
         creating["spec"]["nodeName"] = "node-1".into();
         creating["status"]["initContainerStatuses"] = serde_json::json!([{"name": "install",
             "ready": false, "restartCount": 0, "image": "i", "imageID": "",
             "state": {"waiting": {"reason": "PodInitializing"}}}]);
-        let note =
-            "MountVolume.SetUp failed for volume \"workspace\" : mount failed: exit status 32";
-        let event = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": "e1", "namespace": "team"}, "eventTime": "2025-01-01T10:00:05.000000Z",
-            "reason": "FailedMount", "note": note, "type": "Warning",
-            "regarding": {"kind": "Pod", "name": a_name}});
+        let note = "MountVolume.SetUp failed for volume \"git\" : secret \"git-creds\" not found";
+        let event = |name: &str, reason: &str, at: &str, note: &str| {
+            serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                "metadata": {"name": name, "namespace": "team"}, "eventTime": at,
+                "reason": reason, "note": note, "type": "Normal",
+                "regarding": {"kind": "Pod", "uid": "uid-a"}})
+        };
+        let events = vec![
+            event("e2", "FailedMount", "2025-01-01T10:00:05.000000Z", note),
+            event(
+                "e1",
+                "Scheduled",
+                "2025-01-01T10:00:00.000000Z",
+                "assigned to node-1",
+            ),
+        ];
         // What an operator saw 100 s ago, written down in the status.
-        let stages: Vec<String> = b
-            .status
-            .iter()
-            .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
-            .collect();
-        let observed: Vec<_> = [&source, &creating]
-            .into_iter()
-            .filter_map(|p| observe_pod(&serde_json::from_value(p.clone()).expect("pod"), &stages))
-            .map(|p| match p.name == a_name {
-                true => observe::with_mount_failure(p, note),
-                false => p,
-            })
-            .collect();
-        let earlier = Timestamp::from_second(Timestamp::now().as_second() - 100).expect("time");
-        let before = core::decide(
-            &Observed {
-                build: &b,
-                pods: &observed,
-                claim_exists: true,
-                now: earlier,
-            },
-            &ctx.config,
-        );
-        assert_eq!(before.status.phase, Some(Phase::Building));
-        b.status = Some(before.status);
-        let server = api_server_with_events(handle, vec![source, creating], "", vec![event]);
+        let held = observed(&b, &creating).map(|p| observe::with_mount_failure(p, note));
+        let seen_then: Vec<_> = observed(&b, &source).into_iter().chain(held).collect();
+        b.status = Some(decided_ago(&ctx, &b, &seen_then, 100));
+        let server = api_server_with_events(handle, vec![source, creating], "", events);
         reconcile(Arc::new(b), ctx).await.expect("reconcile");
         let seen = server.await.expect("server");
         assert!(
             seen.iter()
-                .any(|r| r.uri.contains("/events?") && r.uri.contains("reason%3DFailedMount")),
-            "the pod's FailedMount events are read: {:?}",
+                .any(|r| r.uri.contains("/events?") && r.uri.contains("regarding.uid%3Duid-a")),
+            "the pod's own events are read, by uid: {:?}",
             seen.iter().map(|r| &r.uri).collect::<Vec<_>>()
         );
         let status = status_patch(&seen);
         assert_eq!(status["phase"], "Failed");
-        assert_eq!(status["failure"]["reason"], "PodStartFailed");
+        assert_eq!(status["failure"]["reason"], "SecretNotFound");
         let message = status["failure"]["message"].as_str().expect("message");
-        assert!(message.contains(note), "{message}");
+        assert!(message.contains("Secret \"git-creds\""), "{message}");
     }
 
     #[tokio::test]
@@ -962,27 +986,11 @@ mod tests {
         );
         // What the operator saw 100 s ago (it, or the one before a restart, wrote it down
         // in the status): the first failed pull.
-        let stages: Vec<String> = b
-            .status
-            .iter()
-            .flat_map(|s| s.stages.iter().map(|st| st.name.clone()))
-            .collect();
-        let observed: Vec<_> = [&source, &pull_error]
+        let seen_then: Vec<_> = [&source, &pull_error]
             .into_iter()
-            .filter_map(|p| observe_pod(&serde_json::from_value(p.clone()).expect("pod"), &stages))
+            .filter_map(|p| observed(&b, p))
             .collect();
-        let earlier = Timestamp::from_second(Timestamp::now().as_second() - 100).expect("time");
-        let before = core::decide(
-            &Observed {
-                build: &b,
-                pods: &observed,
-                claim_exists: true,
-                now: earlier,
-            },
-            &ctx.config,
-        );
-        assert_eq!(before.status.phase, Some(Phase::Building));
-        b.status = Some(before.status);
+        b.status = Some(decided_ago(&ctx, &b, &seen_then, 100));
         let b: ImageBuild =
             serde_json::from_value(serde_json::to_value(&b).expect("json")).expect("build");
         // Now it backs off, and b runs.

@@ -303,8 +303,8 @@ impl<'a> Step<'a, '_> {
     }
 
     /// Pods that cannot start a container. A problem no retry mends (an invalid image
-    /// name, a missing Secret) fails the build at once; a failing pull or container start
-    /// once it has lasted [`START_GRACE_SECONDS`], timed by the [`START_BLOCKED`]
+    /// name) fails the build at once; a failing pull, a missing Secret or a container
+    /// that cannot start once it has lasted [`START_GRACE_SECONDS`], timed by the [`START_BLOCKED`]
     /// condition for one pod and container at a time (the one timed so far while it
     /// lasts, else the first), so that no problem fails the build before it has lasted
     /// that long. A status read before the condition was written only starts the clock

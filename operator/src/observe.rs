@@ -218,13 +218,17 @@ fn missing_secret(message: &str) -> Option<StartFailure> {
     })
 }
 
-/// A pod still being created that the kubelet cannot mount a volume for: the reason is
-/// only in its `FailedMount` events (`message`, the latest), never in a container state.
-/// A missing Secret volume is a Secret problem; anything else a start problem.
+/// A pod still being created that the kubelet cannot mount a Secret volume for: the
+/// reason is only in its `FailedMount` event (`message`, its latest event), never in a
+/// container state. Other mount failures are left to the build's timeout: a volume still
+/// attached elsewhere (a lost node's ReadWriteOnce claim) frees itself after minutes,
+/// and a retried pod must not fail for it.
 pub fn with_mount_failure(mut observed: ObservedPod, message: &str) -> ObservedPod {
-    if observed.state == PodState::Pending {
+    if observed.state == PodState::Pending
+        && let Some(failure) = missing_secret(message)
+    {
         observed.state = PodState::Stuck(StartProblem {
-            failure: missing_secret(message).unwrap_or(StartFailure::Start),
+            failure,
             container: main_container(&observed.role).to_string(),
             image: None,
             reason: "FailedMount".into(),
@@ -279,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_mounts_are_start_problems_and_a_missing_secret_says_so() {
+    fn a_failed_mount_of_a_missing_secret_is_a_start_problem_and_others_wait() {
         let names = vec!["build_x".to_string()];
         let pending = pod(serde_json::json!({
             "metadata": {"name": "p", "labels": labels("source")},
@@ -308,15 +312,13 @@ mod tests {
         );
         let other = with_mount_failure(
             seen,
-            "MountVolume.SetUp failed for volume \"workspace\" : timed out",
+            "Unable to attach or mount volumes: unmounted volumes=[workspace]: timed out waiting for the condition",
         );
-        assert!(matches!(
+        assert_eq!(
             other.state,
-            PodState::Stuck(StartProblem {
-                failure: StartFailure::Start,
-                ..
-            })
-        ));
+            PodState::Pending,
+            "left to the build's timeout"
+        );
         let mut unscheduled = pending.clone();
         unscheduled.spec.as_mut().expect("spec").node_name = None;
         assert!(

@@ -436,10 +436,24 @@ impl Plan {
             commit_time,
             target: self.target.clone(),
             pods,
-            warnings: self.warnings.clone(),
+            // Advice must not push a summary past the termination message's limit: the
+            // first few, each cut short (all of them stay in plan.json).
+            warnings: self
+                .warnings
+                .iter()
+                .take(SUMMARY_WARNINGS)
+                .map(|w| Warning {
+                    message: w.message.chars().take(SUMMARY_WARNING_CHARS).collect(),
+                    ..w.clone()
+                })
+                .collect(),
         }
     }
 }
+
+/// The warnings a summary carries at most, and the characters of each.
+const SUMMARY_WARNINGS: usize = 5;
+const SUMMARY_WARNING_CHARS: usize = 300;
 
 /// `repo:tag@sha256:...` without the digest part (a pinned reference keeps the tag for
 /// people and the digest for the runtime).

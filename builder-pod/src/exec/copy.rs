@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fs::filetree::{self, Content, FileTree, Kind, Node};
 use crate::fs::pattern;
-use crate::fs::tree::Tree;
+use crate::fs::tree::{DiskTree, Tree};
 use crate::fs::users::Ids;
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +207,53 @@ pub fn make_dirs(to: &mut impl Tree, path: &str, owner: Option<Ids>, now: i64) -
         links: HashMap::new(),
     };
     copier.make_dirs(path)
+}
+
+/// ADD's archive entries (extracted into `tree`) placed under `dir` as Docker extracts
+/// them: each entry's directory resolved through the image's symlinks (missing ones
+/// made 0755), the entry created or replaced there with its own attributes and owner; a
+/// directory that is there already keeps its own.
+fn place_archive(to: &mut impl Tree, tree: &FileTree, dir: &str, now: i64) -> Result<()> {
+    let flags = CopyFlags {
+        keyword: "ADD",
+        ..CopyFlags::default()
+    };
+    let mut copier = Copier {
+        to,
+        from: Source {
+            tree,
+            keep_owner: true,
+        },
+        flags: &flags,
+        now,
+        links: HashMap::new(),
+    };
+    for (path, node) in tree.entries() {
+        if node.kind == Kind::Dir {
+            // Through a symlink of the image to a directory too (`lib` -> `usr/lib`).
+            let at = format!("{dir}/{}", path.display());
+            let existed = copier.to.is_dir(&at)?;
+            let target = copier.make_dirs(&at)?;
+            if !existed {
+                copier.to.put(&target, &copier.attributes(node, true))?;
+            }
+            continue;
+        }
+        let parent = path.parent().unwrap_or(Path::new("")).display();
+        let target = copier
+            .make_dirs(&format!("{dir}/{parent}"))?
+            .join(path.file_name().unwrap_or_default());
+        copier.refuse_directory(&target, &path.display().to_string())?;
+        if let Some(id) = node.inode {
+            if let Some(first) = copier.links.get(&id) {
+                copier.to.hard_link(&target, first)?;
+                continue;
+            }
+            copier.links.insert(id, target.clone());
+        }
+        copier.to.put(&target, &copier.attributes(node, false))?;
+    }
+    Ok(())
 }
 
 /// The matches of each source, with the part `--parents` keeps of each.
@@ -442,22 +489,38 @@ pub(crate) fn kept_path(source: &str, matched: &str, parents: bool) -> String {
     }
 }
 
-/// ADD's archive extraction where the tree is the disk under `root`: through the
-/// layer applier, which never writes outside the directory.
-pub fn extract_into(root: &Path) -> impl FnMut(&Node, &Path) -> Result<()> + '_ {
+/// ADD's archive extraction where the tree is the disk under `root`: the archive is
+/// extracted into `scratch` by the layer applier (which never writes outside it), then
+/// copied to its destination like any COPY, so its paths follow the image's symlinks
+/// (`lib/x.so` lands in `/usr/lib` where `/lib` links there) and its owners are kept.
+pub fn extract_into<'a>(
+    root: &'a Path,
+    scratch: &'a Path,
+) -> impl FnMut(&Node, &Path) -> Result<()> + 'a {
+    let mut count = 0;
     move |node, dir| {
-        let Content::File(archive) = &node.content else {
-            return Err(Error::Unpack {
-                archive: dir.display().to_string(),
-                source: "only a file of the context can be extracted".into(),
-            });
-        };
-        crate::layer::extract_archive(archive, &root.join(dir))
-            .map(|_| ())
-            .map_err(|e| Error::Unpack {
+        let unpack_err =
+            |archive: &Path, source: Box<dyn std::error::Error + Send + Sync>| Error::Unpack {
                 archive: archive.display().to_string(),
-                source: Box::new(e),
-            })
+                source,
+            };
+        let Content::File(archive) = &node.content else {
+            return Err(unpack_err(
+                dir,
+                "only a file of the context can be extracted".into(),
+            ));
+        };
+        count += 1;
+        let extracted = scratch.join(format!("archive-{count}"));
+        let _ = std::fs::remove_dir_all(&extracted);
+        crate::layer::extract_archive(archive, &extracted)
+            .map_err(|e| unpack_err(archive, Box::new(e)))?;
+        let tree = FileTree::from_dir(&extracted)?;
+        let now = tree.get(Path::new("")).map_or(0, |n| n.mtime);
+        let dest = format!("/{}", dir.display());
+        let copied = place_archive(&mut DiskTree::new(root), &tree, &dest, now);
+        let _ = std::fs::remove_dir_all(&extracted);
+        copied
     }
 }
 
@@ -550,7 +613,7 @@ impl Chmod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::tree::{DiskTree, MemoryTree};
+    use crate::fs::tree::MemoryTree;
     use std::fs::{self, File};
     use std::os::unix::fs::{MetadataExt, PermissionsExt as _, symlink};
 
@@ -591,7 +654,8 @@ mod tests {
     ) -> Result<()> {
         let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         let from = FileTree::from_dir(ctx)?;
-        let mut extract = extract_into(dst);
+        let scratch = tempfile::tempdir().expect("scratch");
+        let mut extract = extract_into(dst, scratch.path());
         let unpack: Option<Unpack<'_>> = if unpack { Some(&mut extract) } else { None };
         let source = Source {
             tree: &from,
@@ -783,6 +847,44 @@ mod tests {
     }
 
     #[test]
+    fn add_archives_follow_the_images_symlinks_and_keep_owners() {
+        let ctx = context();
+        let archive = ctx.path().join("libs.tar");
+        {
+            let mut t = tar::Builder::new(File::create(&archive).expect("create"));
+            let mut h = tar::Header::new_ustar();
+            h.set_size(3);
+            h.set_mode(0o755);
+            h.set_uid(7);
+            h.set_gid(7);
+            h.set_mtime(0);
+            h.set_cksum();
+            t.append_data(&mut h, "lib/x.so", &b"elf"[..])
+                .expect("append");
+            t.into_inner().expect("finish");
+        }
+        let out = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(out.path().join("usr/lib")).expect("mkdir");
+        symlink("usr/lib", out.path().join("lib")).expect("symlink");
+        let mut o = opts();
+        o.keyword = "ADD";
+        run_with(ctx.path(), out.path(), &["libs.tar"], "/", &o, true).expect("add");
+        let lib = out.path().join("usr/lib/x.so");
+        assert_eq!(fs::read(&lib).expect("read"), b"elf");
+        assert_eq!(
+            fs::metadata(&lib).expect("meta").uid(),
+            7,
+            "owners are kept"
+        );
+        assert!(
+            fs::symlink_metadata(out.path().join("lib"))
+                .expect("lib")
+                .is_symlink(),
+            "the image's symlink stays"
+        );
+    }
+
+    #[test]
     fn inline_files() {
         let out = tempfile::tempdir().expect("tempdir");
         let mut tree = DiskTree::new(out.path());
@@ -957,16 +1059,7 @@ mod tests {
     }
 
     #[test]
-    fn link_layers_start_from_nothing_and_heredocs_are_files() {
-        let (_d, from) = export();
-        let mut scratch = MemoryTree::new(FileTree::new());
-        let entries =
-            copy_in(&mut scratch, &from, &["/out/a.txt"], "/lib/x.so", &flags()).expect("copy");
-        assert_eq!(
-            paths(&entries),
-            ["lib", "lib/x.so"],
-            "--link does not follow the image"
-        );
+    fn heredocs_are_files() {
         let mut view = MemoryTree::new(image());
         write_inline(&mut view, "/etc/app/", "conf", "x=1\n", &flags(), 9).expect("inline");
         let entries = view.take_changes();

@@ -452,16 +452,21 @@ impl Executor<'_> {
                 keep_owner: true,
             },
         };
-        copy::copy(to, source, &c.sources, &c.dest, &c.flags, self.now, None).map_err(|e| {
-            match (e, &c.from) {
-                (copy::Error::NotFound(path), None) => Error::NotInContext(path),
-                (copy::Error::NotFound(path), Some(from)) => Error::NotInStage {
-                    path,
-                    stage: Sources::stage_read(step.stage, step.line, from).unwrap_or(from.clone()),
-                },
-                (e, _) => Error::Copy(e),
-            }
-        })
+        copy::copy(to, source, &c.sources, &c.dest, &c.flags, self.now, None)
+            .map_err(|e| missing_source(e, step, c.from.as_deref()))
+    }
+}
+
+/// A copy error, with a source not found said where it was looked for: the context
+/// (`from` None) or the stage a `--from` names.
+pub fn missing_source(e: copy::Error, step: &Step<'_>, from: Option<&str>) -> Error {
+    match (e, from) {
+        (copy::Error::NotFound(path), None) => Error::NotInContext(path),
+        (copy::Error::NotFound(path), Some(from)) => Error::NotInStage {
+            path,
+            stage: Sources::stage_read(step.stage, step.line, from).unwrap_or(from.to_string()),
+        },
+        (e, _) => Error::Copy(e),
     }
 }
 

@@ -345,6 +345,11 @@ impl FileTree {
             .map(|(p, n)| (p.as_path(), n))
     }
 
+    /// Every object of the tree, parents before their contents.
+    pub fn entries(&self) -> impl Iterator<Item = (&Path, &Node)> {
+        self.descendants(Path::new(""))
+    }
+
     /// The direct children of a directory, by name.
     pub fn children<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = (&'a Path, &'a Node)> {
         let depth = dir.components().count() + 1;

@@ -158,7 +158,12 @@ fn set_attributes(full: &Path, node: &Node) -> Result<()> {
             .map_err(write_err(full))?;
     }
     for (name, value) in &node.xattrs {
-        xattr::set(full, OsStr::from_bytes(name), value).map_err(write_err(full))?;
+        match xattr::set(full, OsStr::from_bytes(name), value) {
+            // A filesystem without extended attributes (NFS) keeps the file, as the
+            // layer applier does.
+            Err(e) if e.raw_os_error() == Some(95) => {} // EOPNOTSUPP
+            other => other.map_err(write_err(full))?,
+        }
     }
     let mtime = filetime::FileTime::from_unix_time(node.mtime, 0);
     filetime::set_symlink_file_times(full, mtime, mtime).map_err(write_err(full))

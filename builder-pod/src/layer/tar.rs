@@ -89,6 +89,11 @@ impl<W: Write> TarWriter<W> {
     /// a second name of a hard-linked file becomes a link to the first.
     pub fn put_disk(&mut self, name: &Path, full: &Path, entry: &Entry) -> Result<()> {
         let name = name.as_os_str().as_bytes();
+        if entry.kind == FileKind::Socket {
+            // Tar cannot carry a socket; Docker leaves them out too (and so must the
+            // hard-link bookkeeping, or a second name would link to nothing).
+            return Ok(());
+        }
         let first = (entry.kind != FileKind::Directory && entry.nlink > 1)
             .then(|| first_name(&mut self.disk_links, (entry.dev, entry.ino), name))
             .flatten();
@@ -105,8 +110,7 @@ impl<W: Write> TarWriter<W> {
             (None, FileKind::CharDevice) => (EntryType::Char, None),
             (None, FileKind::BlockDevice) => (EntryType::Block, None),
             (None, FileKind::Fifo) => (EntryType::Fifo, None),
-            // Tar cannot carry a socket; Docker leaves them out too.
-            (None, FileKind::Socket) => return Ok(()),
+            (_, FileKind::Socket) => return Ok(()),
         };
         let fields = Fields {
             kind,

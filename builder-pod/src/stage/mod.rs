@@ -480,7 +480,8 @@ impl Pod for StagePod<'_> {
             tree: sources.context()?,
             keep_owner: false,
         };
-        let mut extract = copy::extract_into(&self.opts.root);
+        let scratch = self.scratch();
+        let mut extract = copy::extract_into(&self.opts.root, &scratch);
         let unpack: Option<copy::Unpack<'_>> = add.unpack.then_some(&mut extract);
         copy::copy(
             &mut self.tree,
@@ -490,8 +491,8 @@ impl Pod for StagePod<'_> {
             &add.flags,
             step.now,
             unpack,
-        )?;
-        Ok(())
+        )
+        .map_err(|e| exec::missing_source(e, step, None))
     }
 
     fn layer(&mut self, out: &Path, epoch: Option<i64>) -> exec::Result<Option<LayerInfo>> {

@@ -146,7 +146,9 @@ impl<'a> Runner<'a> {
     fn run(mut self) -> Result<LocalResult> {
         let result = self.drive().map(|mut status| {
             // As the operator does: the failed pod's last log lines go into the status.
+            // A pod that never started has no log to show (podman would say so instead).
             if let Some(failure) = status.failure.as_mut()
+                && !core::reason::START_FAILURES.contains(&failure.reason.as_str())
                 && let Some(pod) = &failure.pod
                 && let Some((role, ..)) = self.pods.get(pod)
             {
