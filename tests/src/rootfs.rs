@@ -292,6 +292,24 @@ pub fn buildah_bud(
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
     cmd.arg(context);
-    check(&mut cmd);
+    // buildah's chroot isolation re-executes itself from a sealed memfd copy, which fails
+    // now and then with EBUSY while other containers start beside it (a runtime race,
+    // not a build failure): such a run is tried again, anything else fails the test.
+    for attempt in 1..=3 {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            stderr.contains("sealing memfd copy") && attempt < 3,
+            "{cmd:?} failed ({}):\n{}\n{stderr}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+        );
+        eprintln!("buildah hit the memfd race (attempt {attempt}); trying again");
+    }
     tag.to_string()
 }
