@@ -1082,6 +1082,24 @@ mod tests {
 
     type Shared<T> = Arc<std::sync::Mutex<T>>;
 
+    /// A played cluster ([`cluster`]) whose Lease another replica holds.
+    struct Contested {
+        lease: Shared<Option<serde_json::Value>>,
+        seen: Shared<Vec<Seen>>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    fn held_by_another(handle: Handle) -> Contested {
+        let lease = Arc::new(std::sync::Mutex::new(Some(lease(Some("other")))));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = cluster(handle, lease.clone(), seen.clone());
+        Contested {
+            lease,
+            seen,
+            server,
+        }
+    }
+
     /// Plays a whole cluster for `run`: the Lease in `lease` (which the test may change
     /// meanwhile), one new ImageBuild, no pods or claims, watches that stay open; records
     /// every request in `seen` until the client is gone.
@@ -1182,15 +1200,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_replica_without_the_lease_reconciles_nothing_and_does_not_lead() {
         let (ctx, handle) = context();
-        let lease_state = Arc::new(std::sync::Mutex::new(Some(lease(Some("other")))));
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let server = cluster(handle, lease_state.clone(), seen.clone());
+        let Contested {
+            lease: lease_state,
+            seen,
+            server,
+        } = held_by_another(handle);
         let (stop, shutdown) = watch::channel(false);
-        let ready = AtomicBool::new(false);
-        let running = run(ctx.clone(), None, 2, Some(elector(&ctx)), &ready, shutdown);
+        let leading = AtomicBool::new(false);
+        let running = run(
+            ctx.clone(),
+            None,
+            2,
+            Some(elector(&ctx)),
+            &leading,
+            shutdown,
+        );
         let test = async {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            assert!(!ready.load(Ordering::Relaxed), "ready without the lease");
+            assert!(
+                !leading.load(Ordering::Relaxed),
+                "leading without the lease"
+            );
             stop.send(true).expect("stop");
         };
         let (result, ()) = tokio::join!(running, test);
@@ -1226,23 +1256,30 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let server = cluster(handle, lease_state.clone(), seen.clone());
         let (stop, shutdown) = watch::channel(false);
-        let ready = AtomicBool::new(false);
-        let running = run(ctx.clone(), None, 2, Some(elector(&ctx)), &ready, shutdown);
+        let leading = AtomicBool::new(false);
+        let running = run(
+            ctx.clone(),
+            None,
+            2,
+            Some(elector(&ctx)),
+            &leading,
+            shutdown,
+        );
         let test = async {
-            until("ready", || ready.load(Ordering::Relaxed)).await;
+            until("leading", || leading.load(Ordering::Relaxed)).await;
             until("the build's source pod", || {
                 count(&seen, "POST", "/namespaces/team/pods") > 0
             })
             .await;
             // Renewals keep the lease.
             tokio::time::sleep(Duration::from_secs(20)).await;
-            assert!(ready.load(Ordering::Relaxed));
+            assert!(leading.load(Ordering::Relaxed));
             assert!(count(&seen, "PUT", "/leases/stagecoach") >= 3, "renewed");
             stop.send(true).expect("stop");
         };
         let (result, ()) = tokio::join!(running, test);
         result.expect("run");
-        assert!(!ready.load(Ordering::Relaxed), "not ready once stopped");
+        assert!(!leading.load(Ordering::Relaxed), "not ready once stopped");
         drop(ctx);
         server.await.expect("server");
         let seen = seen.lock().expect("seen");
@@ -1267,37 +1304,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn readiness_and_reconciling_follow_the_lease() {
+    async fn leading_and_reconciling_follow_the_lease() {
         let (ctx, handle) = context();
-        let lease_state = Arc::new(std::sync::Mutex::new(Some(lease(Some("other")))));
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let server = cluster(handle, lease_state.clone(), seen.clone());
+        let Contested {
+            lease: lease_state,
+            seen,
+            server,
+        } = held_by_another(handle);
         let (stop, shutdown) = watch::channel(false);
-        let ready = AtomicBool::new(false);
-        let running = run(ctx.clone(), None, 2, Some(elector(&ctx)), &ready, shutdown);
+        let leading = AtomicBool::new(false);
+        let running = run(
+            ctx.clone(),
+            None,
+            2,
+            Some(elector(&ctx)),
+            &leading,
+            shutdown,
+        );
         let builds_listed = || count(&seen, "GET", "/apis/stagecoach.dev/v1alpha1/imagebuilds");
         let test = async {
             tokio::time::sleep(Duration::from_secs(20)).await;
-            assert!(!ready.load(Ordering::Relaxed));
+            assert!(!leading.load(Ordering::Relaxed));
             assert_eq!(builds_listed(), 0);
             // The other replica hands the lease back: this one takes it and reconciles.
             *lease_state.lock().expect("lease") = Some(lease(None));
-            until("ready", || ready.load(Ordering::Relaxed)).await;
+            until("leading", || leading.load(Ordering::Relaxed)).await;
             until("watching builds", || builds_listed() == 1).await;
             // Another replica takes the lease (as after a partition): this one stops.
             *lease_state.lock().expect("lease") = Some(lease(Some("other")));
             // The next renewal (every 3 s) sees it.
             tokio::time::sleep(Duration::from_secs(4)).await;
             assert!(
-                !ready.load(Ordering::Relaxed),
+                !leading.load(Ordering::Relaxed),
                 "still ready without the lease"
             );
             tokio::time::sleep(Duration::from_secs(60)).await;
-            assert!(!ready.load(Ordering::Relaxed));
+            assert!(!leading.load(Ordering::Relaxed));
             assert_eq!(builds_listed(), 1, "no controller runs without the lease");
             // Free again: taken again, with a new controller.
             *lease_state.lock().expect("lease") = Some(lease(None));
-            until("ready again", || ready.load(Ordering::Relaxed)).await;
+            until("leading again", || leading.load(Ordering::Relaxed)).await;
             until("watching builds again", || builds_listed() == 2).await;
             stop.send(true).expect("stop");
         };
@@ -1319,10 +1365,10 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let server = cluster(handle, Arc::new(std::sync::Mutex::new(None)), seen.clone());
         let (stop, shutdown) = watch::channel(false);
-        let ready = AtomicBool::new(false);
-        let running = run(ctx.clone(), None, 2, None, &ready, shutdown);
+        let leading = AtomicBool::new(false);
+        let running = run(ctx.clone(), None, 2, None, &leading, shutdown);
         let test = async {
-            until("ready", || ready.load(Ordering::Relaxed)).await;
+            until("leading", || leading.load(Ordering::Relaxed)).await;
             until("the build's source pod", || {
                 count(&seen, "POST", "/namespaces/team/pods") > 0
             })

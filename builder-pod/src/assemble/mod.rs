@@ -194,6 +194,7 @@ async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result
         }
         Base::Scratch | Base::Stage { .. } => None,
     };
+    report.timings.base_ms = millis(started);
     if !matches!(target.execution, Execution::Pod { .. }) {
         let below = &chain[..chain.len() - 1];
         build_target(
@@ -207,10 +208,6 @@ async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result
         )
         .await?;
     }
-    report.timings.base_ms = report
-        .timings
-        .base_ms
-        .max(millis(started) - report.timings.layers_ms);
 
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
     for id in &chain {
@@ -258,7 +255,8 @@ async fn build_target(
     } else {
         FileTree::new()
     };
-    report.timings.base_ms = millis(started);
+    // The base's file tree counts as fetching the base.
+    report.timings.base_ms += millis(started);
     let started = Instant::now();
     let (config, scope) = exec::starting_point(plan, ws, target, base.map(|b| b.config.clone()))?;
     let (plan, target, ws) = (plan.clone(), target.clone(), ws.clone());

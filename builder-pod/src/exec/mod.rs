@@ -230,10 +230,11 @@ impl Sources {
 
     /// The build context.
     pub fn context(&mut self) -> Result<&FileTree> {
-        if self.context_tree.is_none() {
-            self.context_tree = Some(FileTree::from_dir(&self.context)?);
-        }
-        Ok(self.context_tree.as_ref().unwrap_or_else(|| unreachable!()))
+        let tree = match self.context_tree.take() {
+            Some(tree) => tree,
+            None => FileTree::from_dir(&self.context)?,
+        };
+        Ok(self.context_tree.insert(tree))
     }
 
     /// The stage a `--from` on this line of `stage` reads (the planner resolved it).
