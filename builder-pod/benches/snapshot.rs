@@ -3,7 +3,8 @@
 //! 1. snapshot + diff of a 100,000-file tree after 1,000 files changed, beside
 //!    `find <tree> -printf ''` (the cost of merely walking it);
 //! 2. layer packing throughput on ~1 GiB of mixed files, per gzip level, beside
-//!    `tar -c | gzip` and `tar -c | pigz`.
+//!    `tar -c | gzip` and `tar -c | pigz -p2` (the 1.0x target), each at the layer's
+//!    level and at its default.
 //!
 //! Run: `cargo bench -p stagecoach-builder --bench snapshot` (under three minutes; pigz
 //! uses both cores).
@@ -322,11 +323,14 @@ fn packing_figures(scratch: &Path) {
     }
 
     println!("-- the whole tree --");
-    let start = Instant::now();
-    let info = layer::write_layer(&tree, &everything, &after, &out, None).expect("write layer");
+    // Best of two for the headline pair: one slow run (writeback, a busy neighbour) must
+    // not decide the ratio.
+    let (packed, info) = best(2, || {
+        layer::write_layer(&tree, &everything, &after, &out, None).expect("write layer")
+    });
     line(
         &format!("stagecoach write_layer (level {DEFAULT_LEVEL})"),
-        start.elapsed(),
+        packed,
         info.size,
     );
     let root = scratch.join("applied");
@@ -344,25 +348,31 @@ fn packing_figures(scratch: &Path) {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    for tool in ["gzip", "pigz"] {
-        if tool == "pigz" && !pigz {
+    // The same level as the layer first (the fair comparison), then each tool's default.
+    let mut pigz_same_level = None;
+    for (tool, runs) in [("gzip", 1), ("pigz -p2", 2)] {
+        if tool.starts_with("pigz") && !pigz {
             println!("tar -c | pigz: skipped, pigz is not installed (apt-get install pigz)");
             continue;
         }
-        // gzip at the layer's level too would be another half minute: pigz shows it.
-        let levels: &[u32] = if tool == "pigz" {
-            &[DEFAULT_LEVEL, 6]
-        } else {
-            &[6]
-        };
-        for &level in levels {
-            let took = shell(&format!(
-                "tar -C {tree_arg} -cf - . | {tool} -{level} -c > {out_arg}"
-            ));
+        for level in [DEFAULT_LEVEL, 6] {
+            let script = format!("tar -C {tree_arg} -cf - . | {tool} -{level} -c > {out_arg}");
+            let (took, _) = best(if level == DEFAULT_LEVEL { runs } else { 1 }, || {
+                shell(&script)
+            });
             let default = if level == 6 { " (its default)" } else { "" };
             let what = format!("tar -c | {tool} -{level}{default}");
             line(&what, took, fs::metadata(&out).expect("stat").len());
+            if tool.starts_with("pigz") && level == DEFAULT_LEVEL {
+                pigz_same_level = Some(took);
+            }
         }
+    }
+    if let Some(pigz) = pigz_same_level {
+        println!(
+            "write_layer / tar -c | pigz -p2 -{DEFAULT_LEVEL}: {:.2}x the throughput",
+            pigz.as_secs_f64() / packed.as_secs_f64()
+        );
     }
     fs::remove_file(&out).expect("clean up");
 }

@@ -5,6 +5,7 @@
 //! registry client (`oci`), image configs and the workspace.
 
 pub mod assemble;
+pub mod cache;
 pub mod error;
 pub mod exec;
 pub mod fs;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use stagecoach_builder::assemble::{self, AssembleOptions, MediaTypes};
+use stagecoach_builder::cache;
 use stagecoach_builder::oci::{self, RetryPolicy};
 use stagecoach_builder::stage::{self, StageOptions};
 use stagecoach_builder::termination;
@@ -81,6 +82,41 @@ struct AssembleArgs {
     jobs: usize,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Push no image, only store the stages that ran in the stage cache (after a
+    /// failed build).
+    #[arg(long)]
+    cache_only: bool,
+}
+
+/// The stage cache (`spec.cache`): where its entries are and what the pod may do.
+#[derive(Debug, clap::Args)]
+struct CacheArgs {
+    /// The repository of the stage cache's entries; none: no cache.
+    #[arg(long)]
+    cache_repository: Option<String>,
+    #[arg(long, value_enum, default_value_t = CacheMode::ReadWrite)]
+    cache_mode: CacheMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CacheMode {
+    ReadWrite,
+    ReadOnly,
+    Disabled,
+}
+
+impl CacheArgs {
+    fn settings(self) -> Option<cache::Settings> {
+        let mode = match self.cache_mode {
+            CacheMode::ReadWrite => cache::Mode::ReadWrite,
+            CacheMode::ReadOnly => cache::Mode::ReadOnly,
+            CacheMode::Disabled => return None,
+        };
+        self.cache_repository
+            .map(|repository| cache::Settings { repository, mode })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,6 +200,8 @@ struct SourceArgs {
     pull_secrets: PathBuf,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -321,6 +359,7 @@ fn run_source(args: SourceArgs) -> anyhow::Result<()> {
         private_tmp: args.tmp,
         registry: args.registry.settings(),
         pull_secrets: args.pull_secrets,
+        cache: args.cache.settings(),
     };
     let report = source::run(&opts);
     source::publish(&opts.workspace, &report)?;
@@ -366,11 +405,22 @@ fn run_assemble(args: AssembleArgs) -> anyhow::Result<()> {
         },
         registry: args.registry.settings(),
         jobs: args.jobs,
+        cache: args.cache.settings(),
+        cache_only: args.cache_only,
     };
+    let cache_only = args.cache_only;
     let report = assemble::run(&opts);
     write_json(&opts.workspace.report(&report.pod), &report)?;
     termination::write(&assemble::outcome(&report));
     match (&report.error, &report.image) {
+        (None, None) if cache_only => {
+            println!(
+                "stored {} stage(s) in the stage cache in {} ms",
+                report.cached.len(),
+                report.timings.total_ms
+            );
+            Ok(())
+        }
         (None, Some(image)) => {
             println!(
                 "pushed {image} ({} layers: {} pushed, {} mounted, {} already there) in {} ms",

@@ -27,6 +27,7 @@ fn outcome_for(role: &Role) -> PodOutcome {
         stages: vec![id.into()],
         image: Some("busybox@sha256:1".into()),
         waits_for: waits.iter().map(|s| s.to_string()).collect(),
+        cache: None,
     };
     match role {
         Role::Source => PodOutcome {

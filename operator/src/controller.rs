@@ -702,6 +702,7 @@ mod tests {
             stages: vec![id.into()],
             image: Some("registry.example/busybox@sha256:1".into()),
             waits_for: waits.iter().map(|s| s.to_string()).collect(),
+            cache: None,
         };
         PodOutcome {
             succeeded: true,

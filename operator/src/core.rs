@@ -590,6 +590,7 @@ impl<'a> Step<'a, '_> {
                 stages: stage.runs.clone(),
                 image: stage.image.clone(),
                 waits_for: stage.waits_for.clone(),
+                cache: None,
             };
             let ready = stage.waits_for.iter().all(|w| {
                 self.status
@@ -1113,6 +1114,7 @@ spec:
             stages: vec![id.into()],
             image: Some("busybox@sha256:1".into()),
             waits_for: waits.iter().map(|s| s.to_string()).collect(),
+            cache: None,
         };
         Some(PodOutcome {
             succeeded: true,

@@ -764,6 +764,7 @@ mod tests {
             stages: vec!["build".into()],
             image: Some("busybox@sha256:1".into()),
             waits_for: Vec::new(),
+            cache: None,
         };
         for (role, pod) in [
             (Role::Source, render::render_source_pod(&build, &config, 0)),

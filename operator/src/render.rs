@@ -588,6 +588,7 @@ spec:
             stages: vec!["build_x".into()],
             image: Some("docker.io/library/busybox@sha256:aaaa".into()),
             waits_for: vec![],
+            cache: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub enum WarningKind {
     /// `FROM x`, `COPY --from=x` or `RUN --mount=from=x` where `x` is no stage but is
     /// close to a stage name, so it is pulled as an image (likely a typo).
     FromLooksLikeStage,
+    /// The stage cache could not be read or written; the build goes on without it.
+    CacheUnavailable,
     /// A kind this version does not know (from a newer writer), kept as written so
     /// reading a plan or summary never fails on it.
     #[serde(untagged)]
@@ -78,6 +80,7 @@ impl WarningKind {
         match self {
             WarningKind::BuildArgUnused => "BuildArgUnused",
             WarningKind::FromLooksLikeStage => "FromLooksLikeStage",
+            WarningKind::CacheUnavailable => "CacheUnavailable",
             WarningKind::Other(kind) => kind,
         }
     }
@@ -141,6 +144,25 @@ pub struct Stage {
     /// it is the target; if not, only its exports are needed.
     pub needs_filesystem: bool,
     pub execution: Execution,
+    /// What the stage cache knows of this stage; filled by the source pod, none when
+    /// the build's cache is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<StageCache>,
+}
+
+/// A stage's place in the stage cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageCache {
+    /// The stage's key (hex sha256): the same key always means the same result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Its results were restored from the cache: nothing of it runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hit: bool,
+    /// Why the stage has no key (an `ADD <url>` without `--checksum`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncacheable: Option<String>,
 }
 
 /// A `--from` of one instruction, resolved to the stage (or image source) it names.
@@ -370,6 +392,9 @@ pub struct PodSummary {
     /// Pods that must have succeeded before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waits_for: Vec<String>,
+    /// The stage cache's view of the pod's stage: a hit needs no pod at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<StageCache>,
 }
 
 impl Plan {
@@ -428,6 +453,7 @@ impl Plan {
                     stages: runs.clone(),
                     image: self.root_image(id),
                     waits_for,
+                    cache: stage.cache.clone(),
                 })
             })
             .collect();
@@ -482,6 +508,9 @@ pub struct PodOutcome {
     /// The pushed image, `reference@digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// What went wrong without failing the pod (the stage cache), for people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
 }
 
 /// The most of a termination message Kubernetes keeps.

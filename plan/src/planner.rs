@@ -489,6 +489,7 @@ fn contract_stages(
             exports: covering_paths(std::mem::take(&mut takes.exports[i])),
             needs_filesystem: takes.filesystem.contains(&i),
             execution,
+            cache: None,
         });
     }
     stages.extend(images.into_iter().enumerate().map(image_stage));
@@ -573,6 +574,7 @@ fn image_stage((n, image): (usize, ImageSource)) -> Stage {
         exports: covering_paths(image.paths),
         needs_filesystem: false,
         execution: Execution::Pod { runs: Vec::new() },
+        cache: None,
     }
 }
 

@@ -82,6 +82,8 @@ impl Build {
                 },
             },
             jobs: 3,
+            cache: None,
+            cache_only: false,
         }
     }
 }

@@ -348,6 +348,7 @@ fn options(ws: &Path, url: String, revision: &str) -> SourceOptions {
             ..Default::default()
         },
         pull_secrets: ws.join("no-pull-secrets"),
+        cache: None,
     }
 }
 

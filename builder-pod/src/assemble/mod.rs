@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::cache;
 use crate::exec::{self, Executor, Pod, Sources, StageError, StageReport};
 use crate::fs::filetree::FileTree;
 use crate::fs::tree::MemoryTree;
@@ -23,7 +24,7 @@ use crate::workspace::{self, Workspace};
 use base::{BaseImage, ImageLayer};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use stagecoach_plan::contract::{Base, Execution, Plan, PodOutcome, Stage};
+use stagecoach_plan::contract::{Base, Execution, Plan, PodOutcome, Stage, Warning, WarningKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -100,6 +101,11 @@ pub struct AssembleOptions {
     pub registry: oci::Settings,
     /// Blobs transferred at the same time.
     pub jobs: usize,
+    /// The stage cache, where the stages this build ran are stored after the push.
+    pub cache: Option<cache::Settings>,
+    /// Store the stages that ran in the cache and push no image: after a failed build,
+    /// so that the next one resumes from the failed stage.
+    pub cache_only: bool,
 }
 
 /// What the assemble pod did, written to `reports/<pod>.json`.
@@ -122,6 +128,11 @@ pub struct AssembleReport {
     pub layers: usize,
     pub blobs: BlobCounts,
     pub timings: Timings,
+    /// Stages stored in the stage cache, and what could not be stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cached: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
 }
@@ -135,6 +146,8 @@ pub struct Timings {
     /// Layers built here for a COPY-only target.
     pub layers_ms: u64,
     pub push_ms: u64,
+    /// Storing the stages that ran in the stage cache.
+    pub cache_ms: u64,
     pub total_ms: u64,
 }
 
@@ -174,6 +187,15 @@ pub fn outcome(report: &AssembleReport) -> PodOutcome {
         reason: report.error.as_ref().map(|e| e.reason.clone()),
         message: report.error.as_ref().map(|e| e.message.clone()),
         image: report.image.clone(),
+        warnings: report
+            .warnings
+            .iter()
+            .map(|message| Warning {
+                kind: WarningKind::CacheUnavailable,
+                message: message.clone(),
+                line: None,
+            })
+            .collect(),
         ..PodOutcome::default()
     }
 }
@@ -183,37 +205,54 @@ async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result
     let ws = &opts.workspace;
     let plan = read_plan(ws)?;
     let target_ref = destination(opts)?;
-    let chain = exec::from_chain(&plan, &plan.target)?;
-    let target = stage(&plan, &plan.target)?.clone();
     let registry = Registry::new(&opts.registry)?;
+    if !opts.cache_only {
+        build_and_push(opts, &registry, &plan, &target_ref, report).await?;
+    }
+    if let Some(cache) = opts
+        .cache
+        .as_ref()
+        .filter(|c| c.mode == cache::Mode::ReadWrite)
+    {
+        let started = Instant::now();
+        let stored = cache::store(&plan, ws, &registry, cache, &target_ref).await;
+        report.cached = stored.stages;
+        report.warnings = stored.warnings;
+        report.timings.cache_ms = millis(started);
+    }
+    Ok(())
+}
 
+/// The target's layers (built here when it only copies) over its base's, pushed as the
+/// image.
+async fn build_and_push(
+    opts: &AssembleOptions,
+    registry: &Registry,
+    plan: &Plan,
+    target_ref: &Reference,
+    report: &mut AssembleReport,
+) -> Result<()> {
+    let ws = &opts.workspace;
+    let chain = exec::from_chain(plan, &plan.target)?;
+    let target = stage(plan, &plan.target)?.clone();
     let started = Instant::now();
-    let base = match &stage(&plan, &chain[0])?.base {
+    let base = match &stage(plan, &chain[0])?.base {
         Base::Image { reference, digest } => {
-            Some(base::fetch(&registry, reference, digest.as_deref(), &plan).await?)
+            Some(base::fetch(registry, reference, digest.as_deref(), plan).await?)
         }
         Base::Scratch | Base::Stage { .. } => None,
     };
     report.timings.base_ms = millis(started);
     if !matches!(target.execution, Execution::Pod { .. }) {
         let below = &chain[..chain.len() - 1];
-        build_target(
-            opts,
-            &registry,
-            &plan,
-            &target,
-            below,
-            base.as_ref(),
-            report,
-        )
-        .await?;
+        build_target(opts, registry, plan, &target, below, base.as_ref(), report).await?;
     }
 
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
     for id in &chain {
-        layers.extend(base::stage_layers(ws, stage(&plan, id)?)?);
+        layers.extend(base::stage_layers(ws, stage(plan, id)?)?);
     }
-    push_image(opts, &registry, &plan, &target_ref, &layers, report).await
+    push_image(opts, registry, plan, target_ref, &layers, report).await
 }
 
 fn read_plan(ws: &Workspace) -> Result<Plan> {

@@ -257,7 +257,7 @@ fn place_archive(to: &mut impl Tree, tree: &FileTree, dir: &str, now: i64) -> Re
 }
 
 /// The matches of each source, with the part `--parents` keeps of each.
-fn find_sources(
+pub(crate) fn find_sources(
     from: &FileTree,
     sources: &[String],
     parents: bool,

@@ -548,7 +548,7 @@ fn resolve_copy(
 }
 
 /// ONBUILD triggers of the base image, as instructions at the stage's FROM line.
-fn triggers_of(
+pub(crate) fn triggers_of(
     plan: &Plan,
     stage: &Stage,
     triggers: &[String],
@@ -600,6 +600,11 @@ pub fn starting_point(
             .map_err(unplaced)?;
         return Ok((config, scope));
     }
+    Ok(image_start(plan, base))
+}
+
+/// The config and scope of a stage that starts from an image (`base`) or scratch.
+pub fn image_start(plan: &Plan, base: Option<ImageConfig>) -> (ImageConfig, Scope) {
     let mut config = base.unwrap_or_default();
     if config.os.is_empty() {
         config.os = plan.platform.os.clone();
@@ -608,7 +613,7 @@ pub fn starting_point(
     }
     config.ensure_path();
     let scope = Scope::from_image_env(&config.env_pairs());
-    Ok((config, scope))
+    (config, scope)
 }
 
 /// The stages a `FROM <stage>` chain goes through, root first, ending with `id`; a

@@ -333,7 +333,7 @@ impl FileTree {
     }
 
     /// Everything under `dir` (not `dir` itself), in tree order.
-    fn descendants<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = (&'a Path, &'a Node)> {
+    pub fn descendants<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = (&'a Path, &'a Node)> {
         let start = if dir.as_os_str().is_empty() {
             std::ops::Bound::Unbounded
         } else {

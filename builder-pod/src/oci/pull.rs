@@ -130,6 +130,16 @@ impl Registry {
         Ok((bytes, media_type, digest))
     }
 
+    /// A manifest by tag or digest as it is stored (an artifact's, never resolved as an
+    /// index), with its digest; None when the registry has none under that name.
+    pub async fn artifact(&self, reference: &Reference) -> Result<Option<(Bytes, String)>> {
+        match self.manifest_bytes(reference).await {
+            Ok((bytes, _, digest)) => Ok(Some((bytes, digest))),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The digest of a reference's manifest for a platform (what FROM is pinned to).
     pub async fn resolve(&self, reference: &str, platform: &Platform) -> Result<Resolved> {
         let parsed = parse_reference(reference)?;

@@ -150,6 +150,8 @@ pub struct SourceOptions {
     /// Where the operator mounts the build's image pull secrets, one directory each
     /// (`<dir>/<n>/.dockerconfigjson`); used when `registry.auth_file` is not set.
     pub pull_secrets: PathBuf,
+    /// The stage cache, looked up with the pull credentials; none: every stage runs.
+    pub cache: Option<crate::cache::Settings>,
 }
 
 /// What the source pod did, written to `reports/source.json`.
@@ -178,6 +180,12 @@ pub struct SourceReport {
     pub ignored_dirs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<PlanSummary>,
+    /// Stages found in the stage cache (nothing of them runs) and stages keyed but not
+    /// found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_hits: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_misses: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -290,15 +298,20 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     )?;
     let pull = registry_settings(opts)?;
     pin_base_images(&mut plan, ws, &pull.settings)?;
-    workspace::write_json(&ws.plan(), &plan).map_err(|source| SourceError::Workspace {
-        path: ws.plan(),
-        source,
-    })?;
     ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()))
         .map_err(|source| SourceError::Workspace {
             path: ws.root().to_path_buf(),
             source,
         })?;
+    if let Some(cache) = &opts.cache {
+        let found = crate::cache::prepare(&mut plan, ws, &context, &pull.settings, cache);
+        report.cache_hits = found.hits;
+        report.cache_misses = found.misses;
+    }
+    workspace::write_json(&ws.plan(), &plan).map_err(|source| SourceError::Workspace {
+        path: ws.plan(),
+        source,
+    })?;
     report.summary = Some(plan.summary(Some(commit), Some(commit_time)));
     Ok(())
 }
@@ -662,6 +675,7 @@ mod tests {
                             .then(|| format!("stage-{}", i - 1))
                             .into_iter()
                             .collect(),
+                        cache: None,
                     })
                     .collect(),
             }),
@@ -765,6 +779,7 @@ mod tests {
             private_tmp: dir.path().to_path_buf(),
             registry: oci::Settings::default(),
             pull_secrets: pull.clone(),
+            cache: None,
         };
         let merged = registry_settings(&opts).expect("settings");
         let path = merged.settings.auth_file.clone().expect("a file");

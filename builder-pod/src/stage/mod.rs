@@ -8,7 +8,7 @@
 //! it must not change) and ADD (downloads and local archives).
 
 pub mod fetch;
-mod mounts;
+pub mod mounts;
 pub mod run;
 
 use std::path::{Path, PathBuf};
