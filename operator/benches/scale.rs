@@ -64,6 +64,7 @@ fn main() {
         default_workspace_size: "1Gi".into(),
         default_storage_class: None,
         insecure_registries: Vec::new(),
+        cache_repository: None,
     };
     let mut builds: Vec<(ImageBuild, Vec<ObservedPod>, bool)> =
         (0..1000).map(|n| (build(n), Vec::new(), false)).collect();

@@ -82,6 +82,30 @@ pub struct ImageBuildSpec {
     pub retries: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// The stage cache: unchanged stages are taken from it and run no pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// Where a build's stage cache lives and how it is used.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Repository of the entries (default: the operator's `--cache-repository`, else
+    /// `<output repository>/cache`). Read with the pull secrets, written with the push
+    /// secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// `ReadWrite` (default), `ReadOnly` (use entries, store none) or `Disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CacheMode>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CacheMode {
+    ReadWrite,
+    ReadOnly,
+    Disabled,
 }
 
 /// Where the build context comes from.
@@ -267,6 +291,13 @@ pub struct StageStatus {
     pub finish_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Taken from the stage cache: no pod ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    /// The stage's cache key; none when it cannot be cached (`message` says why) or
+    /// the cache is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

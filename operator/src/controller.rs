@@ -25,7 +25,7 @@ use tracing::{info, instrument, warn};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, StagePhase};
 use crate::core::{self, Action, Observed};
 use crate::leader::{self, Elector};
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::{CacheLabels, Metrics, ResultLabels};
 use crate::observe::{self, observe_pod};
 use crate::render::{self, OperatorConfig};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
@@ -412,6 +412,18 @@ fn record_metrics(metrics: &Metrics, before: &ImageBuildStatus, after: &ImageBui
                 .observe((end.0.as_second() - start.0.as_second()) as f64);
         }
     }
+    // The plan's stages appear once: count the stage cache's answers then.
+    if before.stages.is_empty() {
+        for stage in after.stages.iter().filter(|s| s.cache_key.is_some()) {
+            let result = if stage.cached { "hit" } else { "miss" };
+            metrics
+                .stage_cache
+                .get_or_create(&CacheLabels {
+                    result: result.into(),
+                })
+                .inc();
+        }
+    }
     for stage in &after.stages {
         let was_done = before
             .stages
@@ -445,6 +457,7 @@ mod tests {
             default_workspace_size: "1Gi".into(),
             default_storage_class: None,
             insecure_registries: Vec::new(),
+            cache_repository: None,
         };
         (
             Arc::new(Context::new(client, config, Arc::new(Metrics::default()))),

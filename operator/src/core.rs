@@ -545,29 +545,56 @@ impl<'a> Step<'a, '_> {
             source.commit = summary.commit.clone().or_else(|| Some(String::new()));
             source.commit_time = summary.commit_time;
         }
+        let now = self.observed.now;
         self.status.stages = summary
             .pods
             .iter()
-            .map(|p| StageStatus {
-                name: p.id.clone(),
-                runs: p.stages.clone(),
-                image: p.image.clone(),
-                waits_for: p.waits_for.clone(),
-                attempts: 0,
-                pod: None,
-                node: None,
-                phase: StagePhase::Waiting,
-                start_time: None,
-                finish_time: None,
-                message: None,
+            .map(|p| {
+                let cache = p.cache.clone().unwrap_or_default();
+                StageStatus {
+                    name: p.id.clone(),
+                    runs: p.stages.clone(),
+                    image: p.image.clone(),
+                    waits_for: p.waits_for.clone(),
+                    attempts: 0,
+                    pod: None,
+                    node: None,
+                    // A stage found in the cache is done before it starts: no pod.
+                    phase: match cache.hit {
+                        true => StagePhase::Succeeded,
+                        false => StagePhase::Waiting,
+                    },
+                    start_time: None,
+                    finish_time: cache.hit.then_some(Time(now)),
+                    message: cache.uncacheable.map(|why| format!("not cached: {why}")),
+                    cached: cache.hit,
+                    cache_key: cache.key,
+                }
             })
             .collect();
         let commit = summary.commit.clone().unwrap_or_default();
+        let cached: Vec<&StageStatus> = self.status.stages.iter().filter(|s| s.cached).collect();
         self.actions.push(event(
             false,
             "SourceReady",
-            format!("commit {commit}, {} stage pods", summary.pods.len()),
+            format!(
+                "commit {commit}, {} stage pods, {} of them taken from the stage cache",
+                summary.pods.len(),
+                cached.len()
+            ),
         ));
+        let cached_events: Vec<Action> = cached
+            .iter()
+            .map(|s| {
+                let key = s.cache_key.as_deref().unwrap_or_default();
+                event(
+                    false,
+                    "StageCached",
+                    format!("stage {} taken from the stage cache (key {key})", s.name),
+                )
+            })
+            .collect();
+        self.actions.extend(cached_events);
         // What the planner warns about (a build arg no ARG uses, an image named like a
         // stage) builds anyway, as with Docker: a Warning Event each.
         for warning in &summary.warnings {
@@ -710,6 +737,11 @@ impl<'a> Step<'a, '_> {
                 self.fail(&reason, message, Some(pod), None);
             }
             Progress::Done(pod) => {
+                // The stage cache could not store what ran: the image is fine.
+                for warning in pod.outcome.iter().flat_map(|o| &o.warnings) {
+                    self.actions
+                        .push(event(true, warning.kind.as_str(), warning.message.clone()));
+                }
                 let image = pod
                     .outcome
                     .as_ref()
@@ -992,6 +1024,7 @@ spec:
             default_workspace_size: "1Gi".into(),
             default_storage_class: None,
             insecure_registries: Vec::new(),
+            cache_repository: None,
         }
     }
 
@@ -1147,6 +1180,38 @@ spec:
     fn through_source(sim: &mut Sim) {
         sim.step(0);
         sim.set(Role::Source, PodState::Succeeded, summary());
+    }
+
+    #[test]
+    fn stages_found_in_the_cache_get_no_pod_and_say_so() {
+        let mut sim = Sim::new();
+        sim.step(0);
+        let mut outcome = summary().expect("summary");
+        for pod in &mut outcome.summary.as_mut().expect("plan").pods {
+            pod.cache = Some(stagecoach_plan::contract::StageCache {
+                key: Some(format!("key-of-{}", pod.id)),
+                hit: pod.id != "c",
+                uncacheable: None,
+            });
+        }
+        sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+        let actions = sim.step(10);
+        assert_eq!(created(&actions), ["app-stage-c-g1"], "only the miss runs");
+        let cached_events = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Event { reason, .. } if reason == "StageCached"))
+            .count();
+        assert_eq!(cached_events, 3);
+        let a = &sim.status().stages[0];
+        assert!(a.cached && a.phase == StagePhase::Succeeded && a.pod.is_none());
+        assert_eq!(a.cache_key.as_deref(), Some("key-of-a"));
+        sim.set(Role::Stage("c".into()), PodState::Succeeded, ok());
+        assert_eq!(
+            created(&sim.step(20)),
+            ["app-assemble-g1"],
+            "final is cached too"
+        );
+        assert!(!sim.status().stages[2].cached);
     }
 
     #[test]

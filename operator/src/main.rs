@@ -60,6 +60,10 @@ struct OperatorArgs {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// The stage cache repository of builds whose `spec.cache` names none (default:
+    /// each build's `<output repository>/cache`).
+    #[arg(long, env = "STAGECOACH_CACHE_REPOSITORY")]
+    cache_repository: Option<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
@@ -127,6 +131,13 @@ enum LocalCommand {
         /// (repeatable): `--secret push-creds=./push-creds`.
         #[arg(long = "secret", value_name = "NAME=DIR", value_parser = parse_secret)]
         secrets: Vec<(String, PathBuf)>,
+        /// The stage cache repository when the manifest's `spec.cache` names none
+        /// (default: `<output repository>/cache`).
+        #[arg(long)]
+        cache_repository: Option<String>,
+        /// Run every stage and store nothing in the stage cache.
+        #[arg(long)]
+        no_cache: bool,
     },
 }
 
@@ -162,6 +173,8 @@ fn main() -> ExitCode {
                     logs,
                     insecure_registries,
                     secrets,
+                    cache_repository,
+                    no_cache,
                 },
         } => {
             let opts = LocalOptions {
@@ -172,6 +185,8 @@ fn main() -> ExitCode {
                 secrets: secrets.into_iter().collect(),
                 containers_conf: std::env::var_os("CONTAINERS_CONF").map(PathBuf::from),
                 registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
+                cache_repository,
+                no_cache,
             };
             match local::build(&manifest, &opts) {
                 Ok(result) if result.status.phase == Some(Phase::Succeeded) => {
@@ -229,6 +244,7 @@ fn render(args: RenderArgs) -> anyhow::Result<String> {
         default_workspace_size: "10Gi".into(),
         default_storage_class: None,
         insecure_registries: args.insecure_registries,
+        cache_repository: None,
     };
     let mut objects = vec![
         serde_json::to_value(render::render_claim(&build, &config))?,
@@ -302,6 +318,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             default_workspace_size: args.workspace_size,
             default_storage_class: args.storage_class,
             insecure_registries: args.insecure_registries,
+            cache_repository: args.cache_repository,
         };
         let elector = args.leader_election.then(|| Elector {
             api: kube::Api::namespaced(client.clone(), &args.lease_namespace),

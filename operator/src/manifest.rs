@@ -468,8 +468,8 @@ spec:
             (
                 "no close name among many: no list",
                 "  buildArgs:",
-                "  cache: true\n  buildArgs:",
-                "build.yaml:13: unknown field `cache` in spec",
+                "  turbo: true\n  buildArgs:",
+                "build.yaml:13: unknown field `turbo` in spec",
             ),
             (
                 "no close name among few: the list",

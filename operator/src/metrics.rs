@@ -32,6 +32,14 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     /// 1 while this replica reconciles (holds the Lease, or runs without election).
     pub leader: Gauge,
+    /// Keyed stages found in the stage cache (`result="hit"`) or not (`"miss"`).
+    pub stage_cache: Family<CacheLabels, Counter>,
+}
+
+/// Labels of the stage cache counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -45,6 +53,12 @@ impl Default for Metrics {
         let builds_in_progress = InProgress::default();
         let reconcile_errors = Counter::default();
         let leader = Gauge::default();
+        let stage_cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "stage_cache_lookups",
+            "Keyed stages looked up in the stage cache, by result (hit or miss)",
+            stage_cache.clone(),
+        );
         registry.register(
             "leader",
             "Whether this replica reconciles (holds the Lease)",
@@ -81,6 +95,7 @@ impl Default for Metrics {
             builds_in_progress,
             reconcile_errors,
             leader,
+            stage_cache,
         }
     }
 }

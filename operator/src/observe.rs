@@ -758,6 +758,7 @@ mod tests {
             default_workspace_size: "1Gi".into(),
             default_storage_class: None,
             insecure_registries: Vec::new(),
+            cache_repository: None,
         };
         let stage = stagecoach_plan::contract::PodSummary {
             id: "build".into(),

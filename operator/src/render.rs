@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use stagecoach_plan::contract::PodSummary;
 
-use crate::api::ImageBuild;
+use crate::api::{CacheMode, ImageBuild};
 
 /// The uid source and assemble pods run as (the builder image's non-root user).
 pub const BUILDER_UID: i64 = 65532;
@@ -44,6 +44,9 @@ pub struct OperatorConfig {
     /// Registries (`host:port`) reached over plain HTTP by the source and assemble pods
     /// (base images and pushes); every other registry is HTTPS.
     pub insecure_registries: Vec<String>,
+    /// The stage cache repository of builds that name none; without it a build's is
+    /// `<output repository>/cache`.
+    pub cache_repository: Option<String>,
 }
 
 /// Which pod of a build.
@@ -384,9 +387,18 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
     for arg in &spec.build_args {
         args.extend(["--build-arg".into(), format!("{}={}", arg.name, arg.value)]);
     }
-    for registry in &config.insecure_registries {
+    let mut insecure = config.insecure_registries.clone();
+    if let Some((repository, _)) = cache_settings(build, config) {
+        // The cache on the output's plain-HTTP registry is read over HTTP too.
+        let host = registry_host(&repository);
+        if spec.output.insecure_registry && host == registry_host(&spec.output.image) {
+            insecure.push(host);
+        }
+    }
+    for registry in &insecure {
         args.extend(["--insecure-registry".into(), registry.clone()]);
     }
+    args.extend(cache_args(build, config));
     let mut volumes = vec![workspace_volume(build), empty_dir("tmp")];
     let mut mounts = vec![
         mount("workspace", WORKSPACE, false),
@@ -466,6 +478,46 @@ pub fn render_stage_pod(
 
 /// The registry part of an image reference (`host[:port]`), Docker Hub's for a
 /// reference without one.
+/// The stage cache of a build: its repository and mode; none when disabled.
+pub fn cache_settings(build: &ImageBuild, config: &OperatorConfig) -> Option<(String, CacheMode)> {
+    let spec = build.spec.cache.clone().unwrap_or_default();
+    let mode = spec.mode.unwrap_or(CacheMode::ReadWrite);
+    if mode == CacheMode::Disabled {
+        return None;
+    }
+    let repository = spec
+        .repository
+        .or_else(|| config.cache_repository.clone())
+        .unwrap_or_else(|| format!("{}/cache", repository_of(&build.spec.output.image)));
+    Some((repository, mode))
+}
+
+/// The builder's arguments for the stage cache.
+fn cache_args(build: &ImageBuild, config: &OperatorConfig) -> Vec<String> {
+    match cache_settings(build, config) {
+        None => vec!["--cache-mode".into(), "disabled".into()],
+        Some((repository, mode)) => vec![
+            "--cache-repository".into(),
+            repository,
+            "--cache-mode".into(),
+            match mode {
+                CacheMode::ReadOnly => "read-only",
+                _ => "read-write",
+            }
+            .into(),
+        ],
+    }
+}
+
+/// `registry/team/app` of `registry/team/app:1` or `…@sha256:…`.
+fn repository_of(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => image,
+    }
+}
+
 fn registry_host(image: &str) -> String {
     match image.split_once('/') {
         Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.into(),
@@ -504,6 +556,7 @@ pub fn render_assemble_pod(
     if let Some(t) = source_date_epoch {
         args.extend(["--source-date-epoch".into(), t.to_string()]);
     }
+    args.extend(cache_args(build, config));
     let output_registry = out.insecure_registry.then(|| registry_host(&out.image));
     for registry in config
         .insecure_registries
@@ -565,6 +618,7 @@ mod tests {
             default_workspace_size: "10Gi".into(),
             default_storage_class: None,
             insecure_registries: Vec::new(),
+            cache_repository: None,
         }
     }
 

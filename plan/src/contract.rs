@@ -151,7 +151,7 @@ pub struct Stage {
 }
 
 /// A stage's place in the stage cache.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StageCache {
     /// The stage's key (hex sha256): the same key always means the same result.

@@ -27,6 +27,10 @@ fn options() -> LocalOptions {
         secrets: BTreeMap::new(),
         containers_conf: Some(repo_root().join("containers/containers.conf")),
         registries_conf: Some(repo_root().join("containers/registries.conf")),
+        cache_repository: None,
+        // Tests of other things build without the stage cache, so that one test's
+        // entries never decide what another runs; the cache tests turn it on.
+        no_cache: true,
     }
 }
 

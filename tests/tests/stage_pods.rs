@@ -45,6 +45,7 @@ fn operator_config() -> OperatorConfig {
         default_workspace_size: "1Gi".into(),
         default_storage_class: None,
         insecure_registries: Vec::new(),
+        cache_repository: None,
     }
 }
 

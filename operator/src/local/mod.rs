@@ -72,6 +72,10 @@ pub struct LocalOptions {
     /// The project's containers.conf and registries.conf, given to podman.
     pub containers_conf: Option<PathBuf>,
     pub registries_conf: Option<PathBuf>,
+    /// The stage cache repository of a manifest that names none (`--cache-repository`).
+    pub cache_repository: Option<String>,
+    /// Run every stage and store nothing (`--no-cache`: `spec.cache.mode: Disabled`).
+    pub no_cache: bool,
 }
 
 /// The outcome of a local build.
@@ -96,6 +100,12 @@ pub fn build(manifest: &Path, opts: &LocalOptions) -> Result<LocalResult> {
         .get_or_insert_with(|| "default".into());
     build.metadata.generation = Some(1);
     build.metadata.uid = Some(format!("local-{}", std::process::id()));
+    if opts.no_cache {
+        build.spec.cache = Some(crate::api::CacheSpec {
+            mode: Some(crate::api::CacheMode::Disabled),
+            ..build.spec.cache.unwrap_or_default()
+        });
+    }
     Runner::new(build, opts).run()
 }
 
@@ -130,6 +140,7 @@ impl<'a> Runner<'a> {
                 default_workspace_size: "10Gi".into(),
                 default_storage_class: None,
                 insecure_registries: opts.insecure_registries.clone(),
+                cache_repository: opts.cache_repository.clone(),
             },
             pods: BTreeMap::new(),
             claim: None,

@@ -64,6 +64,9 @@ impl Progress {
                     format!("  stage {name:<20} running {secs:.1}s")
                 }
                 StagePhase::Running => format!("  stage {name:<20} running"),
+                StagePhase::Succeeded if stage.cached => {
+                    format!("  stage {name:<20} cached (no pod)")
+                }
                 StagePhase::Succeeded => format!("  stage {name:<20} done in {secs:.1}s"),
                 StagePhase::Failed => format!("  stage {name:<20} FAILED after {secs:.1}s"),
             };
