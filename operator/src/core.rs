@@ -53,6 +53,9 @@ pub const START_GRACE_SECONDS: i64 = 90;
 /// <kubelet message>`. Gone once the pod starts or the build ends.
 pub const START_BLOCKED: &str = "PodStartBlocked";
 
+/// The condition of a build whose stage cache could not be used (it built without).
+pub const CACHE_UNAVAILABLE: &str = "CacheUnavailable";
+
 /// What a pod is doing, as the core needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodState {
@@ -601,6 +604,7 @@ impl<'a> Step<'a, '_> {
             self.actions
                 .push(event(true, warning.kind.as_str(), warning.message.clone()));
         }
+        self.note_cache_trouble(&summary.warnings);
     }
 
     fn stages_done(&mut self) -> bool {
@@ -738,10 +742,16 @@ impl<'a> Step<'a, '_> {
             }
             Progress::Done(pod) => {
                 // The stage cache could not store what ran: the image is fine.
-                for warning in pod.outcome.iter().flat_map(|o| &o.warnings) {
+                let warnings = pod
+                    .outcome
+                    .as_ref()
+                    .map(|o| o.warnings.clone())
+                    .unwrap_or_default();
+                for warning in &warnings {
                     self.actions
                         .push(event(true, warning.kind.as_str(), warning.message.clone()));
                 }
+                self.note_cache_trouble(&warnings);
                 let image = pod
                     .outcome
                     .as_ref()
@@ -791,6 +801,33 @@ impl<'a> Step<'a, '_> {
 
     /// `Ready` (kstatus) and `Succeeded`, with the transition time kept when unchanged,
     /// and `Stalled` while the build has failed.
+    /// The stage cache could not be read or written: the build goes on without it, and
+    /// `CacheUnavailable=True` says why (the first such warning of the build stays).
+    fn note_cache_trouble(&mut self, warnings: &[stagecoach_plan::contract::Warning]) {
+        let Some(first) = warnings
+            .iter()
+            .find(|w| w.kind == stagecoach_plan::contract::WarningKind::CacheUnavailable)
+        else {
+            return;
+        };
+        if self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CACHE_UNAVAILABLE)
+        {
+            return;
+        }
+        self.status.conditions.push(Condition {
+            type_: CACHE_UNAVAILABLE.into(),
+            status: "True".into(),
+            reason: CACHE_UNAVAILABLE.into(),
+            message: first.message.clone(),
+            observed_generation: self.status.observed_generation,
+            last_transition_time: Time(self.observed.now),
+        });
+    }
+
     fn set_conditions(&mut self, ready: &str, reason: &str, message: &str, succeeded: &str) {
         let generation = self.status.observed_generation;
         let now = self.observed.now;

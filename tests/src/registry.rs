@@ -77,6 +77,17 @@ impl RegistryServer {
         server
     }
 
+    /// Where the registry keeps a blob's bytes (for tests that corrupt one).
+    pub fn blob_path(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Repositories that hold anything at all (a blob, an upload, a manifest).
     pub fn repositories(&self) -> Vec<String> {
         let root = self.dir.path().join("data/docker/registry/v2/repositories");

@@ -882,3 +882,188 @@ fn a_plain_http_registry_reached_over_tls_names_the_setting() {
         "{message}"
     );
 }
+
+/// The stages whose pods ran in a build (the others came from the stage cache), and
+/// the stage pods the runner saw start, which must be the same.
+fn ran(result: &LocalResult) -> Vec<String> {
+    let ran: Vec<String> = result
+        .status
+        .stages
+        .iter()
+        .filter(|s| !s.cached)
+        .map(|s| s.name.clone())
+        .collect();
+    let started = result
+        .timings
+        .iter()
+        .filter(|(pod, ..)| pod.contains("-stage-"))
+        .count();
+    assert_eq!(
+        started,
+        ran.len(),
+        "stage pods started: {:?}",
+        result.timings
+    );
+    ran
+}
+
+fn cat(image: &str, path: &str) -> String {
+    let out = check(podman().args(["run", "--rm", "--tls-verify=false", image, "cat", path]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stage cache end to end, on a registry of its own (so no other run's entries
+/// count, and a blob can be corrupted): a rebuild runs no stage pod and pushes the same
+/// digest; a change runs exactly the stages that read it and their dependents; a
+/// corrupt entry makes its stage run and the image is still right; an unreachable cache
+/// only warns.
+#[test]
+fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
+    let r = registry();
+    let cache = RegistryServer::start(None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS deps\n\
+         ARG LEVEL=1\n\
+         COPY deps.txt /deps.txt\n\
+         RUN echo \"level $LEVEL\" > /level && cat /deps.txt >> /level\n\
+         FROM deps AS build\n\
+         COPY main.txt /main.txt\n\
+         RUN cat /level /main.txt > /app.txt\n\
+         FROM {r}/stagecoach/busybox:1 AS assets\n\
+         COPY web/ /web/\n\
+         RUN ls /web > /web.list\n\
+         FROM {r}/stagecoach/busybox:1\n\
+         COPY --from=build /app.txt /app.txt\n\
+         COPY --from=assets /web.list /web.list\n\
+         RUN cat /app.txt /web.list > /all.txt\n"
+    );
+    let files = [
+        ("Dockerfile", dockerfile.as_str()),
+        (".dockerignore", "ignored.txt\n"),
+        ("deps.txt", "deps 1\n"),
+        ("main.txt", "main 1\n"),
+        ("web/index.html", "<p>1</p>\n"),
+        ("README.md", "not read by any stage\n"),
+        ("ignored.txt", "excluded\n"),
+    ];
+    let build = Build {
+        name: "cache",
+        files: &files,
+        registry: Some(cache.addr.clone()),
+        ..Build::default()
+    };
+    let manifest = build.manifest(dir.path());
+    let repo = dir.path().join("repo");
+    let mut opts = options();
+    opts.no_cache = false;
+    opts.insecure_registries.push(cache.addr.clone());
+    let run = || local::build(&manifest, &opts).expect("the runner runs");
+
+    let first = run();
+    let first_ref = succeeded(&first.status);
+    assert_eq!(ran(&first), ["build", "assets", "stage-3"]);
+    assert!(first.status.stages.iter().all(|s| s.cache_key.is_some()));
+
+    let again = run();
+    assert_eq!(
+        ran(&again),
+        Vec::<String>::new(),
+        "an unchanged rebuild runs no stage pod"
+    );
+    assert_eq!(
+        succeeded(&again.status),
+        first_ref,
+        "and pushes the same image"
+    );
+
+    commit(
+        &repo,
+        &[("README.md", "changed\n"), ("ignored.txt", "changed\n")],
+        "unread",
+    );
+    assert_eq!(
+        ran(&run()),
+        Vec::<String>::new(),
+        "files no stage reads change nothing"
+    );
+
+    commit(&repo, &[("main.txt", "main 2\n")], "main");
+    let changed = run();
+    assert_eq!(
+        ran(&changed),
+        ["build", "stage-3"],
+        "what reads main.txt, and after"
+    );
+    let image = succeeded(&changed.status);
+    assert_eq!(
+        cat(&image, "/all.txt"),
+        "level 1\ndeps 1\nmain 2\nindex.html\n"
+    );
+
+    // The assets entry's export, which the final stage copies from, goes bad.
+    let assets = changed.status.stages.iter().find(|s| s.name == "assets");
+    let key = assets
+        .and_then(|s| s.cache_key.clone())
+        .expect("assets key");
+    let entry = check(tool("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/e2e/cache/cache:stage-{key}", cache.addr),
+    ]));
+    let entry: serde_json::Value = serde_json::from_slice(&entry.stdout).expect("manifest");
+    let export = entry["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .find(|l| {
+            l["mediaType"]
+                .as_str()
+                .is_some_and(|t| t.contains("export"))
+        })
+        .and_then(|l| l["digest"].as_str())
+        .expect("an export")
+        .to_string();
+    std::fs::write(cache.blob_path(&export), b"not the export").expect("corrupt");
+    commit(&repo, &[("main.txt", "main 3\n")], "main again");
+    let corrupt = run();
+    assert_eq!(
+        ran(&corrupt),
+        ["build", "assets", "stage-3"],
+        "the corrupt entry's stage runs"
+    );
+    let image = succeeded(&corrupt.status);
+    assert_eq!(
+        cat(&image, "/all.txt"),
+        "level 1\ndeps 1\nmain 3\nindex.html\n"
+    );
+
+    // A cache that cannot be reached: the build goes on without it and says so.
+    let unreachable = "  cache:\n    repository: 127.0.0.1:1/nowhere/cache\n";
+    let dockerfile = format!("FROM {r}/stagecoach/busybox:1\nRUN echo hi > /hi\n");
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let status = Build {
+        name: "cache-down",
+        files: &files,
+        extra: unreachable,
+        options: Some(LocalOptions {
+            no_cache: false,
+            ..options()
+        }),
+        ..Build::default()
+    }
+    .run(&dir.path().join("down"))
+    .status;
+    succeeded(&status);
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "CacheUnavailable")
+        .unwrap_or_else(|| panic!("a CacheUnavailable condition: {status:#?}"));
+    assert!(
+        condition.message.contains("127.0.0.1:1/nowhere/cache"),
+        "{}",
+        condition.message
+    );
+}
