@@ -675,6 +675,7 @@ impl<'a> Step<'a, '_> {
                     if let Some(f) = &mut self.status.failure {
                         f.stage = outcome.stage.or(Some(stage.name.clone()));
                     }
+                    self.save_succeeded_stages();
                     return false;
                 }
                 Progress::Lost(n) => {
@@ -685,6 +686,7 @@ impl<'a> Step<'a, '_> {
                         if let Some(f) = &mut self.status.failure {
                             f.stage = Some(stage.name.clone());
                         }
+                        self.save_succeeded_stages();
                         return false;
                     }
                 }
@@ -778,6 +780,32 @@ impl<'a> Step<'a, '_> {
                 self.actions.push(event(false, "Succeeded", message));
             }
         }
+    }
+
+    /// After a stage failed: a cache pod stores the stages that succeeded, so that the
+    /// fixed build runs from the failed stage on. The build is already `Failed`; the
+    /// workspace stays until the pod is done (see [`retention`]).
+    fn save_succeeded_stages(&mut self) {
+        let (build, config) = (self.observed.build, self.config);
+        let writable = matches!(
+            render::cache_settings(build, config),
+            Some((_, crate::api::CacheMode::ReadWrite))
+        );
+        let worth_it = self
+            .status
+            .stages
+            .iter()
+            .any(|s| s.phase == StagePhase::Succeeded && !s.cached && s.cache_key.is_some());
+        if !writable || !worth_it {
+            return;
+        }
+        let source = self.status.source.as_ref();
+        let commit = source
+            .and_then(|s| s.commit.as_deref())
+            .filter(|c| !c.is_empty());
+        let epoch = source.and_then(|s| s.commit_time);
+        let pod = render::render_cache_pod(build, config, commit, epoch);
+        self.actions.push(Action::CreatePod(Box::new(pod)));
     }
 
     fn set_in_progress(&mut self) {
@@ -1018,16 +1046,20 @@ fn retention(
         _ => None,
     };
     let ttl_passed = ttl_left.is_some_and(|left| left <= 0);
+    // The cache pod of a failed build reads the workspace: both stay until it is done.
+    let saving = |p: &ObservedPod| p.role == Role::Cache && p.state.is_active();
     let mut actions = Vec::new();
     if !keep.pods || ttl_passed {
         actions.extend(
             observed
                 .pods
                 .iter()
+                .filter(|p| !saving(p))
                 .map(|p| Action::DeletePod(p.name.clone())),
         );
     }
-    if (!keep.workspace || ttl_passed) && observed.claim_exists {
+    let workspace_in_use = observed.pods.iter().any(saving);
+    if (!keep.workspace || ttl_passed) && observed.claim_exists && !workspace_in_use {
         actions.push(Action::DeleteClaim(render::claim_name(build)));
     }
     let kept =
@@ -1249,6 +1281,44 @@ spec:
             "final is cached too"
         );
         assert!(!sim.status().stages[2].cached);
+    }
+
+    #[test]
+    fn a_failed_build_stores_what_succeeded_and_keeps_its_workspace_meanwhile() {
+        let mut sim = Sim::new();
+        sim.step(0);
+        let mut outcome = summary().expect("summary");
+        for pod in &mut outcome.summary.as_mut().expect("plan").pods {
+            pod.cache = Some(stagecoach_plan::contract::StageCache {
+                key: Some(format!("key-of-{}", pod.id)),
+                hit: false,
+                uncacheable: None,
+            });
+        }
+        sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+        sim.step(10);
+        sim.set(Role::Stage("a".into()), PodState::Succeeded, ok());
+        sim.set(
+            Role::Stage("b".into()),
+            PodState::Failed,
+            failed("StageFailed", "no", Some(3)),
+        );
+        let actions = sim.step(20);
+        assert_eq!(sim.phase(), Phase::Failed);
+        assert_eq!(
+            created(&actions),
+            ["app-cache-g1"],
+            "a succeeded, so it is stored"
+        );
+        sim.set(Role::Cache, PodState::Running, None);
+        sim.step(30);
+        assert!(
+            sim.claim,
+            "the workspace stays while the cache pod reads it"
+        );
+        sim.set(Role::Cache, PodState::Succeeded, ok());
+        sim.step(40);
+        assert!(!sim.claim, "then it goes, as after any failure");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub fn containers(role: &Role) -> (&'static [&'static str], &'static str) {
         Role::Source => (&[], "source"),
         Role::Stage(_) => (&["install"], "stage"),
         Role::Assemble => (&[], "assemble"),
+        Role::Cache => (&[], "cache"),
     }
 }
 

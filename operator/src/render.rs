@@ -55,6 +55,8 @@ pub enum Role {
     Source,
     Stage(String),
     Assemble,
+    /// After a failure: stores the stages that succeeded in the stage cache.
+    Cache,
 }
 
 impl Role {
@@ -63,6 +65,7 @@ impl Role {
             Role::Source => "source",
             Role::Stage(_) => "stage",
             Role::Assemble => "assemble",
+            Role::Cache => "cache",
         }
     }
 
@@ -72,6 +75,7 @@ impl Role {
         match labels.get(LABEL_ROLE)?.as_str() {
             "source" => Some(Role::Source),
             "assemble" => Some(Role::Assemble),
+            "cache" => Some(Role::Cache),
             "stage" => {
                 let label = labels.get(LABEL_STAGE)?;
                 let name = stage_names
@@ -100,6 +104,7 @@ pub fn pod_name(build: &ImageBuild, role: &Role, attempt: u32) -> String {
     let base = match role {
         Role::Source => format!("{}-source", name_of(build)),
         Role::Assemble => format!("{}-assemble", name_of(build)),
+        Role::Cache => format!("{}-cache", name_of(build)),
         Role::Stage(id) => format!("{}-stage-{}", name_of(build), dns_label(id)),
     };
     bounded_name(&base, &suffix)
@@ -534,13 +539,43 @@ pub fn render_assemble_pod(
     source_date_epoch: Option<i64>,
     attempt: u32,
 ) -> Pod {
+    assemble_pod(
+        build,
+        config,
+        commit,
+        source_date_epoch,
+        attempt,
+        Role::Assemble,
+    )
+}
+
+/// The cache pod of a failed build: the assemble pod's image, rights and credentials,
+/// storing the stages that succeeded in the stage cache and pushing no image, so that
+/// the fixed build resumes from the failed stage.
+pub fn render_cache_pod(
+    build: &ImageBuild,
+    config: &OperatorConfig,
+    commit: Option<&str>,
+    source_date_epoch: Option<i64>,
+) -> Pod {
+    assemble_pod(build, config, commit, source_date_epoch, 0, Role::Cache)
+}
+
+fn assemble_pod(
+    build: &ImageBuild,
+    config: &OperatorConfig,
+    commit: Option<&str>,
+    source_date_epoch: Option<i64>,
+    attempt: u32,
+    role: Role,
+) -> Pod {
     let out = &build.spec.output;
     let mut args = vec![
         "assemble".to_string(),
         "--image".into(),
         out.image.clone(),
         "--pod".into(),
-        pod_name(build, &Role::Assemble, attempt),
+        pod_name(build, &role, attempt),
         "--source-url".into(),
         build.spec.source.git.url.clone(),
     ];
@@ -557,6 +592,9 @@ pub fn render_assemble_pod(
         args.extend(["--source-date-epoch".into(), t.to_string()]);
     }
     args.extend(cache_args(build, config));
+    if role == Role::Cache {
+        args.push("--cache-only".into());
+    }
     let output_registry = out.insecure_registry.then(|| registry_host(&out.image));
     for registry in config
         .insecure_registries
@@ -594,11 +632,15 @@ pub fn render_assemble_pod(
         mounts.push(mount("push-credentials", PUSH_SECRET, true));
         args.extend(["--auth-file".into(), format!("{PUSH_SECRET}/config.json")]);
     }
-    let mut c = container("assemble", &config.builder_image, args);
+    let mut c = container(
+        crate::observe::main_container(&role),
+        &config.builder_image,
+        args,
+    );
     c.volume_mounts = Some(mounts);
     c.security_context = Some(restricted());
     c.resources = resources_for(build, None);
-    pod(build, &Role::Assemble, attempt, vec![c], vec![], volumes)
+    pod(build, &role, attempt, vec![c], vec![], volumes)
 }
 
 #[cfg(test)]

@@ -936,7 +936,8 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
          FROM {r}/stagecoach/busybox:1\n\
          COPY --from=build /app.txt /app.txt\n\
          COPY --from=assets /web.list /web.list\n\
-         RUN cat /app.txt /web.list > /all.txt\n"
+         COPY check.sh /check.sh\n\
+         RUN sh /check.sh && cat /app.txt /web.list > /all.txt\n"
     );
     let files = [
         ("Dockerfile", dockerfile.as_str()),
@@ -946,6 +947,7 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
         ("web/index.html", "<p>1</p>\n"),
         ("README.md", "not read by any stage\n"),
         ("ignored.txt", "excluded\n"),
+        ("check.sh", "exit 0\n"),
     ];
     let build = Build {
         name: "cache",
@@ -1037,6 +1039,29 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
     assert_eq!(
         cat(&image, "/all.txt"),
         "level 1\ndeps 1\nmain 3\nindex.html\n"
+    );
+
+    // A build fails in its last stage, after the build stage ran: the fixed build
+    // resumes from the failed stage.
+    commit(
+        &repo,
+        &[("main.txt", "main 4\n"), ("check.sh", "exit 1\n")],
+        "fails",
+    );
+    let failed = run();
+    assert_eq!(failure(&failed.status).0, "StageFailed");
+    assert_eq!(ran(&failed), ["build", "stage-3"]);
+    commit(&repo, &[("check.sh", "exit 0\n")], "fixed");
+    let fixed = run();
+    assert_eq!(
+        ran(&fixed),
+        ["stage-3"],
+        "only the stage that failed runs again"
+    );
+    let image = succeeded(&fixed.status);
+    assert_eq!(
+        cat(&image, "/all.txt"),
+        "level 1\ndeps 1\nmain 4\nindex.html\n"
     );
 
     // A cache that cannot be reached: the build goes on without it and says so.

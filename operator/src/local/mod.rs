@@ -87,6 +87,9 @@ pub struct LocalResult {
 }
 
 /// Reads an ImageBuild manifest and runs it to the end.
+/// How long a failed build waits for its cache pod.
+const CACHE_POD_WAIT: Duration = Duration::from_secs(600);
+
 pub fn build(manifest: &Path, opts: &LocalOptions) -> Result<LocalResult> {
     let text = std::fs::read_to_string(manifest).map_err(|source| Error::Read {
         path: manifest.to_path_buf(),
@@ -186,6 +189,7 @@ impl<'a> Runner<'a> {
     }
 
     fn drive(&mut self) -> Result<ImageBuildStatus> {
+        let mut ended: Option<Instant> = None;
         loop {
             let observed = self.observe()?;
             let decision = core::decide(
@@ -213,7 +217,16 @@ impl<'a> Runner<'a> {
                 decision.status.phase,
                 Some(Phase::Succeeded | Phase::Failed)
             ) {
-                return Ok(decision.status);
+                // A failed build's cache pod stores what succeeded before the volume goes
+                // (for at most CACHE_POD_WAIT: the stage cache is best-effort).
+                let ended = *ended.get_or_insert_with(Instant::now);
+                let created = self.pods.values().any(|(role, ..)| *role == Role::Cache);
+                let done = observed
+                    .iter()
+                    .any(|p| p.role == Role::Cache && !p.state.is_active());
+                if !created || done || ended.elapsed() > CACHE_POD_WAIT {
+                    return Ok(decision.status);
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
