@@ -838,6 +838,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stages_found_in_the_cache_get_no_pod_and_their_status_says_cached() {
+        let (ctx, handle) = context();
+        let mut b = build();
+        b.status = Some(
+            core::decide(
+                &Observed {
+                    build: &b,
+                    pods: &[],
+                    claim_exists: false,
+                    now: Timestamp::now(),
+                },
+                &ctx.config,
+            )
+            .status,
+        );
+        let mut plan = planned();
+        for pod in &mut plan.summary.as_mut().expect("summary").pods {
+            pod.cache = Some(stagecoach_plan::contract::StageCache {
+                key: Some(format!("{:0>64}", pod.id)),
+                hit: pod.id == "a",
+                uncacheable: None,
+            });
+        }
+        let source = pod_in(
+            &render::render_source_pod(&b, &ctx.config, 0),
+            "Succeeded",
+            Some(&plan),
+        );
+        let server = api_server(handle, vec![source], "");
+        let b_pod = stage_pod(&ctx, &b, "b").metadata.name.expect("name");
+        let metrics = Arc::clone(&ctx.metrics);
+        // The mocked server stops once the last client (in ctx) is gone.
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        assert_eq!(created_pods(&seen), [b_pod], "a came from the cache");
+        let status = status_patch(&seen);
+        assert_eq!(status["stages"][0]["phase"], "Succeeded");
+        assert_eq!(status["stages"][0]["cached"], true);
+        assert_eq!(status["stages"][0]["cacheKey"], format!("{:0>64}", "a"));
+        assert!(
+            status["stages"][0].get("pod").is_none(),
+            "{}",
+            status["stages"][0]
+        );
+        assert!(status["stages"][1].get("cached").is_none());
+        let hits = metrics.encode();
+        assert!(
+            hits.contains("stagecoach_stage_cache_lookups_total{result=\"hit\"} 1"),
+            "{hits}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_failed_stage_fails_the_build_with_its_log_tail() {
         let (ctx, handle) = context();
         let (b, source) = building(&ctx);
