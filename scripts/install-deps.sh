@@ -25,6 +25,7 @@ apt_packages=(
   buildah skopeo umoci
   docker-registry apache2-utils busybox-static
   openssh-server # sshd for the source pod's ssh clone test
+  pigz # the layer packing benchmark's yardstick (builder-pod/benches/snapshot.rs)
 )
 
 # Root on our machines; sudo elsewhere.

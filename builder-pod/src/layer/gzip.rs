@@ -20,7 +20,7 @@ use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 /// Big enough that the dictionary priming and the flush marker cost little (~3% more
 /// hashing, 5 bytes per block), small enough that a layer of a few MiB uses every core.
 /// Never derived from the machine: the block size shapes the output.
-pub const BLOCK_SIZE: usize = 1 << 20;
+pub const BLOCK_SIZE: usize = 256 << 10;
 
 /// Deflate's window: more dictionary than this cannot be referenced.
 const WINDOW: usize = 32 << 10;
@@ -55,7 +55,6 @@ struct Pool {
 
 struct Job {
     buffers: Done,
-    last: bool,
     reply: SyncSender<io::Result<Done>>,
 }
 
@@ -124,8 +123,7 @@ impl<W: Write> ParGzEncoder<W> {
             let mut last = gz.spare.pop().unwrap_or_default();
             last.data = mem::take(&mut gz.block);
             mem::swap(&mut last.dict, &mut gz.tail);
-            let mut deflate = Compress::new_with_window_bits(gz.level, false, 15);
-            let last = deflate_caught(&mut deflate, last, true)?;
+            let last = deflate_caught(gz.level, last, true)?;
             while let Some(reply) = gz.in_flight.pop_front() {
                 gz.emit(receive(&reply)?)?;
             }
@@ -162,7 +160,6 @@ impl<W: Write> ParGzEncoder<W> {
         let (reply, receiver) = mpsc::sync_channel(1);
         let job = Job {
             buffers: job,
-            last: false,
             reply,
         };
         let level = self.level;
@@ -255,7 +252,6 @@ impl Pool {
 }
 
 fn work(queue: &Mutex<Receiver<Job>>, level: Compression) {
-    let mut deflate = Compress::new_with_window_bits(level, false, 15);
     loop {
         // The lock is held only to take a job, never while compressing.
         let job = match queue.lock() {
@@ -263,10 +259,7 @@ fn work(queue: &Mutex<Receiver<Job>>, level: Compression) {
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let done = deflate_caught(&mut deflate, job.buffers, job.last);
-        if done.is_err() {
-            deflate = Compress::new_with_window_bits(level, false, 15);
-        }
+        let done = deflate_caught(level, job.buffers, false);
         // The writer may have gone (an error elsewhere): nothing to tell then.
         let _ = job.reply.send(done);
     }
@@ -279,15 +272,17 @@ fn receive(reply: &Receiver<io::Result<Done>>) -> io::Result<Done> {
 }
 
 /// [`deflate_block`], with a panic of the compressor turned into an error.
-fn deflate_caught(deflate: &mut Compress, block: Done, last: bool) -> io::Result<Done> {
-    catch_unwind(AssertUnwindSafe(|| deflate_block(deflate, block, last)))
+fn deflate_caught(level: Compression, block: Done, last: bool) -> io::Result<Done> {
+    catch_unwind(AssertUnwindSafe(|| deflate_block(level, block, last)))
         .unwrap_or_else(|_| Err(io::Error::other("the deflate compressor panicked")))
 }
 
 /// Raw-deflates one block into `block.out` from a fresh state primed with `block.dict`,
-/// and its CRC: the output depends on the block and dictionary alone.
-fn deflate_block(deflate: &mut Compress, mut block: Done, last: bool) -> io::Result<Done> {
-    deflate.reset();
+/// and its CRC: the output depends on the block and dictionary alone. The state is new
+/// for every block because a reset one still remembers something of the block before
+/// (zlib-rs at levels 1-3), and which block a worker did before depends on timing.
+fn deflate_block(level: Compression, mut block: Done, last: bool) -> io::Result<Done> {
+    let mut deflate = Compress::new_with_window_bits(level, false, 15);
     if !block.dict.is_empty() {
         deflate
             .set_dictionary(&block.dict)
@@ -338,7 +333,14 @@ mod tests {
     fn mixed(bytes: usize) -> Vec<u8> {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut out = Vec::with_capacity(bytes);
-        let words: [&[u8]; 6] = [b"layer ", b"digest ", b"fn main() {\n", b"the ", b"image ", b"0"];
+        let words: [&[u8]; 6] = [
+            b"layer ",
+            b"digest ",
+            b"fn main() {\n",
+            b"the ",
+            b"image ",
+            b"0",
+        ];
         while out.len() < bytes {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -405,9 +407,15 @@ mod tests {
                     "level {level}: 1 and {workers} workers differ"
                 );
             }
-            assert!(one == compress(&data, level, 1, 64 << 10), "level {level}: run to run");
+            assert!(
+                one == compress(&data, level, 1, 64 << 10),
+                "level {level}: run to run"
+            );
             assert!(gunzip(&one) == data, "level {level}: flate2 round trip");
-            assert!(system_gunzip(&one) == data, "level {level}: gzip -d round trip");
+            assert!(
+                system_gunzip(&one) == data,
+                "level {level}: gzip -d round trip"
+            );
         }
     }
 
@@ -419,7 +427,10 @@ mod tests {
         one.write_all(&data).expect("write");
         let one = one.finish().expect("finish").len();
         // Without dictionaries 64 KiB blocks lose far more than this on repetitive data.
-        assert!(parallel * 100 <= one * 101, "{parallel} bytes against {one}");
+        assert!(
+            parallel * 100 <= one * 101,
+            "{parallel} bytes against {one}"
+        );
     }
 
     #[test]
@@ -440,11 +451,14 @@ mod tests {
         reference.write_all(&data).expect("write");
         let reference = reference.finish().expect("finish");
         assert_eq!(gz[..10], reference[..10], "header");
-        assert_eq!(gz[gz.len() - 8..], reference[reference.len() - 8..], "trailer");
+        assert_eq!(
+            gz[gz.len() - 8..],
+            reference[reference.len() - 8..],
+            "trailer"
+        );
         for level in [0, 1, 9] {
             let gz = compress(b"x", level, 1, 64 << 10);
-            let mut reference =
-                flate2::GzBuilder::new().write(Vec::new(), Compression::new(level));
+            let mut reference = flate2::GzBuilder::new().write(Vec::new(), Compression::new(level));
             reference.write_all(b"x").expect("write");
             assert_eq!(gz[..10], reference.finish().expect("finish")[..10]);
         }

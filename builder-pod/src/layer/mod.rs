@@ -3,22 +3,23 @@
 //! a root filesystem ([`apply`], the stage pod's security boundary).
 //!
 //! Writing streams every file through tar ([`tar`], the builder's one tar writer), gzip
-//! and two SHA-256 hashers at once (the diff id of the tar, the digest of the gzip), so
-//! no file is ever held in memory.
+//! (deflated in parallel, [`gzip`]) and two SHA-256 hashers at once (the diff id of the
+//! tar, the digest of the gzip), so no file is ever held in memory.
 
 pub mod apply;
+pub mod gzip;
 pub mod tar;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use apply::{ApplyStats, apply_layer, extract_archive};
 
+use self::gzip::ParGzEncoder;
 use self::tar::TarWriter;
 use crate::fs::filetree::Node;
 use crate::fs::snapshot::{Changes, Entry, Snapshot};
@@ -165,7 +166,7 @@ pub fn write_nodes(
 }
 
 type Compressed = Hashing<BufWriter<File>>;
-type LayerTar = TarWriter<BufWriter<Hashing<flate2::write::GzEncoder<Compressed>>>>;
+type LayerTar = TarWriter<BufWriter<Hashing<ParGzEncoder<Compressed>>>>;
 
 /// A gzip layer at `out` with the entries `fill` writes; a partial blob is removed,
 /// never left to look like a layer.
@@ -182,8 +183,8 @@ fn write_gzip(
         };
         let file = File::create(out).map_err(err)?;
         let compressed = Hashing::new(BufWriter::with_capacity(1 << 20, file));
-        // GzBuilder leaves the header's mtime at 0 and names no file: reproducible.
-        let gz = flate2::GzBuilder::new().write(compressed, Compression::new(level));
+        let gz = ParGzEncoder::new(compressed, level, gzip::default_workers(), gzip::BLOCK_SIZE)
+            .map_err(err)?;
         let mut tar = TarWriter::new(
             BufWriter::with_capacity(256 << 10, Hashing::new(gz)),
             out,
