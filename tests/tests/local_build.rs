@@ -922,6 +922,22 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
     let r = registry();
     let cache = RegistryServer::start(None);
     let dir = tempfile::tempdir().expect("tempdir");
+    // The assets stage's base, on the cache's registry so that a new digest can be
+    // pushed under its tag: the same image in another manifest format.
+    let base = format!("{}/e2e/base:1", cache.addr);
+    let copy_base = |format: &str| {
+        check(tool("skopeo").args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--format",
+            format,
+            &format!("docker://{r}/stagecoach/busybox:1"),
+            &format!("docker://{base}"),
+        ]));
+    };
+    copy_base("oci");
     let dockerfile = format!(
         "FROM {r}/stagecoach/busybox:1 AS deps\n\
          ARG LEVEL=1\n\
@@ -930,7 +946,7 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
          FROM deps AS build\n\
          COPY main.txt /main.txt\n\
          RUN cat /level /main.txt > /app.txt\n\
-         FROM {r}/stagecoach/busybox:1 AS assets\n\
+         FROM {base} AS assets\n\
          COPY web/ /web/\n\
          RUN ls /web > /web.list\n\
          FROM {r}/stagecoach/busybox:1\n\
@@ -1063,6 +1079,84 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
         cat(&image, "/all.txt"),
         "level 1\ndeps 1\nmain 4\nindex.html\n"
     );
+
+    // A build arg the deps stage reads: its pod (deps runs fused into build's) and after.
+    let yaml = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        format!("{yaml}  buildArgs:\n  - name: LEVEL\n    value: \"2\"\n"),
+    )
+    .expect("manifest");
+    let arg = run();
+    assert_eq!(
+        ran(&arg),
+        ["build", "stage-3"],
+        "what reads LEVEL, and after"
+    );
+    let image = succeeded(&arg.status);
+    assert_eq!(
+        cat(&image, "/all.txt"),
+        "level 2\ndeps 1\nmain 4\nindex.html\n"
+    );
+
+    // A new digest under the assets stage's base tag: the stages on it run.
+    copy_base("v2s2");
+    let rebased = run();
+    assert_eq!(
+        ran(&rebased),
+        ["assets", "stage-3"],
+        "what is built on the base"
+    );
+    assert_eq!(
+        cat(&succeeded(&rebased.status), "/all.txt"),
+        "level 2\ndeps 1\nmain 4\nindex.html\n"
+    );
+
+    // Two builds of one commit at once, sharing a cache: both succeed, equal images.
+    let shared = format!(
+        "  cache:\n    repository: {}/e2e/shared/cache\n",
+        cache.addr
+    );
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS one\n\
+         RUN echo one > /one\n\
+         FROM {r}/stagecoach/busybox:1\n\
+         COPY --from=one /one /one\n\
+         RUN cat /one > /both\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let twin_a = Build {
+        name: "twin-a",
+        files: &files,
+        extra: &shared,
+        registry: Some(cache.addr.clone()),
+        ..Build::default()
+    }
+    .manifest(&dir.path().join("twins"));
+    let twin_b = dir.path().join("twins/twin-b.yaml");
+    let yaml = std::fs::read_to_string(&twin_a).expect("manifest");
+    let yaml = yaml
+        .replace("name: twin-a", "name: twin-b")
+        .replace("/e2e/twin-a:", "/e2e/twin-b:");
+    std::fs::write(&twin_b, yaml).expect("manifest");
+    let images: Vec<String> = std::thread::scope(|s| {
+        let builds: Vec<_> = [&twin_a, &twin_b]
+            .into_iter()
+            .map(|manifest| {
+                s.spawn(|| succeeded(&local::build(manifest, &opts).expect("runs").status))
+            })
+            .collect();
+        builds
+            .into_iter()
+            .map(|b| b.join().expect("a build"))
+            .collect()
+    });
+    let digests: Vec<&str> = images
+        .iter()
+        .map(|i| i.rsplit_once('@').expect("a digest").1)
+        .collect();
+    assert_eq!(digests[0], digests[1], "{images:?}");
+    assert_ne!(images[0], images[1], "two repositories");
 
     // A cache that cannot be reached: the build goes on without it and says so.
     let unreachable = "  cache:\n    repository: 127.0.0.1:1/nowhere/cache\n";
