@@ -345,7 +345,7 @@ mod tests {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            if seed % 7 == 0 {
+            if seed.is_multiple_of(7) {
                 out.extend_from_slice(&seed.to_le_bytes());
                 out.extend((0..300).map(|i| (seed >> (i % 57)) as u8));
             } else {
