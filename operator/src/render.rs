@@ -344,8 +344,12 @@ fn pod(
             node_selector: build.spec.node_selector.clone(),
             tolerations: build.spec.tolerations.clone(),
             affinity: build.spec.affinity.clone(),
+            // OnRootMismatch: the kubelet walks the volume only while its root is not
+            // the fsGroup's yet (the first pod), instead of re-chowning every file and
+            // putting setgid and group write back at each pod start.
             security_context: Some(PodSecurityContext {
                 fs_group: Some(BUILDER_UID),
+                fs_group_change_policy: Some("OnRootMismatch".into()),
                 ..PodSecurityContext::default()
             }),
             init_containers: (!init_containers.is_empty()).then_some(init_containers),
@@ -722,6 +726,12 @@ spec:
         for p in [&source, &stage, &assemble] {
             let spec = p.spec.as_ref().expect("spec");
             assert_eq!(spec.automount_service_account_token, Some(false));
+            let pod_security = spec.security_context.as_ref().expect("pod security");
+            assert_eq!(
+                pod_security.fs_group_change_policy.as_deref(),
+                Some("OnRootMismatch"),
+                "the workspace is not walked again at every pod start"
+            );
             assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
             assert_eq!(spec.active_deadline_seconds, Some(1800));
             assert!(

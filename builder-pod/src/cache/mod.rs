@@ -106,7 +106,7 @@ fn stage_keys(
     ws: &Workspace,
     context: &Path,
 ) -> Result<BTreeMap<String, key::Keyed>, String> {
-    let tree = FileTree::from_dir(context).map_err(|e| crate::error::chain(&e))?;
+    let tree = FileTree::from_checkout(context).map_err(|e| crate::error::chain(&e))?;
     let base_config = |stage: &Stage| -> Result<Option<ImageConfig>, String> {
         if !matches!(stage.base, Base::Image { .. }) {
             return Ok(None);

@@ -232,7 +232,7 @@ impl Sources {
     pub fn context(&mut self) -> Result<&FileTree> {
         let tree = match self.context_tree.take() {
             Some(tree) => tree,
-            None => FileTree::from_dir(&self.context)?,
+            None => FileTree::from_checkout(&self.context)?,
         };
         Ok(self.context_tree.insert(tree))
     }

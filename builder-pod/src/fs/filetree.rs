@@ -286,6 +286,24 @@ impl FileTree {
         Ok(tree)
     }
 
+    /// A git checkout as [`from_dir`](Self::from_dir) reads it, with the modes git
+    /// records and nothing else: directories 0755, files 0755 when executable, else
+    /// 0644. What a disk shows beyond that is the volume's, not the repository's: a
+    /// kubelet applying an fsGroup adds setgid and group write to everything on it, at
+    /// every pod start unless told otherwise, and the umask of the pod shapes the rest.
+    pub fn from_checkout(root: &Path) -> Result<FileTree> {
+        let mut tree = FileTree::from_dir(root)?;
+        for node in std::iter::once(&mut tree.root).chain(tree.nodes.values_mut()) {
+            node.mode = match node.kind {
+                Kind::Dir => 0o755,
+                Kind::File if node.mode & 0o100 != 0 => 0o755,
+                Kind::File => 0o644,
+                _ => node.mode,
+            };
+        }
+        Ok(tree)
+    }
+
     /// Applies one layer read by [`read_layer`]: whiteouts hide lower paths, then the
     /// layer's entries are added (the OCI image layer rules).
     pub fn apply(&mut self, layer: LayerChanges) {
@@ -746,6 +764,38 @@ mod tests {
         assert_eq!(
             ctx.read_file("app/b").expect("read").expect("bytes"),
             b"alpha"
+        );
+    }
+
+    /// What a kubelet's fsGroup and a pod's umask do to a checkout on the workspace
+    /// (setgid and group write everywhere) never reaches an image: only git's modes do.
+    #[test]
+    fn a_checkout_has_the_modes_git_records_whatever_the_volume_did() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::write(root.join("src/main.c"), "int main;").expect("write");
+        std::fs::write(root.join("run.sh"), "true").expect("write");
+        std::os::unix::fs::symlink("src/main.c", root.join("link")).expect("symlink");
+        let chmod = |rel: &str, mode: u32| {
+            std::fs::set_permissions(root.join(rel), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        };
+        chmod("src", 0o2775);
+        chmod("src/main.c", 0o664);
+        chmod("run.sh", 0o775);
+        let mode = |t: &FileTree, rel: &str| t.get(Path::new(rel)).expect(rel).mode & 0o7777;
+        let on_disk = FileTree::from_dir(root).expect("walk");
+        assert_eq!(mode(&on_disk, "src"), 0o2775, "what the volume shows");
+        let checkout = FileTree::from_checkout(root).expect("walk");
+        assert_eq!(mode(&checkout, "src"), 0o755);
+        assert_eq!(mode(&checkout, "src/main.c"), 0o644);
+        assert_eq!(mode(&checkout, "run.sh"), 0o755);
+        assert_eq!(
+            mode(&checkout, "link"),
+            mode(&on_disk, "link"),
+            "symlinks as they are"
         );
     }
 }
