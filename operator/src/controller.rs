@@ -6,9 +6,10 @@
 //! applies the status with one field manager, and records Events. Nothing lives only in
 //! memory: a restarted operator reconstructs everything from status and pods.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -56,7 +57,24 @@ pub struct Context {
     pub config: OperatorConfig,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// The status each build (by uid) was last given, with the resourceVersion the API
+    /// server answered: until the watch shows that version, the reflector's copy is
+    /// older than what this operator wrote, and deciding on it would repeat transitions.
+    written: Mutex<HashMap<String, Written>>,
+    /// Reconcile errors in a row per build (by uid), for the backoff of the retries.
+    errors: Mutex<HashMap<String, u32>>,
 }
+
+/// A status this operator wrote, and where.
+struct Written {
+    generation: Option<i64>,
+    resource_version: Option<String>,
+    status: ImageBuildStatus,
+}
+
+/// At most this many builds are remembered: past it the memory starts again (stale
+/// reads could then repeat a transition once, as without it).
+const WRITTEN_LIMIT: usize = 10_000;
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,9 +95,70 @@ impl Context {
             client,
             config,
             metrics,
+            written: Mutex::default(),
+            errors: Mutex::default(),
         }
     }
+
+    /// `build` with the status this operator last wrote for it when the copy read is
+    /// older: we are the only writer of the status, so for one generation what we wrote
+    /// last is the truth until the watch catches up (then the memory is dropped).
+    fn freshest(&self, build: &ImageBuild) -> ImageBuild {
+        let mut build = build.clone();
+        let Some(uid) = build.metadata.uid.clone() else {
+            return build;
+        };
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match written.get(&uid) {
+            Some(w) if w.resource_version == build.metadata.resource_version => {
+                written.remove(&uid);
+            }
+            Some(w) if w.generation == build.metadata.generation => {
+                build.status = Some(w.status.clone());
+            }
+            Some(_) => {
+                written.remove(&uid);
+            }
+            None => {}
+        }
+        build
+    }
+
+    fn remember(&self, build: &ImageBuild, written_as: &ImageBuild, status: &ImageBuildStatus) {
+        let Some(uid) = build.metadata.uid.clone() else {
+            return;
+        };
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if written.len() >= WRITTEN_LIMIT {
+            written.clear();
+        }
+        written.insert(
+            uid,
+            Written {
+                generation: build.metadata.generation,
+                resource_version: written_as.metadata.resource_version.clone(),
+                status: status.clone(),
+            },
+        );
+    }
+
+    /// How long to wait before retrying a build whose reconcile failed: 1 s, doubling
+    /// with each failure in a row, at most [`ERROR_BACKOFF_LIMIT`].
+    fn backoff(&self, build: &ImageBuild) -> Duration {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let count = errors.entry(build.uid().unwrap_or_default()).or_insert(0);
+        *count = count.saturating_add(1);
+        Duration::from_secs(1u64 << (*count - 1).min(16)).min(ERROR_BACKOFF_LIMIT)
+    }
+
+    fn reconciled(&self, build: &ImageBuild) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.remove(&build.uid().unwrap_or_default());
+    }
 }
+
+/// The longest wait between retries of a build whose reconciles keep failing.
+const ERROR_BACKOFF_LIMIT: Duration = Duration::from_secs(300);
 
 /// Runs the controller until `shutdown` turns true. `namespace` limits it to one
 /// namespace; None watches the whole cluster. At most `concurrency` builds reconcile at
@@ -99,6 +178,11 @@ pub async fn run(
         let namespace = namespace.clone();
         async move {
             let _leader = LeaderGauge::set(&ctx.metrics.leader);
+            // Another replica may have led meanwhile: what this one wrote is history.
+            ctx.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             reconcile_all(ctx.clone(), namespace, concurrency, stop).await;
         }
     };
@@ -165,15 +249,23 @@ async fn reconcile_all(
         .await;
 }
 
-fn error_policy(_build: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Requeue {
+fn error_policy(build: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_errors.inc();
-    warn!(%error, "requeue after an error");
-    Requeue::requeue(Duration::from_secs(15))
+    let after = ctx.backoff(&build);
+    warn!(%error, retry_in = ?after, "requeue after an error");
+    Requeue::requeue(after)
 }
 
 /// One reconcile of one build.
 #[instrument(skip(build, ctx), fields(build = %build.name_any()))]
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let build = ctx.freshest(&build);
+    let requeue = reconcile_fresh(&build, &ctx).await?;
+    ctx.reconciled(&build);
+    Ok(requeue)
+}
+
+async fn reconcile_fresh(build: &ImageBuild, ctx: &Context) -> Result<Requeue, Error> {
     let namespace = build.namespace().ok_or(Error::NoNamespace)?;
     let name = build.name_any();
     let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &namespace);
@@ -194,7 +286,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
         })
         .collect();
     let claim_exists = claims_api
-        .get_opt(&render::claim_name(&build))
+        .get_opt(&render::claim_name(build))
         .await?
         .is_some();
     let stage_names: Vec<String> = build
@@ -217,18 +309,37 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
         };
         observed.push(seen);
     }
-    let decision = core::decide(
-        &Observed {
-            build: &build,
-            pods: &observed,
-            claim_exists,
-            now: Timestamp::now(),
-        },
-        &ctx.config,
-    );
-
-    for action in decision.actions {
-        apply(&ctx, &build, &pods_api, &claims_api, action).await?;
+    let seen = Observed {
+        build,
+        pods: &observed,
+        claim_exists,
+        now: Timestamp::now(),
+    };
+    let mut decision = core::decide(&seen, &ctx.config);
+    let mut rejected = None;
+    for action in std::mem::take(&mut decision.actions) {
+        let creating = match &action {
+            Action::CreatePod(pod) => Some(format!("pod {}", pod.name_any())),
+            Action::CreateClaim(claim) => Some(format!("claim {}", claim.name_any())),
+            _ => None,
+        };
+        match (
+            apply(ctx, build, &pods_api, &claims_api, action).await,
+            creating,
+        ) {
+            (Err(Error::Api(kube::Error::Api(e))), Some(object)) if refused(&e) => {
+                rejected = Some((object, e.message.clone()));
+                break;
+            }
+            (result, _) => result?,
+        }
+    }
+    if let Some((object, message)) = rejected {
+        warn!(%object, %message, "the API server refused a create");
+        decision = core::reject(&seen, &ctx.config, decision.status, &object, &message);
+        for action in std::mem::take(&mut decision.actions) {
+            apply(ctx, build, &pods_api, &claims_api, action).await?;
+        }
     }
     let before = build.status.clone().unwrap_or_default();
     let mut status = decision.status;
@@ -253,13 +364,14 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Requ
             "kind": "ImageBuild",
             "status": status,
         });
-        builds_api
+        let written_as = builds_api
             .patch_status(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await?;
+        ctx.remember(build, &written_as, &status);
     }
     Ok(match status.phase {
         Some(Phase::Succeeded | Phase::Failed) => match decision.recheck_after {
@@ -380,6 +492,12 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+/// Whether the API server refused a create for good: Pod Security admission, a quota or
+/// RBAC (403), a webhook's denial (400 or 403), validation (422).
+fn refused(status: &kube::core::Status) -> bool {
+    matches!(status.code, 400 | 403 | 422)
 }
 
 /// Creates that find the object there and deletes that find it gone are fine.
@@ -640,12 +758,35 @@ mod tests {
         api_server_with_events(handle, pods, log, Vec::new())
     }
 
+    /// [`api_server`] whose admission refuses every pod create with `code` and `message`,
+    /// as Pod Security admission (403), a quota (403) or a webhook does.
+    fn api_server_refusing_pods(
+        handle: Handle,
+        code: u16,
+        message: &'static str,
+    ) -> tokio::task::JoinHandle<Vec<Seen>> {
+        serve(handle, Vec::new(), "", Vec::new(), Some((code, message)))
+    }
+
     /// [`api_server`], answering event lists with `events`.
     fn api_server_with_events(
+        handle: Handle,
+        pods: Vec<serde_json::Value>,
+        log: &'static str,
+        events: Vec<serde_json::Value>,
+    ) -> tokio::task::JoinHandle<Vec<Seen>> {
+        serve(handle, pods, log, events, None)
+    }
+
+    /// The mocked API server: lists answer with `pods` and `events`, logs with `log`,
+    /// status patches with the build at a new resourceVersion, creates with what was
+    /// sent (or the refusal), deletes with success.
+    fn serve(
         mut handle: Handle,
         pods: Vec<serde_json::Value>,
         log: &'static str,
         events: Vec<serde_json::Value>,
+        refuse_pods: Option<(u16, &'static str)>,
     ) -> tokio::task::JoinHandle<Vec<Seen>> {
         tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -674,7 +815,17 @@ mod tests {
                     "PATCH" => {
                         let mut updated = serde_json::to_value(build()).expect("build");
                         updated["status"] = body["status"].clone();
+                        updated["metadata"]["resourceVersion"] =
+                            (100 + seen.len()).to_string().into();
                         respond(updated, 200)
+                    }
+                    "POST" if path.ends_with("/pods") && refuse_pods.is_some() => {
+                        let (code, message) = refuse_pods.expect("refusing");
+                        respond(
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "message": message, "reason": "Forbidden", "code": code}),
+                            code,
+                        )
                     }
                     "DELETE" => respond(
                         serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
@@ -793,6 +944,69 @@ mod tests {
             .find(|r| r.method == "PATCH" && r.uri.contains("/imagebuilds/app/status"))
             .expect("a status patch")
             .body["status"]
+    }
+
+    /// A reconcile on the reflector's copy from before our own status patch (a pod event
+    /// can trigger one before the watch shows the patch) repeats no transition: one
+    /// BuildStarted, one count, no second patch resetting startTime.
+    #[tokio::test]
+    async fn a_stale_read_of_our_own_status_repeats_no_transition() {
+        let (ctx, handle) = context();
+        let server = api_server(handle, Vec::new(), "");
+        let stale = Arc::new(build());
+        reconcile(stale.clone(), ctx.clone()).await.expect("first");
+        reconcile(stale, ctx.clone())
+            .await
+            .expect("on the stale copy");
+        let metrics = Arc::clone(&ctx.metrics);
+        drop(ctx);
+        let seen = server.await.expect("server");
+        let started = seen
+            .iter()
+            .filter(|r| r.method == "POST" && r.body["reason"] == "BuildStarted")
+            .count();
+        assert_eq!(started, 1, "one BuildStarted event");
+        let patches = seen
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.uri.contains("/status"))
+            .count();
+        assert_eq!(patches, 1, "the second decision changes nothing");
+        let text = metrics.encode();
+        assert!(
+            text.contains("stagecoach_builds_started_total 1\n"),
+            "{text}"
+        );
+    }
+
+    /// Admission refusing a pod (Pod Security here; a quota or a webhook alike) fails the
+    /// build at once with the API's words, instead of a retry that shows the old phase
+    /// forever.
+    #[tokio::test]
+    async fn a_pod_the_api_server_refuses_fails_the_build_with_its_words() {
+        let (ctx, handle) = context();
+        let refusal = "pods \"app-source-g1\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true";
+        let server = api_server_refusing_pods(handle, 403, refusal);
+        reconcile(Arc::new(build()), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        let status = status_patch(&seen);
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["failure"]["reason"], "PodRejected");
+        let message = status["failure"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("refused to create pod app-source")
+                && message.contains("violates PodSecurity"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_reconciles_back_off_exponentially_and_start_over_after_a_success() {
+        let (ctx, _server) = context();
+        let b = build();
+        let waits: Vec<u64> = (0..10).map(|_| ctx.backoff(&b).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        ctx.reconciled(&b);
+        assert_eq!(ctx.backoff(&b).as_secs(), 1);
     }
 
     #[tokio::test]

@@ -35,7 +35,15 @@ pub mod reason {
     /// [`START_GRACE_SECONDS`](super::START_GRACE_SECONDS) when it may retry).
     pub const POD_START_FAILED: &str = "PodStartFailed";
     /// Failures of a pod whose container never ran: there is no log to read.
-    pub const START_FAILURES: [&str; 3] = [IMAGE_PULL_FAILED, SECRET_NOT_FOUND, POD_START_FAILED];
+    /// The API server refused to create one of the build's objects (Pod Security
+    /// admission, a quota, a webhook, validation): no retry mends that.
+    pub const POD_REJECTED: &str = "PodRejected";
+    pub const START_FAILURES: [&str; 4] = [
+        IMAGE_PULL_FAILED,
+        SECRET_NOT_FOUND,
+        POD_START_FAILED,
+        POD_REJECTED,
+    ];
     pub const SUCCEEDED: &str = "Succeeded";
     pub const BUILDING: &str = "Building";
 }
@@ -235,6 +243,47 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
         actions,
         status,
         recheck_after,
+    }
+}
+
+/// The API server refused to create `object` (a pod or the claim) of the build whose
+/// decision was `decided`: the build fails at once with reason `PodRejected` and the
+/// API's words, and its pods still active are stopped. The actions returned replace
+/// what was left of `decided`'s.
+pub fn reject(
+    observed: &Observed<'_>,
+    config: &OperatorConfig,
+    decided: ImageBuildStatus,
+    object: &str,
+    message: &str,
+) -> Decision {
+    let generation = observed.build.metadata.generation.unwrap_or(1);
+    let pods: Vec<&ObservedPod> = observed
+        .pods
+        .iter()
+        .filter(|p| p.generation == generation)
+        .collect();
+    let mut status = decided;
+    let mut actions = Vec::new();
+    let mut step = Step {
+        observed,
+        config,
+        pods: &pods,
+        status: &mut status,
+        actions: &mut actions,
+        recheck_after: None,
+    };
+    step.stop_active_pods();
+    step.fail(
+        reason::POD_REJECTED,
+        format!("the API server refused to create {object}: {message}"),
+        None,
+        None,
+    );
+    Decision {
+        actions,
+        status,
+        recheck_after: None,
     }
 }
 
@@ -827,8 +876,6 @@ impl<'a> Step<'a, '_> {
         self.actions.push(event(true, reason, message));
     }
 
-    /// `Ready` (kstatus) and `Succeeded`, with the transition time kept when unchanged,
-    /// and `Stalled` while the build has failed.
     /// The stage cache could not be read or written: the build goes on without it, and
     /// `CacheUnavailable=True` says why (the first such warning of the build stays).
     fn note_cache_trouble(&mut self, warnings: &[stagecoach_plan::contract::Warning]) {
@@ -856,6 +903,8 @@ impl<'a> Step<'a, '_> {
         });
     }
 
+    /// `Ready` (kstatus) and `Succeeded`, with the transition time kept when unchanged,
+    /// and `Stalled` while the build has failed.
     fn set_conditions(&mut self, ready: &str, reason: &str, message: &str, succeeded: &str) {
         let generation = self.status.observed_generation;
         let now = self.observed.now;
