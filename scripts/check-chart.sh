@@ -109,6 +109,9 @@ refuse "buildDefaults.limitRange.enabled needs" --set buildDefaults.limitRange.e
 refuse "metrics.serviceMonitor.enabled needs metrics.service.enabled" \
   --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false
 refuse "serviceAccount.name is required" --set serviceAccount.create=false
+refuse "cache.prune.enabled needs cache.repository" --set cache.prune.enabled=true
+refuse "olderThan" --set cache.repository=r.example/c --set cache.prune.enabled=true \
+  --set cache.prune.olderThan=2weeks
 
 echo "== 4. kubernetes-validate $("$kubernetes_validate" --version) --strict, Kubernetes $k8s_version schemas"
 schemas=$("$py" -c 'import kubernetes_validate, os; print(os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema"))')

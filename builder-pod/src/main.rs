@@ -41,6 +41,38 @@ enum Command {
     Assemble(AssembleArgs),
     /// Prints the manifest digest of each image reference for a platform.
     Resolve(ResolveArgs),
+    /// Looks after a stage cache repository.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CacheCommand {
+    /// Deletes the entries stored longer ago than --older-than (a CronJob's job).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PruneArgs {
+    /// The cache repository, `registry/repository`.
+    #[arg(long)]
+    repository: String,
+    /// Entries stored longer ago than this go (a Go duration: 336h, 90m, 0s).
+    #[arg(long, value_parser = parse_age)]
+    older_than: std::time::Duration,
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    stagecoach_plan::instruction::parse_go_duration(text)
+        .map(std::time::Duration::from_nanos)
+        .ok_or_else(|| format!("`{text}` is not a duration such as 336h or 90m"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -282,6 +314,9 @@ fn main() -> ExitCode {
         Command::Source(args) => run_source(args),
         Command::Assemble(args) => run_assemble(args),
         Command::Resolve(args) => run_resolve(args),
+        Command::Cache {
+            command: CacheCommand::Prune(args),
+        } => run_prune(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -435,6 +470,29 @@ fn run_assemble(args: AssembleArgs) -> anyhow::Result<()> {
         (Some(e), _) => Err(anyhow::anyhow!("{}: {}", e.reason, e.message)),
         (None, None) => Err(anyhow::anyhow!("the push reported no image")),
     }
+}
+
+fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
+    let settings = args.registry.settings();
+    let pruned = cache::prune::prune(&settings, &args.repository, args.older_than, args.dry_run)?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for tag in &pruned.deleted {
+        println!("{verb} {}:{tag}", args.repository);
+    }
+    for tag in &pruned.foreign {
+        println!("left {}:{tag}: not a stage cache entry", args.repository);
+    }
+    println!(
+        "{verb} {} entries stored before {}, kept {}",
+        pruned.deleted.len(),
+        pruned.cutoff,
+        pruned.kept
+    );
+    Ok(())
 }
 
 fn run_resolve(args: ResolveArgs) -> anyhow::Result<()> {

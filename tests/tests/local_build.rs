@@ -1158,6 +1158,31 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
     assert_eq!(digests[0], digests[1], "{images:?}");
     assert_ne!(images[0], images[1], "two repositories");
 
+    // Pruning (what the chart's CronJob runs): nothing was stored an hour ago; a dry run
+    // lists every entry and deletes none; then all go, and the next build runs it all.
+    let settings = stagecoach_builder::oci::Settings {
+        insecure: vec![cache.addr.clone()],
+        ..Default::default()
+    };
+    let repository = format!("{}/e2e/cache/cache", cache.addr);
+    let prune = |older_than: u64, dry_run: bool| {
+        stagecoach_builder::cache::prune::prune(
+            &settings,
+            &repository,
+            Duration::from_secs(older_than),
+            dry_run,
+        )
+        .expect("prune")
+    };
+    let young = prune(3600, false);
+    assert!(young.deleted.is_empty() && young.kept >= 3, "{young:?}");
+    let dry = prune(0, true);
+    assert_eq!((dry.deleted.len(), dry.kept), (young.kept, 0), "{dry:?}");
+    let gone = prune(0, false);
+    assert_eq!(gone.deleted, dry.deleted);
+    assert_eq!(prune(0, true).deleted, Vec::<String>::new(), "all gone");
+    assert_eq!(ran(&run()), ["build", "assets", "stage-3"], "cold again");
+
     // A cache that cannot be reached: the build goes on without it and says so.
     let unreachable = "  cache:\n    repository: 127.0.0.1:1/nowhere/cache\n";
     let dockerfile = format!("FROM {r}/stagecoach/busybox:1\nRUN echo hi > /hi\n");

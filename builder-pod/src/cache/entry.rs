@@ -22,12 +22,21 @@ const EXPORT_TYPE: &str = "application/vnd.stagecoach.stage.export.v1.tar";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Annotation with the key, so a registry's listing says what an entry is.
 const KEY_ANNOTATION: &str = "dev.stagecoach.cache.key";
+/// When the entry was stored (RFC 3339), what `cache prune` goes by.
+pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 /// The most a record blob may be (thousands of layers fit).
 const RECORD_LIMIT: u64 = 4 << 20;
 
 /// The tag of the entry for a key.
 pub fn tag(key: &str) -> String {
     format!("stage-{key}")
+}
+
+/// Whether a tag is an entry's: `stage-` and a key (64 lowercase hex digits).
+pub fn is_tag(tag: &str) -> bool {
+    tag.strip_prefix("stage-").is_some_and(|key| {
+        key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// The entry reference for a key in the cache repository.
@@ -325,7 +334,10 @@ pub async fn store(
         "artifactType": ARTIFACT_TYPE,
         "config": descriptor(CONFIG_TYPE, &config_digest, config.len() as u64),
         "layers": descriptors,
-        "annotations": { KEY_ANNOTATION: key },
+        "annotations": {
+            KEY_ANNOTATION: key,
+            CREATED_ANNOTATION: jiff::Timestamp::now().to_string(),
+        },
     });
     let manifest = Bytes::from(serde_json::to_vec(&manifest).expect("a manifest serialises"));
     Ok(registry

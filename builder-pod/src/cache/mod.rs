@@ -9,6 +9,7 @@
 
 pub mod entry;
 pub mod key;
+pub mod prune;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -33,6 +33,12 @@ const MANIFEST_TYPES: [&str; 4] = [
 /// Registries refuse manifests bigger than this; so do we, before reading them whole.
 const MANIFEST_LIMIT: u64 = 4 << 20;
 
+/// Tags asked for per page of a tag list, the pages read at most, and the most one page
+/// may weigh: a repository of a hundred thousand tags is listed, no bigger one.
+const TAG_PAGE: usize = 1000;
+const TAG_PAGES: usize = 100;
+const TAG_PAGE_LIMIT: u64 = 4 << 20;
+
 /// An image manifest, the one for the wanted platform when the reference named an index.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -128,6 +134,49 @@ impl Registry {
         }
         let media_type = manifest_media_type(reference, &bytes, header_type)?;
         Ok((bytes, media_type, digest))
+    }
+
+    /// The tags of a repository, page by page; none when it does not exist yet.
+    pub async fn tags(&self, repository: &Reference) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut tags: Vec<String> = Vec::new();
+        for _ in 0..TAG_PAGES {
+            let mut url = format!("{}/tags/list?n={TAG_PAGE}", self.base_url(repository));
+            // Tags are [A-Za-z0-9_.-]: nothing to escape.
+            if let Some(last) = tags.last() {
+                url.push_str("&last=");
+                url.push_str(last);
+            }
+            let response = match self
+                .request(
+                    repository,
+                    RegistryOperation::Pull,
+                    |http| http.get(&url),
+                    &[StatusCode::OK],
+                )
+                .await
+            {
+                Err(Error::Protocol { status: 404, .. }) => return Ok(tags),
+                response => response?,
+            };
+            let bytes = limited_body(response, TAG_PAGE_LIMIT, &url).await?;
+            let page: TagList = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+                what: url.clone(),
+                message: format!("not a tag list: {e}"),
+            })?;
+            let page = page.tags.unwrap_or_default();
+            // A registry that ignores `n` sends everything at once.
+            let more = page.len() == TAG_PAGE;
+            tags.extend(page);
+            if !more {
+                return Ok(tags);
+            }
+        }
+        Ok(tags)
     }
 
     /// A manifest by tag or digest as it is stored (an artifact's, never resolved as an

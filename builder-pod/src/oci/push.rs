@@ -266,6 +266,24 @@ impl Registry {
         })
     }
 
+    /// Deletes a manifest by digest, and with it every tag on it; one already gone is
+    /// fine. The registry must allow deletes (distribution: `storage.delete.enabled`).
+    pub async fn delete_manifest(&self, repository: &Reference, digest: &str) -> Result<()> {
+        let url = format!("{}/manifests/{digest}", self.base_url(repository));
+        match self
+            .request(
+                repository,
+                RegistryOperation::Push,
+                |http| http.delete(&url),
+                &[StatusCode::ACCEPTED, StatusCode::OK],
+            )
+            .await
+        {
+            Ok(_) | Err(Error::Protocol { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn put_manifest(
         &self,
         target: &Reference,
