@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stagecoach_builder::fs::snapshot::{self, Changes, Snapshot};
-use stagecoach_builder::layer::{self, DEFAULT_LEVEL};
+use stagecoach_builder::layer::{self, Compression, DEFAULT_LEVEL};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -108,7 +108,8 @@ fn snapshot_figures(tree: &Path) {
     let (diffed, changes) = best(3, || snapshot::diff(&before, &after));
     let out = tree.with_extension("layer.tar.gz");
     let start = Instant::now();
-    let info = layer::write_layer(tree, &changes, &after, &out, None).expect("write layer");
+    let info = layer::write_layer(tree, &changes, &after, &out, None, Compression::Gzip)
+        .expect("write layer");
     let packed = start.elapsed();
     fs::remove_file(&out).expect("clean up");
     println!(
@@ -323,10 +324,20 @@ fn packing_figures(scratch: &Path) {
     }
 
     println!("-- the whole tree --");
+    let (zstd_packed, zstd) = best(1, || {
+        layer::write_layer(&tree, &everything, &after, &out, None, Compression::Zstd)
+            .expect("write layer")
+    });
+    line(
+        &format!("stagecoach write_layer (zstd {})", layer::ZSTD_LEVEL),
+        zstd_packed,
+        zstd.size,
+    );
     // Best of two for the headline pair: one slow run (writeback, a busy neighbour) must
     // not decide the ratio.
     let (packed, info) = best(2, || {
-        layer::write_layer(&tree, &everything, &after, &out, None).expect("write layer")
+        layer::write_layer(&tree, &everything, &after, &out, None, Compression::Gzip)
+            .expect("write layer")
     });
     line(
         &format!("stagecoach write_layer (level {DEFAULT_LEVEL})"),

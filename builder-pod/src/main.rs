@@ -109,6 +109,9 @@ struct AssembleArgs {
     /// Push Docker v2 schema 2 manifests instead of OCI ones (for old registries).
     #[arg(long)]
     docker_media_types: bool,
+    /// How the layers built here are compressed.
+    #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+    compression: Compression,
     /// Blobs transferred at the same time.
     #[arg(long, default_value_t = 3)]
     jobs: usize,
@@ -254,6 +257,25 @@ struct StageArgs {
     /// Clamp layer and history times to this Unix time (the commit time).
     #[arg(long, env = "SOURCE_DATE_EPOCH")]
     source_date_epoch: Option<i64>,
+    /// How layers are compressed.
+    #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+    compression: Compression,
+}
+
+/// Layer compression (`spec.output.compression`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl From<Compression> for stagecoach_builder::layer::Compression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Gzip => stagecoach_builder::layer::Compression::Gzip,
+            Compression::Zstd => stagecoach_builder::layer::Compression::Zstd,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -356,6 +378,7 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
         root: args.root,
         tools: args.tools,
         source_date_epoch: args.source_date_epoch,
+        compression: args.compression.into(),
     };
     let report = stage::run_pod(&opts);
     write_json(&opts.workspace.report(&report.pod), &report)?;
@@ -438,6 +461,7 @@ fn run_assemble(args: AssembleArgs) -> anyhow::Result<()> {
         } else {
             MediaTypes::Oci
         },
+        compression: args.compression.into(),
         registry: args.registry.settings(),
         jobs: args.jobs,
         cache: args.cache.settings(),

@@ -105,10 +105,17 @@ pub struct LayerRecord {
     pub diff_id: String,
     /// Compressed size in bytes.
     pub size: u64,
+    /// The blob's OCI media type (its compression).
+    #[serde(default = "gzip_media_type")]
+    pub media_type: String,
     /// The instruction that made it, for the image history.
     pub created_by: String,
     /// Its Dockerfile line.
     pub line: usize,
+}
+
+fn gzip_media_type() -> String {
+    crate::layer::GZIP_MEDIA_TYPE.to_string()
 }
 
 /// Reads a JSON file of the workspace.

@@ -3,7 +3,7 @@
 //! a COPY-only target's destinations.
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use oci_client::manifest::{IMAGE_LAYER_GZIP_MEDIA_TYPE, OciDescriptor};
+use oci_client::manifest::OciDescriptor;
 use stagecoach_plan::contract::{Execution, Plan, Stage};
 use stagecoach_plan::instruction::Kind;
 
@@ -89,7 +89,7 @@ pub fn stage_layers(ws: &Workspace, stage: &Stage) -> Result<Vec<ImageLayer>> {
         .into_iter()
         .map(|r| ImageLayer {
             descriptor: OciDescriptor {
-                media_type: IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(),
+                media_type: r.media_type,
                 digest: r.digest,
                 size: r.size as i64,
                 ..OciDescriptor::default()
@@ -153,24 +153,8 @@ pub async fn image_tree(
     Ok(tree)
 }
 
-/// The headers of a layer blob, gzip or plain tar (by its first bytes).
+/// The headers of a layer blob, gzip, zstd or plain tar (by its first bytes).
 fn read_layer(blob: &mut dyn std::io::Read) -> std::io::Result<filetree::LayerChanges> {
-    use std::io::BufRead as _;
-    let mut reader = std::io::BufReader::new(blob);
-    let magic = reader
-        .fill_buf()?
-        .get(..4)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
-    let result = if magic.starts_with(&[0x1f, 0x8b]) {
-        filetree::read_layer(flate2::bufread::GzDecoder::new(reader))
-    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "zstd layers are not supported",
-        ));
-    } else {
-        filetree::read_layer(reader)
-    };
-    result.map_err(std::io::Error::other)
+    let stream = crate::layer::decompressed(std::io::BufReader::new(blob))?;
+    filetree::read_layer(stream).map_err(std::io::Error::other)
 }

@@ -116,6 +116,15 @@ pub fn manifest(
     types: MediaTypes,
     annotations: &BTreeMap<String, String>,
 ) -> Result<(Bytes, String)> {
+    if matches!(types, MediaTypes::Docker)
+        && layers
+            .iter()
+            .any(|l| l.descriptor.media_type == crate::layer::ZSTD_MEDIA_TYPE)
+    {
+        return Err(Error::Workspace(
+            "zstd layers need an OCI manifest: Docker's format has no zstd".into(),
+        ));
+    }
     let (manifest_type, config_type) = match types {
         MediaTypes::Oci => (OCI_IMAGE_MEDIA_TYPE, IMAGE_CONFIG_MEDIA_TYPE),
         MediaTypes::Docker => (IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_DOCKER_CONFIG_MEDIA_TYPE),

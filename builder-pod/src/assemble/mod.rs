@@ -98,6 +98,8 @@ pub struct AssembleOptions {
     /// Clamp for layer entry, history and config times (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
     pub media_types: MediaTypes,
+    /// How the layers built here are compressed.
+    pub compression: layer::Compression,
     pub registry: oci::Settings,
     /// Blobs transferred at the same time.
     pub jobs: usize,
@@ -301,6 +303,7 @@ async fn build_target(
     let (plan, target, ws) = (plan.clone(), target.clone(), ws.clone());
     let context = opts.context.clone();
     let epoch = opts.source_date_epoch;
+    let compression = opts.compression;
     tokio::task::spawn_blocking(move || {
         let mut executor = Executor {
             plan: &plan,
@@ -311,6 +314,7 @@ async fn build_target(
         };
         let mut pod = AssemblePod {
             tree: MemoryTree::new(tree),
+            compression,
         };
         let mut stage_report = StageReport {
             id: target.id.clone(),
@@ -331,6 +335,7 @@ async fn build_target(
 #[derive(Debug)]
 struct AssemblePod {
     tree: MemoryTree,
+    compression: layer::Compression,
 }
 
 impl Pod for AssemblePod {
@@ -345,7 +350,7 @@ impl Pod for AssemblePod {
         if entries.is_empty() {
             return Ok(None);
         }
-        layer::write_nodes(&entries, out, epoch)
+        layer::write_nodes(&entries, out, epoch, self.compression)
             .map(Some)
             .map_err(exec::Error::Layer)
     }

@@ -16,7 +16,8 @@ use crate::workspace::{self, LayerRecord, Workspace};
 /// The `artifactType` of every entry; anything else under a `stage-` tag is no entry.
 pub const ARTIFACT_TYPE: &str = "application/vnd.stagecoach.stage.v1";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// The layer types an entry may hold: a stage's layers as its build compressed them.
+const LAYER_TYPES: [&str; 2] = [crate::layer::GZIP_MEDIA_TYPE, crate::layer::ZSTD_MEDIA_TYPE];
 const RECORD_TYPE: &str = "application/vnd.stagecoach.stage.record.v1+json";
 const EXPORT_TYPE: &str = "application/vnd.stagecoach.stage.export.v1.tar";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -175,14 +176,14 @@ impl Entry {
             .manifest
             .layers
             .iter()
-            .filter(|l| l.media_type == LAYER_TYPE)
+            .filter(|l| LAYER_TYPES.contains(&l.media_type.as_str()))
             .collect();
         let listed = record.layers.len() == layers.len()
             && record
                 .layers
                 .iter()
                 .zip(&layers)
-                .all(|(r, l)| r.digest == l.digest);
+                .all(|(r, l)| r.digest == l.digest && r.media_type == l.media_type);
         if !listed {
             return Err(Error::Invalid(format!(
                 "{}: its record does not list its layers",
@@ -300,7 +301,7 @@ pub async fn store(
             size: layer.size,
             source,
         });
-        descriptors.push(descriptor(LAYER_TYPE, &layer.digest, layer.size));
+        descriptors.push(descriptor(&layer.media_type, &layer.digest, layer.size));
     }
     let record_digest = oci::sha256(&record);
     descriptors.push(descriptor(RECORD_TYPE, &record_digest, record.len() as u64));

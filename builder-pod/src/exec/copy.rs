@@ -1075,9 +1075,12 @@ mod tests {
         let (d, from) = export();
         let mut view = MemoryTree::new(image());
         let entries = copy_in(&mut view, &from, &["/out"], "/app/", &flags()).expect("copy");
-        let write = crate::layer::write_nodes;
-        let one = write(&entries, &d.path().join("1.tar.gz"), Some(5)).expect("write");
-        let two = write(&entries, &d.path().join("2.tar.gz"), Some(5)).expect("write");
+        let write = |out: &str| {
+            let gzip = crate::layer::Compression::Gzip;
+            crate::layer::write_nodes(&entries, &d.path().join(out), Some(5), gzip)
+        };
+        let one = write("1.tar.gz").expect("write");
+        let two = write("2.tar.gz").expect("write");
         assert_eq!(one, two);
         let bytes = fs::read(d.path().join("1.tar.gz")).expect("read");
         assert_eq!(one.digest, crate::oci::sha256(&bytes));

@@ -373,11 +373,23 @@ impl Executor<'_> {
             return Ok(None);
         };
         let diff_id = info.diff_id.clone();
+        // The name says what the blob is; its first bytes say it to readers.
+        let file = match info.media_type.as_str() {
+            crate::layer::ZSTD_MEDIA_TYPE => {
+                let zst = file.replace(".tar.gz", ".tar.zst");
+                let dir = self.workspace.layers_dir(&report.id);
+                std::fs::rename(&out, dir.join(&zst))
+                    .map_err(Error::workspace(format!("cannot name the layer {zst}")))?;
+                zst
+            }
+            _ => file,
+        };
         report.layers.push(LayerRecord {
             file,
             digest: info.digest,
             diff_id: info.diff_id,
             size: info.size,
+            media_type: info.media_type,
             created_by: inst.text.clone(),
             line: inst.line,
         });

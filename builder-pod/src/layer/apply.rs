@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -40,13 +40,13 @@ pub struct ApplyStats {
     pub bytes: u64,
 }
 
-/// Extracts a layer (gzip or plain tar) onto `root`, honouring whiteouts and opaque
+/// Extracts a layer (gzip, zstd or plain tar) onto `root`, honouring whiteouts and opaque
 /// directories, and refusing any entry that would write outside `root`.
 pub fn apply_layer(layer: &Path, root: &Path) -> Result<ApplyStats> {
     extract(layer, root, Whiteouts::Honoured)
 }
 
-/// Extracts an archive (gzip or plain tar: a stage's export, ADD's local archive) into
+/// Extracts an archive (gzip, zstd or plain tar: a stage's export, ADD's local archive) into
 /// `dir`, made if missing, with the same containment; `.wh.` names are files like any
 /// other.
 pub fn extract_archive(archive: &Path, dir: &Path) -> Result<ApplyStats> {
@@ -62,16 +62,8 @@ fn extract(layer: &Path, root: &Path, whiteouts: Whiteouts) -> Result<ApplyStats
         path: layer.to_path_buf(),
         source,
     };
-    let mut input = BufReader::with_capacity(256 << 10, File::open(layer).map_err(read_err)?);
-    let gzip = input
-        .fill_buf()
-        .map_err(read_err)?
-        .starts_with(&[0x1f, 0x8b]);
-    let stream: Box<dyn Read> = if gzip {
-        Box::new(flate2::bufread::MultiGzDecoder::new(input))
-    } else {
-        Box::new(input)
-    };
+    let input = BufReader::with_capacity(256 << 10, File::open(layer).map_err(read_err)?);
+    let stream = super::decompressed(input).map_err(read_err)?;
     let mut applier = Applier::new(root, whiteouts)?;
     let mut archive = tar::Archive::new(stream);
     for entry in archive.entries().map_err(read_err)? {

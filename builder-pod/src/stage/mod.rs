@@ -90,6 +90,7 @@ pub struct StageOptions {
     pub tools: PathBuf,
     /// Clamp for layer and history times (`SOURCE_DATE_EPOCH`, the commit time).
     pub source_date_epoch: Option<i64>,
+    pub compression: layer::Compression,
 }
 
 /// What one pod did, written to `reports/<pod>.json`.
@@ -503,8 +504,15 @@ impl Pod for StagePod<'_> {
             None
         } else {
             Some(
-                layer::write_layer(&self.opts.root, &changes, &after, out, epoch)
-                    .map_err(exec::Error::Layer)?,
+                layer::write_layer(
+                    &self.opts.root,
+                    &changes,
+                    &after,
+                    out,
+                    epoch,
+                    self.opts.compression,
+                )
+                .map_err(exec::Error::Layer)?,
             )
         };
         self.before = after;
