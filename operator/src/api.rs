@@ -163,6 +163,17 @@ pub struct Output {
     /// Annotations of the image manifest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// How the layers this build makes are compressed: `Gzip` (default; every runtime
+    /// pulls it) or `Zstd` (smaller, faster to unpack; containerd 1.5+, CRI-O, podman).
+    /// Layers reused from base images or the stage cache keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<LayerCompression>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LayerCompression {
+    Gzip,
+    Zstd,
 }
 
 /// The build's workspace volume.

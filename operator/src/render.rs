@@ -453,6 +453,7 @@ pub fn render_stage_pod(
     if let Some(dir) = &build.spec.source.context_dir {
         args.extend(["--context-dir".into(), dir.clone()]);
     }
+    args.extend(compression_args(build));
     let image = match &stage.image {
         Some(image) => image.clone(),
         None => {
@@ -499,6 +500,14 @@ pub fn cache_settings(build: &ImageBuild, config: &OperatorConfig) -> Option<(St
         .or_else(|| config.cache_repository.clone())
         .unwrap_or_else(|| format!("{}/cache", repository_of(&build.spec.output.image)));
     Some((repository, mode))
+}
+
+/// The builder's argument for layer compression, for the pods that write layers.
+fn compression_args(build: &ImageBuild) -> Vec<String> {
+    match build.spec.output.compression {
+        Some(crate::api::LayerCompression::Zstd) => vec!["--compression".into(), "zstd".into()],
+        Some(crate::api::LayerCompression::Gzip) | None => Vec::new(),
+    }
 }
 
 /// The builder's arguments for the stage cache.
@@ -596,6 +605,7 @@ fn assemble_pod(
         args.extend(["--source-date-epoch".into(), t.to_string()]);
     }
     args.extend(cache_args(build, config));
+    args.extend(compression_args(build));
     if role == Role::Cache {
         args.push("--cache-only".into());
     }
@@ -700,6 +710,37 @@ spec:
             .flatten()
             .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
             .collect()
+    }
+
+    /// Layer compression reaches the pods that write layers, and only those.
+    #[test]
+    fn zstd_goes_to_the_pods_that_write_layers() {
+        let args = |p: &Pod| {
+            p.spec.as_ref().expect("spec").containers[0]
+                .args
+                .clone()
+                .expect("args")
+        };
+        let zstd = |p: &Pod| args(p).windows(2).any(|w| w == ["--compression", "zstd"]);
+        let mut b = build(FULL);
+        assert!(!zstd(&render_stage_pod(
+            &b,
+            &config(),
+            &stage(),
+            Some(1),
+            0
+        )));
+        b.spec.output.compression = Some(crate::api::LayerCompression::Zstd);
+        assert!(zstd(&render_stage_pod(&b, &config(), &stage(), Some(1), 0)));
+        assert!(zstd(&render_assemble_pod(
+            &b,
+            &config(),
+            Some("abc"),
+            Some(1),
+            0
+        )));
+        assert!(zstd(&render_cache_pod(&b, &config(), Some("abc"), Some(1))));
+        assert!(!args(&render_source_pod(&b, &config(), 0)).contains(&"--compression".into()));
     }
 
     #[test]

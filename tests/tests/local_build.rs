@@ -883,6 +883,61 @@ fn a_plain_http_registry_reached_over_tls_names_the_setting() {
     );
 }
 
+/// `output.compression: Zstd`: the layers the build makes are zstd (the base's stay
+/// gzip), the image runs under podman, and a stage's output crosses to the next stage
+/// through a zstd layer.
+#[test]
+fn zstd_layers_are_pushed_and_the_image_runs() {
+    let r = registry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\n\
+         RUN mkdir /out && echo zstd > /out/hello\n\
+         FROM build AS more\n\
+         RUN cat /out/hello /out/hello > /out/twice\n\
+         FROM {r}/stagecoach/busybox:1\n\
+         COPY --from=more /out/ /out/\n\
+         RUN cat /out/hello /out/twice > /all\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let status = Build {
+        name: "zstd",
+        files: &files,
+        output_extra: "    compression: Zstd\n",
+        ..Build::default()
+    }
+    .run(dir.path())
+    .status;
+    let image = succeeded(&status);
+    let layer_types = |image: &str| -> Vec<String> {
+        let raw = check(tool("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ]));
+        let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest");
+        manifest["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["mediaType"].as_str().expect("a media type").to_string())
+            .collect()
+    };
+    let types = layer_types(&image);
+    let base_types = layer_types(&format!("{r}/stagecoach/busybox:1"));
+    let (base, built) = types.split_at(base_types.len().min(types.len()));
+    assert_eq!(base, base_types, "the base's layers as they are");
+    assert!(
+        built.len() == 2
+            && built
+                .iter()
+                .all(|t| *t == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
+    assert_eq!(cat(&image, "/all"), "zstd\nzstd\nzstd\n");
+}
+
 /// The stages whose pods ran in a build (the others came from the stage cache), and
 /// the stage pods the runner saw start, which must be the same.
 fn ran(result: &LocalResult) -> Vec<String> {
