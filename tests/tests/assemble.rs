@@ -72,6 +72,7 @@ impl Build {
             annotations: BTreeMap::new(),
             source_date_epoch: Some(EPOCH),
             media_types: MediaTypes::Oci,
+            compression: stagecoach_builder::layer::Compression::Gzip,
             registry: Settings {
                 auth_file: None,
                 insecure: vec![registry()],
@@ -351,6 +352,7 @@ fn stage_pod_layers_are_pushed_with_docker_media_types() {
     .expect("layer");
     let record = LayerRecord {
         file: "0001.tar.gz".into(),
+        media_type: stagecoach_builder::layer::GZIP_MEDIA_TYPE.into(),
         digest: layer["digest"].as_str().expect("d").into(),
         diff_id: config["rootfs"]["diff_ids"]
             .as_array()
