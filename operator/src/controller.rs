@@ -272,7 +272,7 @@ async fn reconcile_fresh(build: &ImageBuild, ctx: &Context) -> Result<Requeue, E
     let claims_api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace);
     let builds_api = Api::<ImageBuild>::namespaced(ctx.client.clone(), &namespace);
 
-    let selector = format!("{}={name}", render::LABEL_BUILD);
+    let selector = format!("{}={}", render::LABEL_BUILD, render::label_value(&name));
     let uid = build.meta().uid.clone();
     let pods: Vec<Pod> = pods_api
         .list(&ListParams::default().labels(&selector))

@@ -277,7 +277,7 @@ mod tests {
     fn labels(role: &str) -> serde_json::Value {
         serde_json::json!({
             "app.kubernetes.io/component": role,
-            "stagecoach.dev/stage": "build-x",
+            "stagecoach.dev/stage": "build_x",
             "stagecoach.dev/generation": "2",
             "stagecoach.dev/attempt": "1",
         })

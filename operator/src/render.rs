@@ -80,7 +80,7 @@ impl Role {
                 let label = labels.get(LABEL_STAGE)?;
                 let name = stage_names
                     .iter()
-                    .find(|n| dns_label(n) == *label)
+                    .find(|n| label_value(n) == *label)
                     .unwrap_or(label);
                 Some(Role::Stage(name.clone()))
             }
@@ -114,9 +114,11 @@ fn name_of(build: &ImageBuild) -> &str {
     build.metadata.name.as_deref().unwrap_or("build")
 }
 
-/// Stage names allow `_` and `.`; pod names do not.
+/// A stage name in a pod name. Stage names allow `_` and `.`, pod names do not: a name
+/// changed to fit gets a hash of the original, so `a_b` and `a.b` get pods of their own.
 pub fn dns_label(s: &str) -> String {
-    s.to_ascii_lowercase()
+    let safe: String = s
+        .to_ascii_lowercase()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -125,7 +127,37 @@ pub fn dns_label(s: &str) -> String {
                 '-'
             }
         })
-        .collect()
+        .collect();
+    if safe == s {
+        safe
+    } else {
+        format!("{safe}-{:08x}", fnv1a(s.as_bytes()))
+    }
+}
+
+/// A name as a label value (at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric at
+/// both ends). A name that is not one as it is (ImageBuild names run to 253 characters)
+/// keeps a readable start and gets a hash of the whole, so no two names share a value.
+pub fn label_value(name: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let ends_ok = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if name.is_empty() || (name.len() <= 63 && name.chars().all(allowed) && ends_ok(name)) {
+        return name.to_string();
+    }
+    let start: String = name
+        .chars()
+        .map(|c| if allowed(c) { c } else { '-' })
+        .take(54)
+        .collect();
+    let start = start.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let hash = fnv1a(name.as_bytes());
+    match start.is_empty() {
+        true => format!("{hash:08x}"),
+        false => format!("{start}-{hash:08x}"),
+    }
 }
 
 /// `base + suffix` cut to 63 characters; a cut name gets a short hash so two long names
@@ -170,7 +202,7 @@ fn labels(build: &ImageBuild, role: &Role, attempt: u32) -> BTreeMap<String, Str
             "stagecoach".to_string(),
         ),
         (LABEL_ROLE.to_string(), role.label().to_string()),
-        (LABEL_BUILD.to_string(), name_of(build).to_string()),
+        (LABEL_BUILD.to_string(), label_value(name_of(build))),
         (
             LABEL_GENERATION.to_string(),
             build.metadata.generation.unwrap_or(1).to_string(),
@@ -178,7 +210,7 @@ fn labels(build: &ImageBuild, role: &Role, attempt: u32) -> BTreeMap<String, Str
         (LABEL_ATTEMPT.to_string(), attempt.to_string()),
     ]);
     if let Role::Stage(id) = role {
-        labels.insert(LABEL_STAGE.to_string(), dns_label(id));
+        labels.insert(LABEL_STAGE.to_string(), label_value(id));
     }
     labels
 }
@@ -693,9 +725,13 @@ spec:
 "#;
 
     fn stage() -> PodSummary {
+        stage_named("build_x")
+    }
+
+    fn stage_named(id: &str) -> PodSummary {
         PodSummary {
-            id: "build_x".into(),
-            stages: vec!["build_x".into()],
+            id: id.into(),
+            stages: vec![id.into()],
             image: Some("docker.io/library/busybox@sha256:aaaa".into()),
             waits_for: vec![],
             cache: None,
@@ -804,9 +840,13 @@ spec:
         let b = build(FULL);
         assert_eq!(pod_name(&b, &Role::Source, 0), "app-source-g3");
         assert_eq!(
-            pod_name(&b, &Role::Stage("build_x".into()), 2),
+            pod_name(&b, &Role::Stage("build-x".into()), 2),
             "app-stage-build-x-g3-r2"
         );
+        // Stage names that a pod name cannot hold as they are never share a pod.
+        let (under, dot) = (Role::Stage("a_b".into()), Role::Stage("a.b".into()));
+        assert_ne!(pod_name(&b, &under, 0), pod_name(&b, &dot, 0));
+        assert!(pod_name(&b, &under, 0).starts_with("app-stage-a-b-"));
         let mut long = b.clone();
         long.metadata.name = Some("a".repeat(60));
         let n1 = pod_name(&long, &Role::Stage("one".repeat(10)), 0);
@@ -814,6 +854,40 @@ spec:
         assert!(n1.len() <= 63 && n2.len() <= 63);
         assert_ne!(n1, n2);
         assert!(claim_name(&long).len() <= 63);
+    }
+
+    /// Label values hold at most 63 characters: a build name of 253 and two that differ
+    /// only past the cut get values of their own, which the list selector uses too.
+    #[test]
+    fn label_values_are_bounded_and_stay_apart() {
+        let valid = |v: &str| {
+            v.len() <= 63
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        let long = format!("{}.example", "a".repeat(244));
+        let other = format!("{}.exampl3", "a".repeat(244));
+        for name in [long.as_str(), other.as_str(), "a_b", "-x-", "app"] {
+            assert!(valid(&label_value(name)), "{name}: {}", label_value(name));
+        }
+        assert_ne!(label_value(&long), label_value(&other));
+        assert_eq!(label_value("a_b"), "a_b", "valid values stay as they are");
+        let mut b = build(FULL);
+        b.metadata.name = Some(long.clone());
+        let pod = render_source_pod(&b, &config(), 0);
+        let labels = pod.metadata.labels.expect("labels");
+        assert!(labels.values().all(|v| valid(v)), "{labels:?}");
+        let names = ["a_b".to_string(), "a.b".to_string()];
+        for name in &names {
+            let pod = render_stage_pod(&b, &config(), &stage_named(name), Some(1), 0);
+            let labels = pod.metadata.labels.expect("labels");
+            assert_eq!(
+                Role::from_labels(&labels, &names),
+                Some(Role::Stage(name.clone()))
+            );
+        }
     }
 
     #[test]
@@ -824,11 +898,11 @@ spec:
             let labels = labels(&b, &role, 1);
             assert_eq!(Role::from_labels(&labels, &names), Some(role));
         }
-        // Without the status's names a stage keeps its label form.
+        // A valid label value is the stage name itself: no names needed to read it back.
         let stage = labels(&b, &Role::Stage("build_x".into()), 0);
         assert_eq!(
             Role::from_labels(&stage, &[]),
-            Some(Role::Stage("build-x".into()))
+            Some(Role::Stage("build_x".into()))
         );
         let foreign = BTreeMap::from([(LABEL_ROLE.to_string(), "other".to_string())]);
         assert_eq!(Role::from_labels(&foreign, &names), None);
@@ -865,7 +939,7 @@ spec:
             Some("registry.example/stagecoach/builder:1")
         );
         let labels = p.metadata.labels.expect("labels");
-        assert_eq!(labels[LABEL_STAGE], "build-x");
+        assert_eq!(labels[LABEL_STAGE], "build_x");
         assert_eq!(labels[LABEL_BUILD], "app");
         let owner = &p.metadata.owner_references.expect("owner")[0];
         assert_eq!(
