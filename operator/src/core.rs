@@ -720,6 +720,8 @@ impl<'a> Step<'a, '_> {
                         .clone()
                         .unwrap_or_else(|| reason::STAGE_FAILED.into());
                     let pod_name = pod.name.clone();
+                    // Its siblings cannot change the result now: stop them.
+                    self.stop_active_pods();
                     self.fail(&reason, message, Some(pod_name), outcome.line);
                     if let Some(f) = &mut self.status.failure {
                         f.stage = outcome.stage.or(Some(stage.name.clone()));
@@ -732,6 +734,7 @@ impl<'a> Step<'a, '_> {
                     if !self.retry(&role, n, |a| {
                         render::render_stage_pod(build, config, &summary, epoch, a)
                     }) {
+                        self.stop_active_pods();
                         if let Some(f) = &mut self.status.failure {
                             f.stage = Some(stage.name.clone());
                         }
@@ -1499,8 +1502,13 @@ spec:
                 Some(12),
             ),
         );
-        sim.step(20);
+        let actions = sim.step(20);
         assert_eq!(sim.phase(), Phase::Failed);
+        assert_eq!(
+            deleted(&actions),
+            ["app-stage-a-g1", "app-stage-c-g1"],
+            "the siblings still running are stopped"
+        );
         let f = sim.status().failure.clone().expect("failure");
         assert_eq!(
             (f.reason.as_str(), f.stage.as_deref(), f.line),
