@@ -881,8 +881,8 @@ mod tests {
         }
     }
 
-    /// The build as the operator left it after the source pod: Building, with its stages.
-    fn building(ctx: &Context) -> (ImageBuild, serde_json::Value) {
+    /// The build as the operator's first decision left it: Pending, its source pod made.
+    fn started(ctx: &Context) -> ImageBuild {
         let mut b = build();
         let first = core::decide(
             &Observed {
@@ -894,6 +894,12 @@ mod tests {
             &ctx.config,
         );
         b.status = Some(first.status);
+        b
+    }
+
+    /// The build as the operator left it after the source pod: Building, with its stages.
+    fn building(ctx: &Context) -> (ImageBuild, serde_json::Value) {
+        let mut b = started(ctx);
         let source = pod_in(
             &render::render_source_pod(&b, &ctx.config, 0),
             "Succeeded",
@@ -1012,19 +1018,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_source_pod_starts_the_first_wave() {
         let (ctx, handle) = context();
-        let mut b = build();
-        b.status = Some(
-            core::decide(
-                &Observed {
-                    build: &b,
-                    pods: &[],
-                    claim_exists: false,
-                    now: Timestamp::now(),
-                },
-                &ctx.config,
-            )
-            .status,
-        );
+        let b = started(&ctx);
         let source = pod_in(
             &render::render_source_pod(&b, &ctx.config, 0),
             "Succeeded",
@@ -1054,19 +1048,7 @@ mod tests {
     #[tokio::test]
     async fn stages_found_in_the_cache_get_no_pod_and_their_status_says_cached() {
         let (ctx, handle) = context();
-        let mut b = build();
-        b.status = Some(
-            core::decide(
-                &Observed {
-                    build: &b,
-                    pods: &[],
-                    claim_exists: false,
-                    now: Timestamp::now(),
-                },
-                &ctx.config,
-            )
-            .status,
-        );
+        let b = started(&ctx);
         let mut plan = planned();
         for pod in &mut plan.summary.as_mut().expect("summary").pods {
             pod.cache = Some(stagecoach_plan::contract::StageCache {

@@ -1303,19 +1303,24 @@ spec:
         sim.set(Role::Source, PodState::Succeeded, summary());
     }
 
-    #[test]
-    fn stages_found_in_the_cache_get_no_pod_and_say_so() {
-        let mut sim = Sim::new();
+    /// [`through_source`] with every pod keyed, and found in the cache where `hit` says.
+    fn through_cached_source(sim: &mut Sim, hit: impl Fn(&str) -> bool) {
         sim.step(0);
         let mut outcome = summary().expect("summary");
         for pod in &mut outcome.summary.as_mut().expect("plan").pods {
             pod.cache = Some(stagecoach_plan::contract::StageCache {
                 key: Some(format!("key-of-{}", pod.id)),
-                hit: pod.id != "c",
+                hit: hit(&pod.id),
                 uncacheable: None,
             });
         }
         sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+    }
+
+    #[test]
+    fn stages_found_in_the_cache_get_no_pod_and_say_so() {
+        let mut sim = Sim::new();
+        through_cached_source(&mut sim, |pod| pod != "c");
         let actions = sim.step(10);
         assert_eq!(created(&actions), ["app-stage-c-g1"], "only the miss runs");
         let cached_events = actions
@@ -1338,16 +1343,7 @@ spec:
     #[test]
     fn a_failed_build_stores_what_succeeded_and_keeps_its_workspace_meanwhile() {
         let mut sim = Sim::new();
-        sim.step(0);
-        let mut outcome = summary().expect("summary");
-        for pod in &mut outcome.summary.as_mut().expect("plan").pods {
-            pod.cache = Some(stagecoach_plan::contract::StageCache {
-                key: Some(format!("key-of-{}", pod.id)),
-                hit: false,
-                uncacheable: None,
-            });
-        }
-        sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+        through_cached_source(&mut sim, |_| false);
         sim.step(10);
         sim.set(Role::Stage("a".into()), PodState::Succeeded, ok());
         sim.set(
