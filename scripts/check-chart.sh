@@ -87,6 +87,23 @@ for scenario in "${scenarios[@]}"; do
   }
   echo "   $scenario: $(grep -c '^kind:' "$work/$scenario.yaml") objects -> .work/check-chart/$scenario.yaml; NOTES.txt -> $scenario.notes.txt"
 done
+# Build pods' network: with namespaces known, a policy that keeps RUN steps off the
+# cloud metadata service; with none, no policy, and NOTES.txt says so.
+"$py" - "$work/all-features.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "NetworkPolicy"]
+assert [d["metadata"]["namespace"] for d in docs] == ["builds"], docs
+spec = docs[0]["spec"]
+assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "stagecoach"}}, spec
+assert spec["ingress"] == [] and set(spec["policyTypes"]) == {"Ingress", "Egress"}, spec
+denied = [e for rule in spec["egress"] for to in rule["to"] for e in to["ipBlock"].get("except", [])]
+assert "169.254.169.254/32" in denied and "fd00:ec2::254/128" in denied, denied
+print("   all-features: NetworkPolicy in builds denies", ", ".join(denied))
+PY
+grep -q 'WARNING: build pods run without a NetworkPolicy' "$work/default.notes.txt" || {
+  echo "check-chart: the default NOTES.txt does not say build pods have no NetworkPolicy" >&2
+  exit 1
+}
 # Values the chart must refuse, with the reason it gives.
 refuse() { # message-fragment helm-args...
   local want=$1

@@ -85,6 +85,10 @@ pub struct ImageBuildSpec {
     /// The stage cache: unchanged stages are taken from it and run no pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// Stop the build: its pods are deleted and it ends `Failed` with reason `Canceled`
+    /// (a build that had already ended stays as it ended).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
 }
 
 /// Where a build's stage cache lives and how it is used.

@@ -1015,6 +1015,35 @@ mod tests {
         assert_eq!(ctx.backoff(&b).as_secs(), 1);
     }
 
+    /// `spec.cancel` on a running build, against the API server: its running pod is
+    /// deleted, nothing is created, the status says Failed with reason Canceled.
+    #[tokio::test]
+    async fn cancel_deletes_the_running_pods_and_fails_the_build() {
+        let (ctx, handle) = context();
+        let (mut b, source) = building(&ctx);
+        let running = pod_in(&stage_pod(&ctx, &b, "a"), "Running", None);
+        let running_name = stage_pod(&ctx, &b, "a").metadata.name.expect("name");
+        b.spec.cancel = true;
+        b.metadata.generation = Some(2);
+        let server = api_server(handle, vec![source, running], "");
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        let deleted: Vec<&str> = seen
+            .iter()
+            .filter(|r| r.method == "DELETE" && r.uri.contains("/pods/"))
+            .map(|r| r.uri.as_str())
+            .collect();
+        assert!(
+            deleted.len() == 1 && deleted[0].contains(&running_name),
+            "{deleted:?}"
+        );
+        assert!(created_pods(&seen).is_empty());
+        let status = status_patch(&seen);
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["failure"]["reason"], "Canceled");
+        assert_eq!(status["observedGeneration"], 2);
+    }
+
     #[tokio::test]
     async fn a_finished_source_pod_starts_the_first_wave() {
         let (ctx, handle) = context();

@@ -44,6 +44,8 @@ pub mod reason {
         POD_START_FAILED,
         POD_REJECTED,
     ];
+    /// `spec.cancel` stopped the build.
+    pub const CANCELED: &str = "Canceled";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const BUILDING: &str = "Building";
 }
@@ -190,6 +192,14 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
     let mut status = build.status.clone().unwrap_or_default();
     let mut actions = Vec::new();
 
+    // Setting spec.cancel is a new generation too, but no new build: the running one
+    // stops, a finished one stays as it ended.
+    if build.spec.cancel && status.observed_generation != Some(generation) {
+        status.observed_generation = Some(generation);
+        if !matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
+            cancel(observed, config, &mut status, &mut actions);
+        }
+    }
     // A new generation is a new build: stop the old pods, start over.
     if status.observed_generation != Some(generation) {
         for pod in observed.pods.iter().filter(|p| p.generation != generation) {
@@ -244,6 +254,38 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
         status,
         recheck_after,
     }
+}
+
+/// Stops a running build for `spec.cancel`: every active pod of any generation is
+/// deleted, and the build fails with reason `Canceled`.
+fn cancel(
+    observed: &Observed<'_>,
+    config: &OperatorConfig,
+    status: &mut ImageBuildStatus,
+    actions: &mut Vec<Action>,
+) {
+    let pods: Vec<&ObservedPod> = observed.pods.iter().collect();
+    let mut step = Step {
+        observed,
+        config,
+        pods: &pods,
+        status,
+        actions,
+        recheck_after: None,
+    };
+    step.stop_active_pods();
+    for stage in &mut step.status.stages {
+        if matches!(stage.phase, StagePhase::Running | StagePhase::Waiting) {
+            stage.phase = StagePhase::Failed;
+            stage.message = Some("canceled".into());
+        }
+    }
+    step.fail(
+        reason::CANCELED,
+        "canceled (spec.cancel)".into(),
+        None,
+        None,
+    );
 }
 
 /// The API server refused to create `object` (a pod or the claim) of the build whose
@@ -1437,6 +1479,71 @@ spec:
             assert_eq!(sim.condition("Succeeded"), ("False".into(), reason.into()));
             assert_eq!(sim.status().failure.as_ref().map(|f| f.line), Some(Some(3)));
         }
+    }
+
+    /// `spec.cancel` (a new generation) stops a running build for good; a build that
+    /// never started builds nothing; a finished one stays as it ended.
+    #[test]
+    fn cancel_stops_a_running_build_and_leaves_a_finished_one_alone() {
+        let cancel = |sim: &mut Sim| {
+            sim.build.spec.cancel = true;
+            sim.build.metadata.generation = Some(2);
+        };
+        let mut sim = Sim::new();
+        through_source(&mut sim);
+        sim.step(10);
+        sim.set(Role::Stage("a".into()), PodState::Running, None);
+        cancel(&mut sim);
+        let actions = sim.step(20);
+        assert_eq!(sim.phase(), Phase::Failed);
+        assert_eq!(sim.condition("Ready"), ("False".into(), "Canceled".into()));
+        assert_eq!(
+            deleted(&actions),
+            ["app-stage-a-g1", "app-stage-b-g1", "app-stage-c-g1"]
+        );
+        assert!(created(&actions).is_empty());
+        assert!(
+            sim.status()
+                .stages
+                .iter()
+                .all(|s| s.phase == StagePhase::Failed),
+            "no stage is left running"
+        );
+        assert!(created(&sim.step(30)).is_empty(), "nothing starts after");
+
+        let mut never = Sim::new();
+        cancel(&mut never);
+        assert!(created(&never.step(0)).is_empty());
+        assert_eq!(never.condition("Ready").1, "Canceled");
+
+        let mut done = Sim::new();
+        through_source(&mut done);
+        done.step(10);
+        for stage in ["a", "b", "c"] {
+            done.set(Role::Stage(stage.into()), PodState::Succeeded, ok());
+        }
+        done.step(20);
+        done.set(Role::Stage("final".into()), PodState::Succeeded, ok());
+        done.step(30);
+        done.set(
+            Role::Assemble,
+            PodState::Succeeded,
+            Some(PodOutcome {
+                succeeded: true,
+                image: Some(format!("registry.example/app:1@sha256:{}", "f".repeat(64))),
+                ..PodOutcome::default()
+            }),
+        );
+        done.step(40);
+        assert_eq!(done.phase(), Phase::Succeeded);
+        cancel(&mut done);
+        done.step(50);
+        assert_eq!(
+            done.phase(),
+            Phase::Succeeded,
+            "a finished build stays as it ended"
+        );
+        assert!(created(&done.step(60)).is_empty());
     }
 
     #[test]

@@ -938,6 +938,22 @@ fn zstd_layers_are_pushed_and_the_image_runs() {
     assert_eq!(cat(&image, "/all"), "zstd\nzstd\nzstd\n");
 }
 
+/// A canceled ImageBuild builds nothing: the runner starts no pod and reports Canceled.
+#[test]
+fn a_canceled_build_starts_no_pod_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = [("Dockerfile", "FROM busybox\nRUN false\n")];
+    let result = Build {
+        name: "canceled",
+        files: &files,
+        extra: "  cancel: true\n",
+        ..Build::default()
+    }
+    .run(dir.path());
+    assert_eq!(failure(&result.status).0, "Canceled");
+    assert!(result.timings.is_empty(), "pods ran: {:?}", result.timings);
+}
+
 /// The stages whose pods ran in a build (the others came from the stage cache), and
 /// the stage pods the runner saw start, which must be the same.
 fn ran(result: &LocalResult) -> Vec<String> {
