@@ -14,7 +14,9 @@
 #     (jsonschema, unknown fields refused) and its CEL rules (cel-python);
 #  8. images/*.Dockerfile and the examples' own Dockerfiles planned by our planner.
 #  9. the objects the operator renders for every example ImageBuild (claim, source,
-#     stage and assemble pods) validated by kubernetes-validate --strict.
+#     stage and assemble pods) validated by kubernetes-validate --strict;
+# 10. Pod Security: checkov's checks of the baseline standard on stage pods, of the
+#     restricted one on every other pod and on the chart's workloads.
 # Needs scripts/install-deps.sh (.work/tools/bin/helm, .work/tools/venv).
 set -euo pipefail
 
@@ -24,6 +26,7 @@ tools=$root/.work/tools
 helm=$tools/bin/helm
 py=$tools/venv/bin/python
 kubernetes_validate=$tools/venv/bin/kubernetes-validate
+checkov=$tools/checkov/bin/checkov
 # kubernetes-validate ships schemas per minor version; 1.33 is what k8s-openapi targets
 # (feature v1_33 in Cargo.toml) and the version this chart is tested for.
 k8s_version=1.33.0
@@ -33,7 +36,7 @@ namespace=stagecoach-system
 work=$root/.work/check-chart
 CARGO=${CARGO:-cargo}
 
-for tool in "$helm" "$py" "$kubernetes_validate"; do
+for tool in "$helm" "$py" "$kubernetes_validate" "$checkov"; do
   if [[ ! -x $tool ]]; then
     echo "check-chart: $tool is missing: run scripts/install-deps.sh" >&2
     exit 1
@@ -625,5 +628,56 @@ for build in "$work"/render/*.yaml; do
   rendered=$((rendered + $(grep -c ' passed for resource ' <<<"$out")))
 done
 echo "   $rendered objects (claims and source, stage and assemble pods) of $(ls "$work"/render/*.yaml | wc -l) ImageBuilds passed"
+
+echo "== 10. Pod Security, by checkov $("$checkov" --version): stage pods baseline, other build pods and the chart's workloads restricted"
+# The checks that make up each Pod Security Standard. Stage pods run RUN steps as root on
+# their base image: baseline is their level (their install container is restricted,
+# which render.rs's tests check container by container). The other build pods are
+# restricted and follow two rules of ours besides: no service account token, a
+# read-only root; the chart's workloads are restricted (the operator needs its token).
+baseline=CKV_K8S_16,CKV_K8S_17,CKV_K8S_18,CKV_K8S_19,CKV_K8S_25,CKV_K8S_26,CKV_K8S_27,CKV_K8S_31,CKV_K8S_39
+restricted=$baseline,CKV_K8S_20,CKV_K8S_23,CKV_K8S_28,CKV_K8S_37
+build_pods=$restricted,CKV_K8S_22,CKV_K8S_38
+"$py" - "$work/pss" "$work"/render/*.objects "$work/default.yaml" "$work/all-features.yaml" <<'PY'
+import os, sys, yaml
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+levels = {"baseline": [], "restricted": [], "build-pods": []}
+workloads = {"Pod", "Deployment", "CronJob", "Job", "StatefulSet", "DaemonSet"}
+for path in sys.argv[2:]:
+    for d in yaml.safe_load_all(open(path)):
+        if not d or d.get("kind") not in workloads:
+            continue
+        labels = d["metadata"].get("labels") or {}
+        ours = d["kind"] == "Pod" and labels.get("app.kubernetes.io/managed-by") == "stagecoach"
+        if ours and labels.get("app.kubernetes.io/component") == "stage":
+            levels["baseline"].append(d)
+        else:
+            levels["build-pods" if ours else "restricted"].append(d)
+for level, docs in levels.items():
+    assert docs, f"no {level} objects"
+    yaml.safe_dump_all(docs, open(os.path.join(out, f"{level}.yaml"), "w"))
+PY
+for level in baseline restricted build-pods; do
+  case $level in
+    baseline) checks=$baseline ;;
+    restricted) checks=$restricted ;;
+    build-pods) checks=$build_pods ;;
+  esac
+  "$checkov" -f "$work/pss/$level.yaml" --framework kubernetes --skip-download --check "$checks" \
+    --compact -o json >"$work/pss/$level.json" 2>"$work/pss/$level.err" || true
+  "$py" - "$work/pss/$level.json" "$level" <<'PY' || exit 1
+import json, sys
+runs = json.load(open(sys.argv[1]))
+runs = runs if isinstance(runs, list) else [runs]
+failed = [c for r in runs for c in r["results"]["failed_checks"]]
+summary = runs[0]["summary"]
+for c in failed:
+    print(f"check-chart: {c['resource']} fails {c['check_id']} ({c['check_name']})", file=sys.stderr)
+if failed or summary["parsing_errors"]:
+    sys.exit(f"check-chart: {len(failed)} {sys.argv[2]} findings, {summary['parsing_errors']} parsing errors")
+print(f"   {sys.argv[2]}: {summary['resource_count']} objects, {summary['passed']} checks passed, none failed")
+PY
+done
 
 echo "check-chart: all checks passed"

