@@ -1340,6 +1340,15 @@ spec:
         })
     }
 
+    /// The outcome of an assemble pod that pushed the image (digest f...f).
+    fn pushed() -> Option<PodOutcome> {
+        Some(PodOutcome {
+            succeeded: true,
+            image: Some(format!("registry.example/app:1@sha256:{}", "f".repeat(64))),
+            ..PodOutcome::default()
+        })
+    }
+
     fn through_source(sim: &mut Sim) {
         sim.step(0);
         sim.set(Role::Source, PodState::Succeeded, summary());
@@ -1525,15 +1534,7 @@ spec:
         done.step(20);
         done.set(Role::Stage("final".into()), PodState::Succeeded, ok());
         done.step(30);
-        done.set(
-            Role::Assemble,
-            PodState::Succeeded,
-            Some(PodOutcome {
-                succeeded: true,
-                image: Some(format!("registry.example/app:1@sha256:{}", "f".repeat(64))),
-                ..PodOutcome::default()
-            }),
-        );
+        done.set(Role::Assemble, PodState::Succeeded, pushed());
         done.step(40);
         assert_eq!(done.phase(), Phase::Succeeded);
         cancel(&mut done);
@@ -1574,15 +1575,7 @@ spec:
         sim.set(Role::Stage("final".into()), PodState::Succeeded, ok());
         assert_eq!(created(&sim.step(40)), ["app-assemble-g1"]);
         assert_eq!(sim.phase(), Phase::Pushing);
-        sim.set(
-            Role::Assemble,
-            PodState::Succeeded,
-            Some(PodOutcome {
-                succeeded: true,
-                image: Some(format!("registry.example/app:1@sha256:{}", "f".repeat(64))),
-                ..PodOutcome::default()
-            }),
-        );
+        sim.set(Role::Assemble, PodState::Succeeded, pushed());
         sim.step(50);
         assert_eq!(sim.phase(), Phase::Succeeded);
         let image = sim.status().image.clone().expect("image");
