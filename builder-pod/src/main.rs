@@ -85,7 +85,7 @@ struct AssembleArgs {
     tags: Vec<String>,
     #[arg(long, default_value = "/workspace")]
     workspace: PathBuf,
-    /// The pod's name, for `reports/<pod>.json`.
+    /// The pod's name, for `pods/<pod>/report.json`.
     #[arg(long, default_value = "assemble")]
     pod: String,
     /// The context directory inside the checkout (`spec.source.contextDir`).
@@ -381,7 +381,7 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
         compression: args.compression.into(),
     };
     let report = stage::run_pod(&opts);
-    write_json(&opts.workspace.report(&report.pod), &report)?;
+    write_json(&opts.workspace.report(&opts.pod_name()), &report)?;
     termination::write(&stage::outcome(&report));
     match report.error {
         None => {

@@ -44,7 +44,7 @@ pub fn bounded(message: &str, max: usize) -> String {
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… (see reports/ on the workspace)", &message[..end])
+    format!("{}… (see pods/ on the workspace)", &message[..end])
 }
 
 fn write_message(message: &str) {
@@ -106,7 +106,7 @@ mod tests {
         assert!(
             back.message
                 .expect("message")
-                .ends_with("(see reports/ on the workspace)")
+                .ends_with("(see pods/ on the workspace)")
         );
     }
 }

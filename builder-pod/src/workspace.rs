@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use stagecoach_plan::layout;
 
 /// Paths on the workspace volume (docs/architecture.md, "A build, step by step").
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ impl Workspace {
     }
 
     pub fn stage_dir(&self, stage: &str) -> PathBuf {
-        self.root.join("stages").join(stage)
+        self.root.join(layout::stage_dir(stage))
     }
 
     pub fn layers_dir(&self, stage: &str) -> PathBuf {
@@ -63,33 +64,62 @@ impl Workspace {
         self.stage_dir(stage).join("scope.json")
     }
 
-    /// A pod's machine-readable result.
+    /// A pod's machine-readable result (`pod` as [`layout::stage_pod`] names stage pods).
     pub fn report(&self, pod: &str) -> PathBuf {
-        self.root.join("reports").join(format!("{pod}.json"))
+        self.pod_dir(pod).join("report.json")
     }
 
     /// Scratch space of one pod (extracted exports), removed when it ends.
     pub fn scratch(&self, pod: &str) -> PathBuf {
-        self.root.join("tmp").join(pod)
+        self.pod_dir(pod).join("tmp")
     }
 
-    /// Creates the directories every later pod writes into, owned by the source pod's
-    /// user: stage pods run as root but the assemble pod does not, and it must be able
-    /// to write into a COPY-only target's stage directory, `reports/` and `tmp/`.
+    fn pod_dir(&self, pod: &str) -> PathBuf {
+        self.root.join(layout::pod_dir(pod))
+    }
+
+    /// Creates the directories later pods write into, owned by the source pod's user:
+    /// stage pods run as root but the assemble pod does not, and it must be able to write
+    /// into a COPY-only target's stage directory and its own pod directory. They exist
+    /// before the stage pods start because those mount them one by one (the rest of the
+    /// workspace is read-only to a stage pod).
     pub fn create_dirs<'a>(
         &self,
         stages: impl IntoIterator<Item = &'a str>,
+        stage_pods: impl IntoIterator<Item = &'a str>,
     ) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
-        let dirs = [self.root.join("reports"), self.root.join("tmp")]
-            .into_iter()
-            .chain(stages.into_iter().map(|s| self.stage_dir(s)));
+        let mut dirs = vec![self.root.join(layout::pod_dir(""))];
+        dirs.extend(stages.into_iter().map(|s| self.stage_dir(s)));
+        for stage in stage_pods {
+            dirs.push(self.pod_dir(&layout::stage_pod(stage)));
+            dirs.push(self.root.join(layout::scratch_root(stage)));
+        }
         for dir in dirs {
             std::fs::create_dir_all(&dir)?;
             // Group-writable and setgid, like a volume a kubelet gives to fsGroup.
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775))?;
         }
         Ok(())
+    }
+}
+
+/// Empties a directory, keeping the directory itself: in a stage pod a stage's directory
+/// is a mount point, which cannot be removed.
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                match entry.file_type()?.is_dir() {
+                    true => std::fs::remove_dir_all(entry.path())?,
+                    false => std::fs::remove_file(entry.path())?,
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
+        Err(e) => Err(e),
     }
 }
 

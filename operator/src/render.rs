@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use stagecoach_plan::contract::PodSummary;
+use stagecoach_plan::layout;
 
 use crate::api::{CacheMode, ImageBuild};
 
@@ -486,19 +487,30 @@ pub fn render_stage_pod(
         args.extend(["--context-dir".into(), dir.clone()]);
     }
     args.extend(compression_args(build));
+    // The workspace is read-only to the stage pod (RUN steps run in its container),
+    // but for the directories of its own stages and its own pod directory.
+    let mut writable: Vec<String> = stage.stages.iter().map(|s| layout::stage_dir(s)).collect();
+    writable.push(layout::pod_dir(&layout::stage_pod(&stage.id)));
     let image = match &stage.image {
         Some(image) => image.clone(),
         None => {
-            args.extend(["--root".into(), format!("{WORKSPACE}/roots/{}", stage.id)]);
+            let root = layout::scratch_root(&stage.id);
+            args.extend(["--root".into(), format!("{WORKSPACE}/{root}")]);
+            writable.push(root);
             config.builder_image.clone()
         }
     };
     let mut c = container("stage", &image, args);
     c.command = Some(vec![format!("{TOOLS}/stagecoach-builder")]);
-    c.volume_mounts = Some(vec![
-        mount("workspace", WORKSPACE, false),
-        mount(tools, TOOLS, true),
-    ]);
+    let mut mounts = vec![mount("workspace", WORKSPACE, true)];
+    mounts.extend(writable.into_iter().map(|dir| VolumeMount {
+        name: "workspace".into(),
+        mount_path: format!("{WORKSPACE}/{dir}"),
+        sub_path: Some(dir),
+        ..VolumeMount::default()
+    }));
+    mounts.push(mount(tools, TOOLS, true));
+    c.volume_mounts = Some(mounts);
     c.security_context = Some(stage_security());
     c.resources = resources_for(build, Some(&stage.id));
     c.env = source_date_epoch.map(|t| {
@@ -938,6 +950,26 @@ spec:
             init.image.as_deref(),
             Some("registry.example/stagecoach/builder:1")
         );
+        // The workspace read-only but for the pod's own stage and pod directories.
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name == "workspace")
+            .map(|m| (m.mount_path.as_str(), m.sub_path.as_deref(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/workspace", None, Some(true)),
+                ("/workspace/stages/build_x", Some("stages/build_x"), None),
+                (
+                    "/workspace/pods/stage-build_x",
+                    Some("pods/stage-build_x"),
+                    None
+                ),
+            ]
+        );
         let labels = p.metadata.labels.expect("labels");
         assert_eq!(labels[LABEL_STAGE], "build_x");
         assert_eq!(labels[LABEL_BUILD], "app");
@@ -954,6 +986,12 @@ spec:
         assert_eq!(
             c.image.as_deref(),
             Some("registry.example/stagecoach/builder:1")
+        );
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.sub_path.as_deref() == Some("roots/build_x"))
         );
         assert!(
             c.args

@@ -9,6 +9,7 @@ pub mod contract;
 #[cfg(test)]
 pub(crate) mod corpora;
 pub mod instruction;
+pub mod layout;
 pub mod planner;
 pub mod scope;
 pub mod shell;

@@ -12,7 +12,7 @@ use stagecoach_operator::api::ImageBuild;
 use stagecoach_operator::local::podman_manifest;
 use stagecoach_operator::render::{self, OperatorConfig};
 use stagecoach_plan::contract::{Base, Execution, Plan};
-use stagecoach_plan::{PlanOptions, plan};
+use stagecoach_plan::{PlanOptions, layout, plan};
 
 /// A Dockerfile, its context, and the stage to check.
 struct Case<'a> {
@@ -58,6 +58,13 @@ fn prepare_workspace(case: &Case, volume: &Volume) -> Plan {
     };
     let plan = plan(&case.dockerfile, &options).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     std::fs::write(ws.plan(), plan.to_json()).expect("plan");
+    let stage_pods = plan
+        .stages
+        .iter()
+        .filter(|s| matches!(s.execution, Execution::Pod { .. }))
+        .map(|s| s.id.as_str());
+    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), stage_pods)
+        .expect("workspace directories");
     for (path, content) in case.context {
         let file = ws.source().join(path);
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
@@ -89,14 +96,14 @@ fn root_image(plan: &Plan, stage: &str) -> String {
 
 /// Runs every stage pod of the plan as the operator renders it, wave by wave; returns
 /// each pod's result.
-fn run_pods(case: &Case, plan: &Plan) -> Vec<(String, PodRun)> {
+fn run_pods(case: &Case, plan: &Plan, volume: &Volume) -> Vec<(String, PodRun)> {
     let build = image_build(case.name);
     let mut results = Vec::new();
     for summary in plan.summary(None, Some(1_700_000_000)).pods {
         let pod =
             render::render_stage_pod(&build, &operator_config(), &summary, Some(1_700_000_000), 0);
         let name = pod.metadata.name.clone().expect("name");
-        let manifest = podman_manifest(pod, None).expect("manifest");
+        let manifest = podman_manifest(pod, None, &volume.path).expect("manifest");
         let run = play(&manifest, &name, "stage");
         let failed = run.exit_code != 0;
         results.push((summary.id, run));
@@ -137,7 +144,7 @@ fn chain_layers(plan: &Plan, ws: &Workspace, stage: &str) -> Vec<(PathBuf, Strin
 fn assert_same_as_buildah(case: Case) {
     let volume = volume_for(case.name);
     let plan = prepare_workspace(&case, &volume);
-    let results = run_pods(&case, &plan);
+    let results = run_pods(&case, &plan, &volume);
     for (stage, run) in &results {
         assert_eq!(
             run.exit_code, 0,
@@ -426,7 +433,7 @@ fn heredoc_runs_as_docker_runs_it() {
     };
     let volume = volume_for("heredoc");
     let plan = prepare_workspace(&case, &volume);
-    for (stage, run) in run_pods(&case, &plan) {
+    for (stage, run) in run_pods(&case, &plan, &volume) {
         assert_eq!(run.exit_code, 0, "pod {stage} failed:\n{}", run.logs);
     }
     let ours = Layout::from_registry(&root_image(&plan, &plan.target));
@@ -456,7 +463,7 @@ fn copy_outside_the_context_fails_and_writes_nothing() {
     let volume = volume_for("escape");
     std::fs::write(volume.path.join("secret"), "do not copy").expect("secret");
     let plan = prepare_workspace(&case, &volume);
-    let (_, run) = run_pods(&case, &plan).pop().expect("a pod ran");
+    let (_, run) = run_pods(&case, &plan, &volume).pop().expect("a pod ran");
     assert_ne!(run.exit_code, 0);
     assert!(
         run.logs.contains("Dockerfile:2: COPY ../secret /stolen: forbidden path outside the build context: ../secret"),
@@ -481,7 +488,7 @@ fn failing_run_names_stage_line_command_and_exit_code() {
     };
     let volume = volume_for("failing");
     let plan = prepare_workspace(&case, &volume);
-    let results = run_pods(&case, &plan);
+    let results = run_pods(&case, &plan, &volume);
     let (_, run) = results.last().expect("a pod ran");
     assert_ne!(run.exit_code, 0);
     assert!(
@@ -491,8 +498,72 @@ fn failing_run_names_stage_line_command_and_exit_code() {
         run.logs
     );
     let report: serde_json::Value =
-        read_json(&Workspace::new(&volume.path).report("broken")).expect("report");
+        read_json(&Workspace::new(&volume.path).report(&layout::stage_pod("broken")))
+            .expect("report");
     assert_eq!(report["succeeded"], false);
     assert_eq!(report["error"]["exitCode"], 7);
     assert_eq!(report["error"]["line"], 3);
+}
+
+/// A stage pod can change only its own results: a RUN writing to another stage's export,
+/// the plan, the checkout, another pod's report or outcome is refused by the mounts (the
+/// workspace is read-only to the pod but for its own directories), and those files are
+/// as they were afterwards.
+#[test]
+fn a_stage_cannot_touch_what_other_pods_wrote() {
+    let others = [
+        "/workspace/stages/first/export.tar",
+        "/workspace/stages/first/layers/index.json",
+        "/workspace/plan.json",
+        "/workspace/source/app.txt",
+        "/workspace/pods/stage-first/report.json",
+        "/workspace/outcomes/e2e-isolation-stage-first-g1/outcome.json",
+        "/workspace/newfile",
+    ];
+    let attempts: Vec<String> = others
+        .iter()
+        // The marker is split in the command, whole only in what it prints.
+        .map(|f| format!("if echo tampered > {f}; then echo \"WR\"\"OTE {f}\"; exit 1; fi"))
+        .collect();
+    let case = Case {
+        name: "isolation",
+        dockerfile: format!(
+            "FROM {busybox} AS first\nCOPY app.txt /app.txt\nRUN echo first > /made\n\
+             FROM {busybox} AS second\nRUN {}\nRUN echo own > /own\n\
+             FROM {busybox}\nCOPY --from=first /made /made\nCOPY --from=second /own /own\n",
+            attempts.join("; "),
+            busybox = image("busybox:1"),
+        ),
+        context: &[("app.txt", "app\n")],
+        target: None,
+    };
+    let volume = volume_for("isolation");
+    let plan = prepare_workspace(&case, &volume);
+    let ws = Workspace::new(&volume.path);
+    let before =
+        |path: &str| std::fs::read(volume.path.join(path.trim_start_matches("/workspace/")));
+    let mut kept = Vec::new();
+    for (stage, run) in run_pods(&case, &plan, &volume) {
+        assert_eq!(run.exit_code, 0, "pod {stage} failed:\n{}", run.logs);
+        assert!(!run.logs.contains("WROTE"), "{}", run.logs);
+        if stage == "first" {
+            kept = others.iter().map(|f| (f, before(f).ok())).collect();
+        }
+    }
+    for (file, content) in kept {
+        assert_eq!(&before(file).ok(), &content, "{file} changed");
+        assert!(
+            !content
+                .as_deref()
+                .is_some_and(|c| c.starts_with(b"tampered")),
+            "{file}"
+        );
+    }
+    // The files the test tries existed (else the refusal would prove nothing), but
+    // the one it tries to create.
+    for file in &others[..others.len() - 1] {
+        assert!(before(file).is_ok(), "{file} exists");
+    }
+    let own: Vec<LayerRecord> = read_json(&ws.layer_index("second")).expect("second's layers");
+    assert_eq!(own.len(), 1, "the stage's own directory stays writable");
 }

@@ -4,7 +4,7 @@
 //! config; [`base`]) → build the target's layers here, through the shared executor on
 //! the image's tree in memory, when it only copies (no stage pod ran it) → the layers of
 //! the FROM chain from the workspace → the image config and manifest ([`image`]) → push
-//! ([`crate::oci`]) → report (`reports/<pod>.json` and the termination message).
+//! ([`crate::oci`]) → report (`pods/<pod>/report.json` and the termination message).
 
 mod base;
 mod image;
@@ -110,7 +110,7 @@ pub struct AssembleOptions {
     pub cache_only: bool,
 }
 
-/// What the assemble pod did, written to `reports/<pod>.json`.
+/// What the assemble pod did, written to `pods/<pod>/report.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AssembleReport {

@@ -146,8 +146,7 @@ impl Entry {
             .restore_into(registry, ws, stage, filesystem, export)
             .await;
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(ws.stage_dir(stage));
-            let _ = std::fs::create_dir_all(ws.stage_dir(stage));
+            let _ = workspace::empty_dir(&ws.stage_dir(stage));
         }
         result
     }

@@ -302,8 +302,8 @@ impl Executor<'_> {
         let ws = self.workspace;
         let unplaced = |e: Error| StageError::unplaced(Some(&stage.id), crate::error::chain(&e));
         let layers_dir = ws.layers_dir(&stage.id);
-        let _ = std::fs::remove_dir_all(ws.stage_dir(&stage.id));
-        std::fs::create_dir_all(&layers_dir)
+        workspace::empty_dir(&ws.stage_dir(&stage.id))
+            .and_then(|()| std::fs::create_dir_all(&layers_dir))
             .map_err(Error::workspace(format!(
                 "cannot create {}",
                 layers_dir.display()

@@ -3,7 +3,7 @@
 //!
 //! checkout ([`crate::source::git`]) → context (`source/<contextDir>`, inside the checkout) →
 //! Dockerfile → `.dockerignore` applied ([`crate::source::dockerignore`]) → plan → base images
-//! pinned ([`pin_base_images`]) → `plan.json`, `reports/source.json` and the termination
+//! pinned ([`pin_base_images`]) → `plan.json`, `pods/source/report.json` and the termination
 //! message (the plan summary the operator schedules the stage pods from).
 //!
 //! Git credentials are used by the checkout only: they never reach the checkout, the
@@ -20,14 +20,14 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use stagecoach_plan::contract::{Base, PlanSummary, PodOutcome};
-use stagecoach_plan::{Plan, PlanError, PlanOptions, Platform};
+use stagecoach_plan::{Execution, Plan, PlanError, PlanOptions, Platform};
 
 use crate::oci::{self, Registry};
 use crate::termination;
 use crate::workspace::{self, Workspace};
 use git::{Checkout, Credentials};
 
-/// The name of the source pod's report (`reports/source.json`) and scratch space.
+/// The name of the source pod's report (`pods/source/report.json`) and scratch space.
 pub const POD: &str = "source";
 
 /// Why the source pod failed; [`SourceError::reason`] is the stable word the build
@@ -71,7 +71,7 @@ pub enum SourceError {
     PullSecrets { dir: PathBuf, message: String },
     #[error(
         "the plan summary does not fit a termination message even compressed \
-         ({compressed} of {} bytes); see reports/source.json",
+         ({compressed} of {} bytes); see pods/source/report.json",
         termination::LIMIT
     )]
     PlanTooLarge { compressed: usize },
@@ -154,7 +154,7 @@ pub struct SourceOptions {
     pub cache: Option<crate::cache::Settings>,
 }
 
-/// What the source pod did, written to `reports/source.json`.
+/// What the source pod did, written to `pods/source/report.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceReport {
@@ -298,7 +298,12 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     )?;
     let pull = registry_settings(opts)?;
     pin_base_images(&mut plan, ws, &pull.settings)?;
-    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()))
+    let stage_pods = plan
+        .stages
+        .iter()
+        .filter(|s| matches!(s.execution, Execution::Pod { .. }))
+        .map(|s| s.id.as_str());
+    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), stage_pods)
         .map_err(|source| SourceError::Workspace {
             path: ws.root().to_path_buf(),
             source,
@@ -724,7 +729,7 @@ mod tests {
     fn long_messages_are_cut_at_a_character_boundary() {
         let long = "é".repeat(2000);
         let cut = bounded(&long);
-        assert!(cut.len() < 1100 && cut.ends_with("(see reports/ on the workspace)"));
+        assert!(cut.len() < 1100 && cut.ends_with("(see pods/ on the workspace)"));
     }
 
     #[test]

@@ -93,7 +93,14 @@ pub struct StageOptions {
     pub compression: layer::Compression,
 }
 
-/// What one pod did, written to `reports/<pod>.json`.
+impl StageOptions {
+    /// The pod's name on the workspace (its report and scratch directory).
+    pub fn pod_name(&self) -> String {
+        stagecoach_plan::layout::stage_pod(&self.pod)
+    }
+}
+
+/// What one pod did, written to `pods/<pod>/report.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodReport {
@@ -116,7 +123,7 @@ pub fn run_pod(opts: &StageOptions) -> PodReport {
     report.succeeded = result.is_ok();
     report.error = result.err();
     report.duration_ms = started.elapsed().as_millis() as u64;
-    let _ = std::fs::remove_dir_all(opts.workspace.scratch(&opts.pod));
+    let _ = std::fs::remove_dir_all(opts.workspace.scratch(&opts.pod_name()));
     report
 }
 
@@ -267,7 +274,7 @@ impl<'a> StagePod<'a> {
     }
 
     fn scratch(&self) -> PathBuf {
-        self.opts.workspace.scratch(&self.opts.pod)
+        self.opts.workspace.scratch(&self.opts.pod_name())
     }
 
     /// RUN's command: as the stage's user, in its working directory, with its

@@ -380,7 +380,11 @@ impl<'a> Runner<'a> {
         let repository = (role == Role::Source)
             .then(|| self.build.spec.source.git.url.strip_prefix("file://"))
             .flatten();
-        let yaml = podman_manifest(pod, repository).map_err(|message| Error::Podman {
+        let claim = self.claim.clone().ok_or_else(|| Error::Podman {
+            args: "kube play".into(),
+            message: format!("pod {name} comes before the workspace volume"),
+        })?;
+        let yaml = podman_manifest(pod, repository, &claim).map_err(|message| Error::Podman {
             args: "kube play".into(),
             message,
         })?;

@@ -24,15 +24,70 @@ pub(super) struct PsEntry {
 
 /// Where a pod's outcome lands on the workspace volume.
 pub(super) fn outcome_path(pod: &str) -> String {
-    format!("{}/outcomes/{pod}.json", render::WORKSPACE)
+    format!("{}/{OUTCOMES}/{pod}/outcome.json", render::WORKSPACE)
 }
 
-/// A rendered pod as podman runs it: its outcome written to the workspace (podman keeps
-/// no termination messages), a `file://` repository mounted read-only into the source
-/// pod, and emptyDir names made unique (podman names those volumes globally).
-pub fn podman_manifest(mut pod: Pod, repository: Option<&str>) -> Result<String, String> {
+const OUTCOMES: &str = "outcomes";
+
+/// A rendered pod as podman runs it on the workspace volume at `claim` (its host path):
+/// its outcome written to the workspace (podman keeps no termination messages), subPath
+/// mounts of the claim as host directories (podman 4 ignores subPath on named volumes
+/// and would mount the whole volume), a `file://` repository mounted read-only into the
+/// source pod, and emptyDir names made unique (podman names those volumes globally).
+pub fn podman_manifest(
+    mut pod: Pod,
+    repository: Option<&str>,
+    claim: &Path,
+) -> Result<String, String> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     if let Some(spec) = pod.spec.as_mut() {
+        let claims: Vec<String> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.persistent_volume_claim.is_some())
+            .map(|v| v.name.clone())
+            .collect();
+        let mut host_dirs = Vec::new();
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+            // A pod that sees the workspace read-only writes its outcome into a
+            // directory of its own, mounted writable as a kubelet mounts the
+            // termination-log file.
+            let read_only = mounts.iter().any(|m| {
+                claims.contains(&m.name) && m.sub_path.is_none() && m.read_only == Some(true)
+            });
+            for m in mounts.iter_mut().filter(|m| claims.contains(&m.name)) {
+                if let Some(sub) = m.sub_path.take() {
+                    m.name = format!("{name}-sub-{}", host_dirs.len());
+                    host_dirs.push((m.name.clone(), claim.join(sub)));
+                }
+            }
+            if read_only {
+                let dir = format!("{OUTCOMES}/{name}");
+                mounts.push(VolumeMount {
+                    name: format!("{name}-outcome"),
+                    mount_path: format!("{}/{dir}", render::WORKSPACE),
+                    ..VolumeMount::default()
+                });
+                host_dirs.push((format!("{name}-outcome"), claim.join(dir)));
+            }
+        }
+        host_dirs.dedup_by(|a, b| a.0 == b.0);
+        for (volume, path) in host_dirs {
+            spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+                name: volume,
+                host_path: Some(HostPathVolumeSource {
+                    path: path.display().to_string(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Volume::default()
+            });
+        }
         for c in &mut spec.containers {
             c.env.get_or_insert_with(Vec::new).push(EnvVar {
                 name: "STAGECOACH_OUTCOME_FILE".into(),

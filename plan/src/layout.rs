@@ -1,0 +1,25 @@
+//! Where things live on the build's workspace volume, relative to its root. The builder
+//! reads and writes these paths; the operator mounts them (a stage pod gets write access
+//! to its own stage directories and pod directory only), so both take them from here.
+
+/// The directory of a stage's results: layers, export, config, scope.
+pub fn stage_dir(stage: &str) -> String {
+    format!("stages/{stage}")
+}
+
+/// The directory that belongs to one pod: its report and its scratch space.
+pub fn pod_dir(pod: &str) -> String {
+    format!("pods/{pod}")
+}
+
+/// The pod name of the stage pod whose last stage is `stage`: prefixed, so that a stage
+/// called `source` or `assemble` has a directory apart from those pods'.
+pub fn stage_pod(stage: &str) -> String {
+    format!("stage-{stage}")
+}
+
+/// The root filesystem of a stage pod whose chain starts at `scratch` (the builder
+/// image's own root is not the stage's).
+pub fn scratch_root(stage: &str) -> String {
+    format!("roots/{stage}")
+}
