@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -18,7 +18,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use tokio::sync::watch;
 use tracing::{info, instrument, warn};
@@ -49,6 +50,8 @@ pub enum Error {
     Api(#[from] kube::Error),
     #[error("the ImageBuild has no namespace")]
     NoNamespace,
+    #[error("the watches of pods and claims have stopped")]
+    NotWatching,
 }
 
 /// What every reconcile shares.
@@ -63,7 +66,26 @@ pub struct Context {
     written: Mutex<HashMap<String, Written>>,
     /// Reconcile errors in a row per build (by uid), for the backoff of the retries.
     errors: Mutex<HashMap<String, u32>>,
+    /// The pods and claims builds own, as the controller's watches hold them (set when
+    /// a controller starts: each leadership has watches of its own).
+    owned: RwLock<Option<Owned>>,
+    /// The pods this operator created per build (by uid) that its pod watch has not
+    /// shown yet: until it does, the store is older than our own writes.
+    unseen: Mutex<HashMap<String, Vec<(String, Instant)>>>,
 }
+
+/// The watch caches a reconcile reads instead of asking the API server each time.
+#[derive(Clone, Debug)]
+struct Owned {
+    pods: Store<Pod>,
+    claims: Store<PersistentVolumeClaim>,
+}
+
+/// How long a created pod may be missing from the pod watch before the reconcile goes
+/// on without it (it may have been deleted before the watch showed it); and how soon a
+/// reconcile waiting for the watch tries again.
+const WATCH_CATCH_UP: Duration = Duration::from_secs(10);
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// A status this operator wrote, and where.
 struct Written {
@@ -97,7 +119,64 @@ impl Context {
             metrics,
             written: Mutex::default(),
             errors: Mutex::default(),
+            owned: RwLock::default(),
+            unseen: Mutex::default(),
         }
+    }
+
+    fn watching(&self, owned: Owned) {
+        *self.owned.write().unwrap_or_else(|e| e.into_inner()) = Some(owned);
+    }
+
+    /// The watch caches, once their first LIST is in.
+    async fn owned(&self) -> Result<Owned, Error> {
+        let owned = self
+            .owned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::NotWatching)?;
+        owned
+            .pods
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::NotWatching)?;
+        owned
+            .claims
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::NotWatching)?;
+        Ok(owned)
+    }
+
+    fn created(&self, build: &ImageBuild, pod: String) {
+        let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        if unseen.len() >= WRITTEN_LIMIT {
+            unseen.clear();
+        }
+        unseen
+            .entry(build.uid().unwrap_or_default())
+            .or_default()
+            .push((pod, Instant::now()));
+    }
+
+    /// Whether the pod watch is behind our own creates for `build`: a pod it made is not
+    /// in `pods` yet (for at most [`WATCH_CATCH_UP`]). Deciding then would start it again.
+    fn behind(&self, build: &ImageBuild, pods: &[Pod]) -> bool {
+        let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        let uid = build.uid().unwrap_or_default();
+        let Some(created) = unseen.get_mut(&uid) else {
+            return false;
+        };
+        created.retain(|(name, at)| {
+            at.elapsed() < WATCH_CATCH_UP
+                && !pods.iter().any(|p| p.metadata.name.as_ref() == Some(name))
+        });
+        let behind = !created.is_empty();
+        if !behind {
+            unseen.remove(&uid);
+        }
+        behind
     }
 
     /// `build` with the status this operator last wrote for it when the copy read is
@@ -232,12 +311,33 @@ async fn reconcile_all(
             Api::all(client),
         ),
     };
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach");
+    let labels = watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach");
+    let (pod_store, pod_writer) = reflector::store();
+    let (claim_store, claim_writer) = reflector::store();
+    ctx.watching(Owned {
+        pods: pod_store,
+        claims: claim_store,
+    });
+    // The same watches fill the caches reconciles read and trigger the reconciles.
+    let pod_events = reflector::reflector(
+        pod_writer,
+        watcher(pods, labels.clone())
+            .default_backoff()
+            .modify(|p| p.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    let claim_events = reflector::reflector(
+        claim_writer,
+        watcher(claims, labels)
+            .default_backoff()
+            .modify(|c| c.managed_fields_mut().clear()),
+    )
+    .touched_objects();
     let controller = Controller::new(builds, watcher::Config::default());
     let _counting = ctx.metrics.builds_in_progress.follow(controller.store());
     controller
-        .owns(pods, owned.clone())
-        .owns(claims, owned)
+        .owns_stream(pod_events)
+        .owns_stream(claim_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
@@ -272,23 +372,23 @@ async fn reconcile_fresh(build: &ImageBuild, ctx: &Context) -> Result<Requeue, E
     let claims_api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace);
     let builds_api = Api::<ImageBuild>::namespaced(ctx.client.clone(), &namespace);
 
-    let selector = format!("{}={}", render::LABEL_BUILD, render::label_value(&name));
+    let owned = ctx.owned().await?;
     let uid = build.meta().uid.clone();
-    let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| {
+    let pods: Vec<Pod> = owned
+        .pods
+        .state_filter(|p| {
             p.owner_references()
                 .iter()
                 .any(|o| Some(&o.uid) == uid.as_ref())
         })
+        .into_iter()
+        .map(Arc::unwrap_or_clone)
         .collect();
-    let claim_exists = claims_api
-        .get_opt(&render::claim_name(build))
-        .await?
-        .is_some();
+    if ctx.behind(build, &pods) {
+        return Ok(Requeue::requeue(WATCH_RETRY));
+    }
+    let claim = ObjectRef::new(&render::claim_name(build)).within(&namespace);
+    let claim_exists = owned.claims.get(&claim).is_some();
     let stage_names: Vec<String> = build
         .status
         .iter()
@@ -448,6 +548,7 @@ async fn apply(
                 409,
             )?;
             info!(pod = %name, "pod created");
+            ctx.created(build, name);
         }
         Action::DeletePod(name) => ignore(
             pods.delete(&name, &DeleteParams::background())
@@ -577,10 +678,35 @@ mod tests {
             insecure_registries: Vec::new(),
             cache_repository: None,
         };
-        (
-            Arc::new(Context::new(client, config, Arc::new(Metrics::default()))),
-            handle,
-        )
+        let ctx = Arc::new(Context::new(client, config, Arc::new(Metrics::default())));
+        holding(&ctx, &[], false);
+        (ctx, handle)
+    }
+
+    /// Gives the controller's watch caches `pods` and, with `claim`, the build's claim,
+    /// as after their first LIST.
+    fn holding(ctx: &Context, pods: &[serde_json::Value], claim: bool) {
+        let (pod_store, mut pod_writer) = reflector::store::<Pod>();
+        let (claim_store, mut claim_writer) = reflector::store::<PersistentVolumeClaim>();
+        pod_writer.apply_watcher_event(&watcher::Event::Init);
+        for pod in pods {
+            let pod = serde_json::from_value(pod.clone()).expect("pod");
+            pod_writer.apply_watcher_event(&watcher::Event::InitApply(pod));
+        }
+        pod_writer.apply_watcher_event(&watcher::Event::InitDone);
+        claim_writer.apply_watcher_event(&watcher::Event::Init);
+        if claim {
+            let claim = serde_json::from_value(serde_json::json!({"apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "app-workspace", "namespace": "team"}}))
+            .expect("claim");
+            claim_writer.apply_watcher_event(&watcher::Event::InitApply(claim));
+        }
+        claim_writer.apply_watcher_event(&watcher::Event::InitDone);
+        ctx.watching(Owned {
+            pods: pod_store,
+            claims: claim_store,
+        });
     }
 
     fn build() -> ImageBuild {
@@ -637,15 +763,6 @@ mod tests {
     async fn new_build_creates_claim_and_source_pod_and_reports_cloning() {
         let (ctx, mut handle) = context();
         let server = tokio::spawn(async move {
-            let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
-            send.send_response(respond(serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}), 200));
-            let (_, send) = expect(
-                &mut handle,
-                "GET",
-                "/api/v1/namespaces/team/persistentvolumeclaims/app-workspace",
-            )
-            .await;
-            send.send_response(respond(not_found(), 404));
             // The event of a new build, then the claim, then the source pod.
             let (_, send) = expect(
                 &mut handle,
@@ -713,16 +830,8 @@ mod tests {
         let source = render::render_source_pod(&b, &ctx.config, 0);
         let mut running = serde_json::to_value(&source).expect("pod");
         running["status"] = serde_json::json!({"phase": "Running"});
+        holding(&ctx, &[running], true);
         let server = tokio::spawn(async move {
-            let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
-            send.send_response(respond(serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [running]}), 200));
-            let (_, send) = expect(
-                &mut handle,
-                "GET",
-                "/api/v1/namespaces/team/persistentvolumeclaims/app-workspace",
-            )
-            .await;
-            send.send_response(respond(serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "app-workspace"}}), 200));
             // Status unchanged except conditions: one status patch, no creates.
             if let Some((request, send)) = handle.next_request().await {
                 assert_eq!(
@@ -751,11 +860,12 @@ mod tests {
     /// Plays an API server that holds `pods` and the build's claim: answers whatever the
     /// reconcile asks, in any order, and returns every request once the client is gone.
     fn api_server(
+        ctx: &Context,
         handle: Handle,
         pods: Vec<serde_json::Value>,
         log: &'static str,
     ) -> tokio::task::JoinHandle<Vec<Seen>> {
-        api_server_with_events(handle, pods, log, Vec::new())
+        api_server_with_events(ctx, handle, pods, log, Vec::new())
     }
 
     /// [`api_server`] whose admission refuses every pod create with `code` and `message`,
@@ -765,25 +875,27 @@ mod tests {
         code: u16,
         message: &'static str,
     ) -> tokio::task::JoinHandle<Vec<Seen>> {
-        serve(handle, Vec::new(), "", Vec::new(), Some((code, message)))
+        serve(handle, "", Vec::new(), Some((code, message)))
     }
 
     /// [`api_server`], answering event lists with `events`.
     fn api_server_with_events(
+        ctx: &Context,
         handle: Handle,
         pods: Vec<serde_json::Value>,
         log: &'static str,
         events: Vec<serde_json::Value>,
     ) -> tokio::task::JoinHandle<Vec<Seen>> {
-        serve(handle, pods, log, events, None)
+        holding(ctx, &pods, true);
+        serve(handle, log, events, None)
     }
 
-    /// The mocked API server: lists answer with `pods` and `events`, logs with `log`,
-    /// status patches with the build at a new resourceVersion, creates with what was
-    /// sent (or the refusal), deletes with success.
+    /// The mocked API server: event lists answer with `events`, logs with `log`, status
+    /// patches with the build at a new resourceVersion, creates with what was sent (or
+    /// the refusal), deletes with success. Pods and claims come from the watch caches
+    /// ([`holding`]): a reconcile that asks for them gets a 500.
     fn serve(
         mut handle: Handle,
-        pods: Vec<serde_json::Value>,
         log: &'static str,
         events: Vec<serde_json::Value>,
         refuse_pods: Option<(u16, &'static str)>,
@@ -804,13 +916,10 @@ mod tests {
                         serde_json::json!({"kind": "EventList", "apiVersion": "events.k8s.io/v1", "metadata": {}, "items": events}),
                         200,
                     ),
-                    "GET" if path.ends_with("/pods") => respond(
-                        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
-                        200,
-                    ),
                     "GET" => respond(
-                        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "app-workspace"}}),
-                        200,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "message": "read from the watch caches", "code": 500}),
+                        500,
                     ),
                     "PATCH" => {
                         let mut updated = serde_json::to_value(build()).expect("build");
@@ -958,7 +1067,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_read_of_our_own_status_repeats_no_transition() {
         let (ctx, handle) = context();
-        let server = api_server(handle, Vec::new(), "");
+        let server = api_server(&ctx, handle, Vec::new(), "");
         let stale = Arc::new(build());
         reconcile(stale.clone(), ctx.clone()).await.expect("first");
         reconcile(stale, ctx.clone())
@@ -982,6 +1091,62 @@ mod tests {
             text.contains("stagecoach_builds_started_total 1\n"),
             "{text}"
         );
+    }
+
+    /// Our own create not yet in the pod watch (the build's watch can deliver our status
+    /// patch first): the reconcile waits for the watch instead of deciding the pod is
+    /// missing and creating it again; once the watch shows it, it goes on.
+    #[tokio::test]
+    async fn a_pod_the_watch_has_not_shown_yet_is_not_created_again() {
+        let (ctx, handle) = context();
+        let server = api_server(&ctx, handle, Vec::new(), "");
+        holding(&ctx, &[], false);
+        let b = Arc::new(build());
+        reconcile(b.clone(), ctx.clone()).await.expect("first");
+        let again = reconcile(b.clone(), ctx.clone()).await.expect("second");
+        assert_eq!(again, Requeue::requeue(WATCH_RETRY));
+        let source = render::render_source_pod(&started(&ctx), &ctx.config, 0);
+        holding(&ctx, &[pod_in(&source, "Pending", None)], true);
+        let caught_up = reconcile(b, ctx.clone()).await.expect("third");
+        assert_ne!(caught_up, Requeue::requeue(WATCH_RETRY));
+        drop(ctx);
+        let seen = server.await.expect("server");
+        assert_eq!(created_pods(&seen), ["app-source-g1"], "created once");
+    }
+
+    /// Reconciles read pods and claims from the controller's watches: over minutes of
+    /// rechecks the API server sees one LIST of each (the watch's), and no GET.
+    #[tokio::test(start_paused = true)]
+    async fn reconciles_read_pods_and_claims_from_the_watches() {
+        let (ctx, handle) = context();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = cluster(handle, Arc::new(std::sync::Mutex::new(None)), seen.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let leading = AtomicBool::new(false);
+        let running = run(ctx.clone(), None, 2, None, &leading, shutdown);
+        let test = async {
+            until("the build's source pod", || {
+                count(&seen, "POST", "/namespaces/team/pods") > 0
+            })
+            .await;
+            // Three in-progress rechecks.
+            tokio::time::sleep(IN_PROGRESS_RECHECK * 3 + Duration::from_secs(1)).await;
+            stop.send(true).expect("stop");
+        };
+        let (result, ()) = tokio::join!(running, test);
+        result.expect("run");
+        drop(ctx);
+        server.await.expect("server");
+        assert_eq!(count(&seen, "GET", "/api/v1/pods"), 1, "the watch's LIST");
+        assert_eq!(count(&seen, "GET", "/api/v1/persistentvolumeclaims"), 1);
+        let reads = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .filter(|r| r.method == "GET" && r.uri.contains("/namespaces/team/"))
+            .map(|r| r.uri.clone())
+            .collect::<Vec<_>>();
+        assert_eq!(reads, Vec::<String>::new(), "no per-build reads");
     }
 
     /// Admission refusing a pod (Pod Security here; a quota or a webhook alike) fails the
@@ -1025,7 +1190,7 @@ mod tests {
         let running_name = stage_pod(&ctx, &b, "a").metadata.name.expect("name");
         b.spec.cancel = true;
         b.metadata.generation = Some(2);
-        let server = api_server(handle, vec![source, running], "");
+        let server = api_server(&ctx, handle, vec![source, running], "");
         reconcile(Arc::new(b), ctx).await.expect("reconcile");
         let seen = server.await.expect("server");
         let deleted: Vec<&str> = seen
@@ -1053,7 +1218,7 @@ mod tests {
             "Succeeded",
             Some(&planned()),
         );
-        let server = api_server(handle, vec![source], "");
+        let server = api_server(&ctx, handle, vec![source], "");
         let names: Vec<String> = ["a", "b"]
             .iter()
             .map(|s| stage_pod(&ctx, &b, s).metadata.name.expect("name"))
@@ -1091,7 +1256,7 @@ mod tests {
             "Succeeded",
             Some(&plan),
         );
-        let server = api_server(handle, vec![source], "");
+        let server = api_server(&ctx, handle, vec![source], "");
         let b_pod = stage_pod(&ctx, &b, "b").metadata.name.expect("name");
         let metrics = Arc::clone(&ctx.metrics);
         // The mocked server stops once the last client (in ctx) is gone.
@@ -1134,7 +1299,12 @@ mod tests {
             pod_in(&a, "Failed", Some(&failed)),
             pod_in(&stage_pod(&ctx, &b, "b"), "Running", None),
         ];
-        let server = api_server(handle, pods, "[a 2/2] RUN make\nmake: *** [all] Error 2\n");
+        let server = api_server(
+            &ctx,
+            handle,
+            pods,
+            "[a 2/2] RUN make\nmake: *** [all] Error 2\n",
+        );
         reconcile(Arc::new(b), ctx).await.expect("reconcile");
         let seen = server.await.expect("server");
         let log = seen
@@ -1248,7 +1418,7 @@ mod tests {
         let held = observed(&b, &creating).map(|p| observe::with_mount_failure(p, note));
         let seen_then: Vec<_> = observed(&b, &source).into_iter().chain(held).collect();
         b.status = Some(decided_ago(&ctx, &b, &seen_then, 100));
-        let server = api_server_with_events(handle, vec![source, creating], "", events);
+        let server = api_server_with_events(&ctx, handle, vec![source, creating], "", events);
         reconcile(Arc::new(b), ctx).await.expect("reconcile");
         let seen = server.await.expect("server");
         assert!(
@@ -1295,7 +1465,7 @@ mod tests {
             ),
             pod_in(&stage_pod(&ctx, &b, "b"), "Running", None),
         ];
-        let server = api_server(handle, pods, "");
+        let server = api_server(&ctx, handle, pods, "");
         reconcile(Arc::new(b), ctx).await.expect("reconcile");
         let seen = server.await.expect("server");
         let status = status_patch(&seen);
@@ -1345,7 +1515,7 @@ mod tests {
         let (b, source) = building(&ctx);
         // Stage b's pod was deleted (by a person, or with its node): only a is there.
         let pods = vec![source, pod_in(&stage_pod(&ctx, &b, "a"), "Running", None)];
-        let server = api_server(handle, pods, "");
+        let server = api_server(&ctx, handle, pods, "");
         reconcile(Arc::new(b), ctx).await.expect("reconcile");
         let seen = server.await.expect("server");
         let created = created_pods(&seen);
