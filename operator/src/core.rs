@@ -34,15 +34,20 @@ pub mod reason {
     /// The runtime cannot create or start a container (for
     /// [`START_GRACE_SECONDS`](super::START_GRACE_SECONDS) when it may retry).
     pub const POD_START_FAILED: &str = "PodStartFailed";
-    /// Failures of a pod whose container never ran: there is no log to read.
     /// The API server refused to create one of the build's objects (Pod Security
     /// admission, a quota, a webhook, validation): no retry mends that.
     pub const POD_REJECTED: &str = "PodRejected";
-    pub const START_FAILURES: [&str; 4] = [
+    /// No node can take a pod (for [`UNSCHEDULABLE_GRACE_SECONDS`](super::UNSCHEDULABLE_GRACE_SECONDS)
+    /// while no other pod of the build runs): the node of a ReadWriteOnce workspace is
+    /// full, cordoned or gone, or no node fits the requests.
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    /// Failures of a pod whose container never ran: there is no log to read.
+    pub const START_FAILURES: [&str; 5] = [
         IMAGE_PULL_FAILED,
         SECRET_NOT_FOUND,
         POD_START_FAILED,
         POD_REJECTED,
+        UNSCHEDULABLE,
     ];
     /// `spec.cancel` stopped the build.
     pub const CANCELED: &str = "Canceled";
@@ -56,6 +61,12 @@ pub mod reason {
 /// failed pull after 10, 20, 40 s (doubling, at most 5 min): 90 s sees four attempts fail,
 /// while a registry hiccup that one retry mends passes.
 pub const START_GRACE_SECONDS: i64 = 90;
+
+/// How long a pod may stay unschedulable, while no other pod of its build runs, before
+/// the build fails: long enough for a cluster autoscaler to add a node (minutes), short
+/// of the hour a build's timeout gives (Tekton's affinity assistant waits forever,
+/// tektoncd/pipeline#3049). While another pod of the build runs, it may free the room.
+pub const UNSCHEDULABLE_GRACE_SECONDS: i64 = 300;
 
 /// The status condition (True) that remembers, from one decision to the next and across
 /// restarts, since when a pod cannot start a container: its `lastTransitionTime` is when
@@ -120,6 +131,12 @@ pub enum StartFailure {
     /// `RunContainerError`, any other `CreateContainerConfigError`): fails after the grace
     /// period.
     Start,
+    /// The scheduler finds no node for the pod; `node` is the one it is pinned to (the
+    /// node of a ReadWriteOnce workspace), `requests` what its containers ask for.
+    Unschedulable {
+        node: Option<String>,
+        requests: String,
+    },
 }
 
 impl StartFailure {
@@ -130,7 +147,16 @@ impl StartFailure {
             StartFailure::ImagePull => Some("ImagePull"),
             StartFailure::Start => Some("ContainerStart"),
             StartFailure::Secret { .. } => Some("SecretMissing"),
+            StartFailure::Unschedulable { .. } => Some("Unschedulable"),
             StartFailure::InvalidImage => None,
+        }
+    }
+
+    /// How long the problem may last before the build fails.
+    fn grace_seconds(&self) -> i64 {
+        match self {
+            StartFailure::Unschedulable { .. } => UNSCHEDULABLE_GRACE_SECONDS,
+            _ => START_GRACE_SECONDS,
         }
     }
 }
@@ -249,6 +275,15 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
     };
     step.advance();
     let recheck_after = step.recheck_after;
+    if render::workspace_is_node_local(build)
+        && let Some(node) = pods.iter().find_map(|p| p.node.as_deref())
+    {
+        for action in &mut actions {
+            if let Action::CreatePod(pod) = action {
+                render::pin_to_node(pod, node);
+            }
+        }
+    }
     Decision {
         actions,
         status,
@@ -405,9 +440,16 @@ impl<'a> Step<'a, '_> {
     /// later. True when the build failed.
     fn start_failed(&mut self) -> bool {
         let pods: &'a [&'a ObservedPod] = self.pods;
+        // A pod waiting for room is not stuck while another pod of the build runs: that
+        // one may free the room (parallel stages on the node of the workspace).
+        let running = pods.iter().any(|p| p.state == PodState::Running);
         let stuck: Vec<(&'a ObservedPod, &'a StartProblem)> = pods
             .iter()
             .filter_map(|p| match &p.state {
+                PodState::Stuck(StartProblem {
+                    failure: StartFailure::Unschedulable { .. },
+                    ..
+                }) if running => None,
                 PodState::Stuck(problem) => Some((*p, problem)),
                 _ => None,
             })
@@ -463,7 +505,8 @@ impl<'a> Step<'a, '_> {
             },
         };
         let lasted = now.as_second() - since.as_second();
-        if lasted >= START_GRACE_SECONDS {
+        let grace = problem.failure.grace_seconds();
+        if lasted >= grace {
             self.fail_to_start(pod, problem, &reason, &message, Some(lasted));
             return true;
         }
@@ -486,7 +529,7 @@ impl<'a> Step<'a, '_> {
             Some(c) => *c = condition,
             None => self.status.conditions.push(condition),
         }
-        let left = (START_GRACE_SECONDS - lasted).clamp(1, START_GRACE_SECONDS);
+        let left = (grace - lasted).clamp(1, grace);
         self.recheck_after = Some(std::time::Duration::from_secs(left as u64));
         false
     }
@@ -1070,6 +1113,25 @@ fn start_failure(
             reason::POD_START_FAILED,
             format!("{whose}: {container} cannot start{lasted} ({kubelet})"),
         ),
+        StartFailure::Unschedulable { node, requests } => {
+            let pod = &pod.name;
+            let message = match node {
+                Some(node) => format!(
+                    "{whose}: pod {pod} cannot be scheduled on node {node}, where the build's \
+                     ReadWriteOnce workspace is attached,{lasted} ({kubelet}); it requests \
+                     {requests}: give the workspace ReadWriteMany storage \
+                     (spec.workspace.accessModes, a storage class that offers it) so that \
+                     its pods may run on any node, lower the requests (spec.resources), or \
+                     make room on that node (uncordon it, if it was cordoned)"
+                ),
+                None => format!(
+                    "{whose}: pod {pod} cannot be scheduled{lasted} ({kubelet}); it requests \
+                     {requests}: lower the requests (spec.resources), or check that a node \
+                     fits them and spec.nodeSelector, spec.affinity and spec.tolerations"
+                ),
+            };
+            (reason::UNSCHEDULABLE, message)
+        }
     }
 }
 
@@ -1948,6 +2010,130 @@ spec:
         let stalled = sim.condition("Stalled");
         assert_eq!(stalled, ("True".into(), "ImagePullFailed".into()));
         assert!(blocked(&sim).is_none());
+    }
+
+    fn created_pods(actions: &[Action]) -> Vec<&Pod> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreatePod(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// With a ReadWriteOnce workspace (the default) every pod after the first goes to
+    /// the first one's node, added to each of the user's required terms; with
+    /// ReadWriteMany, pods go anywhere.
+    #[test]
+    fn a_node_local_workspace_keeps_the_pods_on_the_first_pods_node() {
+        let mut sim = Sim::new();
+        sim.build.spec.affinity = Some(
+            serde_json::from_value(serde_json::json!({"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["build"]}]},
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["spare"]}]}
+            ]}}}))
+            .expect("affinity"),
+        );
+        let first = sim.step(0);
+        let source = created_pods(&first);
+        assert_eq!(
+            render::pinned_node(source[0]),
+            None,
+            "the first pod goes anywhere"
+        );
+        sim.set(Role::Source, PodState::Succeeded, summary());
+        let stages = sim.step(1);
+        let stages = created_pods(&stages);
+        assert_eq!(stages.len(), 3);
+        for pod in stages {
+            assert_eq!(render::pinned_node(pod), Some("node-1"));
+            let terms = serde_json::to_value(&pod.spec.as_ref().expect("spec").affinity)
+                .expect("json")["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"]
+                .clone();
+            for (term, pool) in terms
+                .as_array()
+                .expect("terms")
+                .iter()
+                .zip(["build", "spare"])
+            {
+                assert_eq!(term["matchExpressions"][0]["values"][0], pool, "kept");
+                assert_eq!(term["matchFields"][0]["key"], "metadata.name");
+                assert_eq!(term["matchFields"][0]["values"][0], "node-1");
+            }
+        }
+
+        let mut shared = Sim::new();
+        shared.build.spec.workspace = Some(crate::api::WorkspaceSpec {
+            storage_class_name: None,
+            size: None,
+            access_modes: vec!["ReadWriteMany".into()],
+        });
+        shared.step(0);
+        shared.set(Role::Source, PodState::Succeeded, summary());
+        let stages = shared.step(1);
+        assert!(
+            created_pods(&stages)
+                .iter()
+                .all(|p| render::pinned_node(p).is_none())
+        );
+    }
+
+    /// A pod no node takes fails the build once it has waited past the bound with no
+    /// other pod of the build running (a running one may free the room), naming the
+    /// node, the requests and the fix.
+    #[test]
+    fn an_unschedulable_pod_fails_the_build_naming_node_requests_and_fix() {
+        let mut sim = Sim::new();
+        sim.build.spec.timeout = Some("1h".into());
+        sim.step(0);
+        sim.set(Role::Source, PodState::Succeeded, summary());
+        sim.step(1);
+        let waiting = || {
+            PodState::Stuck(StartProblem {
+                failure: StartFailure::Unschedulable {
+                    node: Some("node-1".into()),
+                    requests: "cpu 2, memory 4Gi".into(),
+                },
+                container: "stage".into(),
+                image: None,
+                reason: "Unschedulable".into(),
+                message: "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector.".into(),
+            })
+        };
+        set_state(&mut sim, "a", PodState::Running);
+        set_state(&mut sim, "b", waiting());
+        set_state(&mut sim, "c", waiting());
+        sim.step(2);
+        sim.step(2 + UNSCHEDULABLE_GRACE_SECONDS * 2);
+        assert_eq!(
+            sim.phase(),
+            Phase::Building,
+            "a running stage may free the room"
+        );
+        let t = 10 + UNSCHEDULABLE_GRACE_SECONDS * 2;
+        sim.set(Role::Stage("a".into()), PodState::Succeeded, ok());
+        sim.step(t);
+        sim.step(t + UNSCHEDULABLE_GRACE_SECONDS - 1);
+        assert_eq!(sim.phase(), Phase::Building);
+        let actions = sim.step(t + UNSCHEDULABLE_GRACE_SECONDS);
+        assert_eq!(sim.phase(), Phase::Failed);
+        let f = failure(&sim);
+        assert_eq!(f.reason, reason::UNSCHEDULABLE);
+        for part in [
+            "stage b: pod app-stage-b-g1 cannot be scheduled on node node-1",
+            "ReadWriteOnce workspace",
+            "for 300s",
+            "0/3 nodes are available",
+            "it requests cpu 2, memory 4Gi",
+            "spec.workspace.accessModes",
+            "spec.resources",
+        ] {
+            assert!(f.message.contains(part), "{part:?} in {}", f.message);
+        }
+        assert_eq!(deleted(&actions).len(), 2, "both waiting pods are deleted");
     }
 
     #[test]

@@ -151,6 +151,9 @@ fn start_problem(pod: &Pod, role: &Role) -> Option<StartProblem> {
     let status = pod.status.as_ref()?;
     let spec = pod.spec.as_ref();
     let (inits, main) = containers(role);
+    if let Some(unschedulable) = unschedulable(pod, main) {
+        return Some(unschedulable);
+    }
     let inits = inits.iter().map(|name| {
         (
             *name,
@@ -180,6 +183,50 @@ fn start_problem(pod: &Pod, role: &Role) -> Option<StartProblem> {
             reason,
             message,
         })
+    })
+}
+
+/// A pod the scheduler found no node for (its `PodScheduled` condition), with the node
+/// it is pinned to and what its main container requests.
+fn unschedulable(pod: &Pod, main: &str) -> Option<StartProblem> {
+    let spec = pod.spec.as_ref()?;
+    if spec.node_name.is_some() {
+        return None;
+    }
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    if condition.reason.as_deref() != Some("Unschedulable") {
+        return None;
+    }
+    let requests = spec
+        .containers
+        .iter()
+        .find(|c| c.name == main)
+        .and_then(|c| c.resources.as_ref()?.requests.as_ref())
+        .filter(|r| !r.is_empty())
+        .map_or_else(
+            || "no resources".to_string(),
+            |r| {
+                r.iter()
+                    .map(|(name, q)| format!("{name} {}", q.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+    Some(StartProblem {
+        failure: StartFailure::Unschedulable {
+            node: render::pinned_node(pod).map(str::to_string),
+            requests,
+        },
+        container: main.to_string(),
+        image: None,
+        reason: "Unschedulable".into(),
+        message: condition.message.clone().unwrap_or_default(),
     })
 }
 
@@ -458,6 +505,50 @@ mod tests {
             PodState::Stuck(problem) => problem,
             other => panic!("not stuck: {other:?}"),
         }
+    }
+
+    /// A pod the scheduler places nowhere, as the API server shows it: no node, the
+    /// PodScheduled condition False with reason Unschedulable, no container statuses.
+    #[test]
+    fn an_unschedulable_pod_is_a_start_problem_with_its_node_and_requests() {
+        let names = vec!["build_x".to_string()];
+        let mut p = stage_pod("Pending", serde_json::json!([]), serde_json::json!([]));
+        let spec = p.spec.as_mut().expect("spec");
+        spec.node_name = None;
+        spec.containers[0].resources = Some(
+            serde_json::from_value(serde_json::json!({"requests": {"cpu": "2", "memory": "4Gi"}}))
+                .expect("resources"),
+        );
+        render::pin_to_node(&mut p, "node-1");
+        let status = p.status.as_mut().expect("status");
+        status.init_container_statuses = None;
+        status.container_statuses = None;
+        status.conditions = Some(vec![serde_json::from_value(serde_json::json!({
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "lastTransitionTime": "2025-01-01T10:00:00Z",
+            "message": "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) didn't match Pod's node affinity/selector."
+        }))
+        .expect("condition")]);
+        let o = observe_pod(&p, &names).expect("ours");
+        assert_eq!(
+            problem(&o),
+            &StartProblem {
+                failure: StartFailure::Unschedulable {
+                    node: Some("node-1".into()),
+                    requests: "cpu 2, memory 4Gi".into(),
+                },
+                container: "stage".into(),
+                image: None,
+                reason: "Unschedulable".into(),
+                message: "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) didn't match Pod's node affinity/selector.".into(),
+            }
+        );
+        // Once scheduled, it is only pending.
+        p.spec.as_mut().expect("spec").node_name = Some("node-1".into());
+        assert_eq!(
+            observe_pod(&p, &names).expect("ours").state,
+            PodState::Pending
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Affinity, Capabilities, Container, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
     SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
     VolumeResourceRequirements,
@@ -226,13 +227,83 @@ fn metadata(build: &ImageBuild, name: String, role: &Role, attempt: u32) -> Obje
     }
 }
 
+/// The workspace's access modes: the ImageBuild's, else ReadWriteOnce.
+fn access_modes(build: &ImageBuild) -> Vec<String> {
+    build
+        .spec
+        .workspace
+        .as_ref()
+        .map(|w| w.access_modes.clone())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| vec!["ReadWriteOnce".into()])
+}
+
+/// Whether the workspace can be attached to one node only (ReadWriteOnce, and
+/// ReadWriteOncePod): then a build's pods must all run on the node of its first pod.
+pub fn workspace_is_node_local(build: &ImageBuild) -> bool {
+    !access_modes(build).iter().any(|m| m == "ReadWriteMany")
+}
+
+/// The node field a pod is pinned by: the node's name itself (its `hostname` label may
+/// differ), as the DaemonSet controller pins its pods.
+const NODE_NAME_FIELD: &str = "metadata.name";
+
+/// Requires `pod` to run on `node`, added to every required term of the user's node
+/// affinity (terms are alternatives, so each must carry it) and replacing none of it.
+pub fn pin_to_node(pod: &mut Pod, node: &str) {
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let pin = NodeSelectorRequirement {
+        key: NODE_NAME_FIELD.into(),
+        operator: "In".into(),
+        values: Some(vec![node.to_string()]),
+    };
+    let required = spec
+        .affinity
+        .get_or_insert_with(Affinity::default)
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default)
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector {
+            node_selector_terms: Vec::new(),
+        });
+    if required.node_selector_terms.is_empty() {
+        required
+            .node_selector_terms
+            .push(NodeSelectorTerm::default());
+    }
+    for term in &mut required.node_selector_terms {
+        term.match_fields
+            .get_or_insert_with(Vec::new)
+            .push(pin.clone());
+    }
+}
+
+/// The node [`pin_to_node`] pinned `pod` to.
+pub fn pinned_node(pod: &Pod) -> Option<&str> {
+    let terms = &pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|r| r.key == NODE_NAME_FIELD && r.operator == "In")
+        .and_then(|r| r.values.as_ref()?.first())
+        .map(String::as_str)
+}
+
 /// The workspace claim, owned by the ImageBuild.
 pub fn render_claim(build: &ImageBuild, config: &OperatorConfig) -> PersistentVolumeClaim {
     let ws = build.spec.workspace.as_ref();
-    let access_modes = ws
-        .map(|w| w.access_modes.clone())
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| vec!["ReadWriteOnce".into()]);
+    let access_modes = access_modes(build);
     let size = ws
         .and_then(|w| w.size.clone())
         .unwrap_or_else(|| config.default_workspace_size.clone());
