@@ -398,6 +398,14 @@ pub struct PodSummary {
 }
 
 impl Plan {
+    /// The stages that run in a pod of their own (each names its pod).
+    pub fn pod_stages(&self) -> impl Iterator<Item = &str> {
+        self.stages
+            .iter()
+            .filter(|s| matches!(s.execution, Execution::Pod { .. }))
+            .map(|s| s.id.as_str())
+    }
+
     /// The image a stage's pod runs on: the root of its FROM chain, by digest when known.
     pub fn root_image(&self, stage: &str) -> Option<String> {
         let mut current = self.stage(stage)?;

@@ -58,12 +58,7 @@ fn prepare_workspace(case: &Case, volume: &Volume) -> Plan {
     };
     let plan = plan(&case.dockerfile, &options).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     std::fs::write(ws.plan(), plan.to_json()).expect("plan");
-    let stage_pods = plan
-        .stages
-        .iter()
-        .filter(|s| matches!(s.execution, Execution::Pod { .. }))
-        .map(|s| s.id.as_str());
-    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), stage_pods)
+    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), plan.pod_stages())
         .expect("workspace directories");
     for (path, content) in case.context {
         let file = ws.source().join(path);

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use stagecoach_plan::contract::{Base, PlanSummary, PodOutcome};
-use stagecoach_plan::{Execution, Plan, PlanError, PlanOptions, Platform};
+use stagecoach_plan::{Plan, PlanError, PlanOptions, Platform};
 
 use crate::oci::{self, Registry};
 use crate::termination;
@@ -298,12 +298,7 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     )?;
     let pull = registry_settings(opts)?;
     pin_base_images(&mut plan, ws, &pull.settings)?;
-    let stage_pods = plan
-        .stages
-        .iter()
-        .filter(|s| matches!(s.execution, Execution::Pod { .. }))
-        .map(|s| s.id.as_str());
-    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), stage_pods)
+    ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), plan.pod_stages())
         .map_err(|source| SourceError::Workspace {
             path: ws.root().to_path_buf(),
             source,
