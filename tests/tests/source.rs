@@ -673,7 +673,7 @@ fn https_with_basic_auth_in_a_pod_leaks_no_secret() {
             assert_eq!(summary.commit.as_deref(), Some(fixture.c1.as_str()));
             assert_eq!(read(&volume.path.join("source/version")), "1");
             assert!(!volume.path.join("source/app.env").exists());
-            let report = read(&volume.path.join("reports/source.json"));
+            let report = read(&volume.path.join("pods/source/report.json"));
             assert!(report.contains("\"resolvedRef\": \"refs/tags/v1-annotated\""));
         } else {
             assert_ne!(run.exit_code, 0, "{}", run.logs);
