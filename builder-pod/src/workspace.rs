@@ -89,7 +89,7 @@ impl Workspace {
         stage_pods: impl IntoIterator<Item = &'a str>,
     ) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
-        let mut dirs = vec![self.root.join(layout::pod_dir(""))];
+        let mut dirs = vec![self.root.join(layout::PODS)];
         dirs.extend(stages.into_iter().map(|s| self.stage_dir(s)));
         for stage in stage_pods {
             dirs.push(self.pod_dir(&layout::stage_pod(stage)));

@@ -7,9 +7,12 @@ pub fn stage_dir(stage: &str) -> String {
     format!("stages/{stage}")
 }
 
+/// The directory holding every pod's [`pod_dir`].
+pub const PODS: &str = "pods";
+
 /// The directory that belongs to one pod: its report and its scratch space.
 pub fn pod_dir(pod: &str) -> String {
-    format!("pods/{pod}")
+    format!("{PODS}/{pod}")
 }
 
 /// The pod name of the stage pod whose last stage is `stage`: prefixed, so that a stage

@@ -67,17 +67,17 @@ pub fn podman_manifest(
                     host_dirs.push((m.name.clone(), claim.join(sub)));
                 }
             }
-            if read_only {
+            let outcome = format!("{name}-outcome");
+            if read_only && !host_dirs.iter().any(|(volume, _)| *volume == outcome) {
                 let dir = format!("{OUTCOMES}/{name}");
                 mounts.push(VolumeMount {
-                    name: format!("{name}-outcome"),
+                    name: outcome.clone(),
                     mount_path: format!("{}/{dir}", render::WORKSPACE),
                     ..VolumeMount::default()
                 });
-                host_dirs.push((format!("{name}-outcome"), claim.join(dir)));
+                host_dirs.push((outcome, claim.join(dir)));
             }
         }
-        host_dirs.dedup_by(|a, b| a.0 == b.0);
         for (volume, path) in host_dirs {
             spec.volumes.get_or_insert_with(Vec::new).push(Volume {
                 name: volume,
