@@ -10,6 +10,7 @@ pub mod contract;
 pub(crate) mod corpora;
 pub mod instruction;
 pub mod layout;
+pub mod limits;
 pub mod planner;
 pub mod scope;
 pub mod shell;

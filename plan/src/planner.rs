@@ -1,6 +1,7 @@
 //! From a Dockerfile and build options to the [`Plan`]: stages, their bases, the stage
 //! graph, target pruning, fused chains and parallel waves.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use oci_spec::distribution::Reference;
@@ -9,6 +10,7 @@ use crate::contract::{
     Base, Execution, PLAN_VERSION, Plan, Platform, Read, Stage, Variable, Warning, WarningKind,
 };
 use crate::instruction::{self, Instruction, Kind};
+use crate::limits::{self, DOCKERFILE_BYTES, EXPANDED_BYTES, STAGES};
 use crate::scope::{self, Expansion, Scope};
 use crate::shell::Lexer;
 use crate::suggest;
@@ -103,9 +105,16 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
     let planner = Planner {
         options,
         lexer: Lexer::new(parsed.escape),
+        expanded: Budget::default(),
     };
     let (global_part, stage_part) = planner.split_globals(&instructions)?;
     let raw_stages = split_stages(stage_part);
+    if let Some(over) = raw_stages.get(STAGES) {
+        return Err(planner.error(
+            Some(over.line),
+            format!("more than {STAGES} stages, Stagecoach's limit"),
+        ));
+    }
     let names = planner.stage_names(&raw_stages)?;
     let target = planner.target_index(&names)?;
     let globals = planner.global_args(global_part, names[target].as_deref())?;
@@ -140,6 +149,9 @@ pub fn plan(dockerfile: &str, options: &PlanOptions) -> Result<Plan> {
 
 /// Parses the text and types its instructions, so later steps see checked instructions.
 fn parse(dockerfile: &str, options: &PlanOptions) -> Result<(Dockerfile, Vec<Instruction>)> {
+    if dockerfile.len() > DOCKERFILE_BYTES {
+        return Err(PlanError::at(options, None, too_large()));
+    }
     let err = |line: usize, message: String| PlanError::at(options, Some(line), message);
     let parsed = syntax::parse(dockerfile).map_err(|e| err(e.line, e.message))?;
     let instructions = instruction::parse_all(&parsed).map_err(|e| err(e.line, e.message))?;
@@ -153,11 +165,39 @@ struct RawStage<'a> {
     body: Vec<Instruction>,
 }
 
-/// What every step of one planning run shares: the options, and the lexer of the
-/// Dockerfile's escape character.
+/// Why a Dockerfile past [`DOCKERFILE_BYTES`] is refused (its readers stop reading there).
+fn too_large() -> String {
+    format!(
+        "the Dockerfile is larger than {}, Stagecoach's limit",
+        limits::human(DOCKERFILE_BYTES)
+    )
+}
+
+/// What every step of one planning run shares: the options, the lexer of the
+/// Dockerfile's escape character, and what has been expanded so far.
 struct Planner<'a> {
     options: &'a PlanOptions,
     lexer: Lexer,
+    expanded: Budget,
+}
+
+/// The bytes one planning run has expanded or holds in stage scopes, against
+/// [`EXPANDED_BYTES`]: each word is bounded on its own, but many words add up.
+#[derive(Default)]
+struct Budget(Cell<usize>);
+
+impl Budget {
+    fn spend(&self, bytes: usize) -> Result<(), String> {
+        let total = self.0.get().saturating_add(bytes);
+        self.0.set(total);
+        if total > EXPANDED_BYTES {
+            return Err(format!(
+                "the expansions in this Dockerfile add up to more than {}, Stagecoach's limit",
+                limits::human(EXPANDED_BYTES)
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Planner<'_> {
@@ -240,8 +280,15 @@ impl Planner<'_> {
         let mut globals = automatic_args(&self.options.platform, target_name.unwrap_or("default"));
         for inst in global_part {
             if let Kind::Arg { args } = &inst.kind {
+                let at = |message: String| self.error(Some(inst.line), message);
                 globals = scope::global_args(self.lexer, globals, args, &self.options.build_args)
-                    .map_err(|e| self.error(Some(inst.line), e.to_string()))?;
+                    .map_err(|e| at(e.to_string()))?;
+                let set: usize = globals
+                    .iter()
+                    .filter(|v| args.iter().any(|decl| decl.name == v.name))
+                    .map(|v| v.value.len())
+                    .sum();
+                self.expanded.spend(set).map_err(at)?;
             }
         }
         Ok(globals)
@@ -263,6 +310,10 @@ impl Planner<'_> {
         for (index, raw) in raw_stages.into_iter().enumerate() {
             let mut draft = self.start_draft(index, &raw, names, ids, &global_vars, &drafts)?;
             self.walk_body(&mut draft, raw.body, names, globals)?;
+            // A stage's scope is its own copy (children clone their parent's).
+            self.expanded
+                .spend(draft.scope.bytes())
+                .map_err(|message| self.error(Some(draft.line), message))?;
             drafts.push(draft);
         }
         Ok(drafts)
@@ -333,6 +384,7 @@ impl Planner<'_> {
         let image = scope::expand(self.lexer, &from.image, global_vars)
             .map_err(|e| e.to_string())?
             .value;
+        self.expanded.spend(image.len())?;
         if image.is_empty() {
             return Err(format!("base name ({}) should not be blank", from.image));
         }
@@ -342,6 +394,8 @@ impl Planner<'_> {
             .map(|p| scope::expand(self.lexer, p, global_vars).map(|e| e.value))
             .transpose()
             .map_err(|e| e.to_string())?;
+        self.expanded
+            .spend(platform.as_ref().map_or(0, String::len))?;
         Ok((image, platform))
     }
 
@@ -355,7 +409,7 @@ impl Planner<'_> {
         globals: &[Variable],
     ) -> Result<()> {
         for inst in body {
-            walk_instruction(draft, &inst, self.lexer, names, globals, self.options)
+            walk_instruction(draft, &inst, self, names, globals)
                 .map_err(|message| self.error(Some(inst.line), message))?;
             draft.instructions.push(inst);
         }
@@ -654,18 +708,20 @@ pub fn normalise_image(image: &str) -> Result<String, String> {
 fn walk_instruction(
     draft: &mut Draft,
     inst: &Instruction,
-    lexer: Lexer,
+    planner: &Planner,
     names: &[Option<String>],
     globals: &[Variable],
-    options: &PlanOptions,
 ) -> Result<(), String> {
+    let lexer = planner.lexer;
+    let budget = &planner.expanded;
     match &inst.kind {
         Kind::Arg { args } => {
             for decl in args {
                 let e = draft
                     .scope
-                    .declare_arg(lexer, decl, globals, &options.build_args)
+                    .declare_arg(lexer, decl, globals, &planner.options.build_args)
                     .map_err(|e| e.to_string())?;
+                budget.spend(e.as_ref().map_or(0, |e| e.value.len()))?;
                 draft.note_certainty(&decl.name, e.as_ref());
             }
         }
@@ -675,6 +731,7 @@ fn walk_instruction(
                 .set_env(lexer, pairs)
                 .map_err(|e| e.to_string())?;
             for (key, e) in &expansions {
+                budget.spend(e.value.len())?;
                 draft.note_certainty(key, Some(e));
             }
         }
@@ -682,7 +739,7 @@ fn walk_instruction(
             if let Some(from) = &copy.from {
                 let mut paths = Vec::new();
                 for source in &copy.sources {
-                    match read_path(draft, lexer, source)? {
+                    match read_path(draft, lexer, budget, source)? {
                         Some(path) => paths.push(path),
                         None => {
                             paths = vec!["/".to_string()];
@@ -690,7 +747,7 @@ fn walk_instruction(
                         }
                     }
                 }
-                read_from(draft, lexer, names, from, paths, inst.line, Reader::Copy)?;
+                read_from(draft, planner, names, from, paths, inst.line, Reader::Copy)?;
             }
         }
         Kind::Run(run) => {
@@ -700,12 +757,13 @@ fn walk_instruction(
                     .expand(lexer, mount)
                     .map_err(|e| e.to_string())?
                     .value;
+                budget.spend(expanded.len())?;
                 let spec = MountSpec::parse(&expanded)?;
                 if let Some(from) = spec.from {
                     let source = absolute(spec.source.as_deref().unwrap_or("/"));
                     read_from(
                         draft,
-                        lexer,
+                        planner,
                         names,
                         &from,
                         vec![source],
@@ -739,8 +797,14 @@ impl Draft {
 
 /// A COPY source path as the reader expands it; None when it may depend on the base
 /// image's environment, which is not known at plan time.
-fn read_path(draft: &Draft, lexer: Lexer, word: &str) -> Result<Option<String>, String> {
+fn read_path(
+    draft: &Draft,
+    lexer: Lexer,
+    budget: &Budget,
+    word: &str,
+) -> Result<Option<String>, String> {
     let e = draft.scope.expand(lexer, word).map_err(|e| e.to_string())?;
+    budget.spend(e.value.len())?;
     Ok(draft.is_certain(&e).then(|| absolute(&e.value)))
 }
 
@@ -782,7 +846,7 @@ impl Reader {
 /// Resolves a `--from` value: a stage name (any position), a stage index, or an image.
 fn read_from(
     draft: &mut Draft,
-    lexer: Lexer,
+    planner: &Planner,
     names: &[Option<String>],
     from: &str,
     paths: Vec<String>,
@@ -792,9 +856,10 @@ fn read_from(
     let what = reader.what();
     let value = draft
         .scope
-        .expand(lexer, from)
+        .expand(planner.lexer, from)
         .map_err(|e| e.to_string())?
         .value;
+    planner.expanded.spend(value.len())?;
     if value.is_empty() {
         return Err(format!(
             "{what} --from={from}: the stage or image name is empty"
@@ -1199,6 +1264,97 @@ mod tests {
             err.to_string(),
             "Dockerfile: target stage \"nosuch\" could not be found"
         );
+    }
+
+    /// Every hostile input class fails at its line, naming the limit, instead of
+    /// growing until the pod is killed. Each case would need gigabytes unbounded.
+    #[test]
+    fn hostile_dockerfiles_fail_at_their_line_against_a_limit() {
+        let doubling: String = std::iter::once("ARG A0=x\n".to_string())
+            .chain((0..30).map(|n| format!("ARG A{}=${{A{n}}}${{A{n}}}\n", n + 1)))
+            .chain(std::iter::once("FROM busybox:${A30}\n".to_string()))
+            .collect();
+        // Lines are bounded too, so a large value is built from a quarter of it.
+        let half_mib = format!(
+            "FROM scratch\nENV Q={}\nENV A=$Q$Q$Q$Q\n",
+            "x".repeat(128 << 10)
+        );
+        let many_envs = format!("{half_mib}{}", "ENV C=${A}\n".repeat(40));
+        let stages = "FROM scratch\n".repeat(STAGES + 1);
+        let long_line = format!(
+            "FROM scratch\nRUN {}\n",
+            "echo \\\n".repeat(limits::LINE_BYTES / 5 + 1)
+        );
+        let long_heredoc = format!(
+            "FROM scratch\nRUN <<EOF\n{}EOF\n",
+            "x\n".repeat(limits::HEREDOC_BYTES / 2 + 1)
+        );
+        let cases: Vec<(String, &str)> = vec![
+            // The doubling chain is refused where a value outgrows one word (2^21 bytes).
+            (
+                doubling,
+                "Dockerfile:22: the word expands to more than 1 MiB",
+            ),
+            (
+                format!(
+                    "FROM scratch\nENV A={}\nENV B=\"{}\"\n",
+                    "y".repeat(4096),
+                    "$A".repeat(300)
+                ),
+                "Dockerfile:3: the word expands to more than 1 MiB",
+            ),
+            (
+                format!(
+                    "FROM scratch\nENV A={}\nENV B=${{A//?/{}}}\n",
+                    "y".repeat(4096),
+                    "z".repeat(300)
+                ),
+                "Dockerfile:3: the word expands to more than 1 MiB",
+            ),
+            (
+                format!(
+                    "FROM scratch\nENV A0={}\nENV A=$A0$A0$A0$A0\nENV B=${{A%{}}}\n",
+                    "y".repeat(64 << 10),
+                    "*y".repeat(8)
+                ),
+                "Dockerfile:4: a pattern of 16 characters over a value of 262144 characters is past",
+            ),
+            (
+                format!(
+                    "{half_mib}{}",
+                    (0..8).map(|n| format!("ENV B{n}=$A\n")).collect::<String>()
+                ),
+                "Dockerfile:10: the ARG and ENV values in scope add up to more than 4 MiB",
+            ),
+            (
+                many_envs,
+                "Dockerfile:34: the expansions in this Dockerfile add up to more than 16 MiB",
+            ),
+            (
+                stages,
+                "Dockerfile:1001: more than 1000 stages, Stagecoach's limit",
+            ),
+            (
+                "#".repeat(DOCKERFILE_BYTES + 1),
+                "Dockerfile: the Dockerfile is larger than 1 MiB, Stagecoach's limit",
+            ),
+            (
+                long_line,
+                "Dockerfile:2: the instruction is longer than 256 KiB",
+            ),
+            (
+                long_heredoc,
+                "Dockerfile:2: heredoc \"EOF\" is longer than 256 KiB",
+            ),
+        ];
+        for (src, want) in cases {
+            let got = error_of(&src);
+            assert!(
+                got.contains(want),
+                "{:?}...\n got: {got}\nwant: {want}",
+                &src[..40.min(src.len())]
+            );
+        }
     }
 
     #[test]

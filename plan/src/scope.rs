@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::contract::Variable;
 use crate::instruction::{ArgDecl, KeyValue};
+use crate::limits::SCOPE_BYTES;
 use crate::shell::{ExpandError, Lexer, Vars};
 
 /// ARGs that never become part of the environment RUN sees (BuildKit's `nonEnvArgs`).
@@ -63,6 +64,18 @@ impl Vars for Recording<'_> {
     }
 }
 
+/// Fails once the variables of one scope outgrow [`SCOPE_BYTES`].
+fn within_scope_limit(vars: &[(String, String)]) -> Result<(), ExpandError> {
+    if scope_bytes(vars) > SCOPE_BYTES {
+        return Err(ExpandError::ScopeTooLarge);
+    }
+    Ok(())
+}
+
+fn scope_bytes(vars: &[(String, String)]) -> usize {
+    vars.iter().map(|(n, v)| n.len() + v.len()).sum()
+}
+
 /// Expands one word against an ordered variable list.
 pub fn expand(
     lexer: Lexer,
@@ -101,6 +114,7 @@ pub fn global_args(
         if let Some(value) = value {
             vars.retain(|(n, _)| *n != decl.name);
             vars.push((decl.name.clone(), value));
+            within_scope_limit(&vars)?;
         }
     }
     Ok(vars
@@ -153,7 +167,7 @@ impl Scope {
         if let Some(value) = value
             && !NON_ENV_ARGS.contains(&decl.name.as_str())
         {
-            self.set_var(&decl.name, value);
+            self.set_var(&decl.name, value)?;
         }
         Ok(expansion)
     }
@@ -172,14 +186,20 @@ impl Scope {
         for (key, e) in &expansions {
             self.env.retain(|(n, _)| n != key);
             self.env.push((key.clone(), e.value.clone()));
-            self.set_var(key, e.value.clone());
+            self.set_var(key, e.value.clone())?;
         }
         Ok(expansions)
     }
 
-    fn set_var(&mut self, name: &str, value: String) {
+    fn set_var(&mut self, name: &str, value: String) -> Result<(), ExpandError> {
         self.vars.retain(|(n, _)| n != name);
         self.vars.push((name.to_string(), value));
+        within_scope_limit(&self.vars)
+    }
+
+    /// The bytes this scope holds, names and values, as [`SCOPE_BYTES`] counts them.
+    pub fn bytes(&self) -> usize {
+        scope_bytes(&self.vars)
     }
 
     /// The environment stored in the image config (base env plus ENV; never ARGs).

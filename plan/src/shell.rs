@@ -12,6 +12,8 @@ use std::hash::BuildHasher;
 use std::iter::Peekable;
 use std::str::Chars;
 
+use crate::limits::{self, PATTERN_CELLS, WORD_BYTES};
+
 /// Variables visible to an expansion.
 pub trait Vars {
     /// The value of `name`; `None` when unset (an empty value is still set).
@@ -79,6 +81,32 @@ pub enum ExpandError {
     UnterminatedSingleQuote,
     #[error("unexpected end of statement while looking for matching double-quote")]
     UnterminatedDoubleQuote,
+    /// Past [`WORD_BYTES`]: the word would grow without bound (`${A}${A}` chains).
+    #[error(
+        "the word expands to more than {}, Stagecoach's limit for one word",
+        limits::human(WORD_BYTES)
+    )]
+    TooLong,
+    /// Past [`PATTERN_CELLS`]: pattern length times value length.
+    #[error(
+        "a pattern of {pattern} characters over a value of {value} characters is past Stagecoach's limit of {} for one substitution",
+        PATTERN_CELLS
+    )]
+    PatternTooLarge { pattern: usize, value: usize },
+    /// Past [`limits::SCOPE_BYTES`]: the variables set so far, names and values.
+    #[error(
+        "the ARG and ENV values in scope add up to more than {}, Stagecoach's limit",
+        limits::human(limits::SCOPE_BYTES)
+    )]
+    ScopeTooLarge,
+}
+
+/// Fails once a word being expanded has grown past [`WORD_BYTES`].
+fn within_limit(text: &str) -> Result<(), ExpandError> {
+    if text.len() > WORD_BYTES {
+        return Err(ExpandError::TooLong);
+    }
+    Ok(())
 }
 
 /// Expands Dockerfile words; `escape` is the Dockerfile's escape character.
@@ -180,6 +208,7 @@ impl<'a> Expander<'a> {
                     }
                 }
                 result.push_str(&piece);
+                within_limit(&result)?;
                 continue;
             }
             self.bump();
@@ -232,7 +261,10 @@ impl<'a> Expander<'a> {
                     self.bump();
                     return Ok(text);
                 }
-                Some('$') => text.push_str(&self.dollar()?),
+                Some('$') => {
+                    text.push_str(&self.dollar()?);
+                    within_limit(&text)?;
+                }
                 Some(mut ch) => {
                     self.bump();
                     if ch == self.escape {
@@ -391,7 +423,7 @@ impl<'a> Expander<'a> {
             .map_err(|err| self.at_end_means(err, ExpandError::MissingBrace))?;
         let value: Vec<char> = self.vars.lookup(name).unwrap_or_default().chars().collect();
         let glob = Glob::compile(&pattern, true)?;
-        let matcher = glob.matcher(&value);
+        let matcher = glob.matcher(&value)?;
         if !all {
             return Ok(match matcher.find(0) {
                 Some((start, end)) => {
@@ -415,6 +447,7 @@ impl<'a> Expander<'a> {
             if end > last_end || start == 0 {
                 let matched: String = value[start..end].iter().collect();
                 out.push_str(&expand_template(&replacement, &matched));
+                within_limit(&out)?;
             }
             last_end = end;
             from = end.max(from + 1);
@@ -518,8 +551,15 @@ impl Glob {
         Ok(Self { tokens, longest })
     }
 
-    /// Matches `text` against this glob; see [`Matcher`].
-    fn matcher<'t>(&'t self, text: &'t [char]) -> Matcher<'t> {
+    /// Matches `text` against this glob; see [`Matcher`]. Its table is bounded by
+    /// [`PATTERN_CELLS`].
+    fn matcher<'t>(&'t self, text: &'t [char]) -> Result<Matcher<'t>, ExpandError> {
+        if (self.tokens.len() + 1).saturating_mul(text.len() + 1) > PATTERN_CELLS {
+            return Err(ExpandError::PatternTooLarge {
+                pattern: self.tokens.len(),
+                value: text.len(),
+            });
+        }
         // viable[t][k]: tokens[t..] match some prefix of text[k..].
         let mut viable = vec![vec![false; text.len() + 1]; self.tokens.len() + 1];
         viable[self.tokens.len()].fill(true);
@@ -535,11 +575,11 @@ impl Glob {
                 };
             }
         }
-        Matcher {
+        Ok(Matcher {
             glob: self,
             text,
             viable,
-        }
+        })
     }
 }
 
@@ -586,7 +626,7 @@ impl Matcher<'_> {
 fn trim_prefix(pattern: &str, value: &str, longest: bool) -> Result<String, ExpandError> {
     let glob = Glob::compile(pattern, longest)?;
     let text: Vec<char> = value.chars().collect();
-    Ok(match glob.matcher(&text).match_at(0) {
+    Ok(match glob.matcher(&text)?.match_at(0) {
         Some(end) => text[end..].iter().collect(),
         None => value.to_owned(),
     })

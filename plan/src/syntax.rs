@@ -7,6 +7,8 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::limits::{self, HEREDOC_BYTES, LINE_BYTES};
+
 /// A parse failure with the 1-based line it happened on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
@@ -146,6 +148,15 @@ pub fn parse(src: &str) -> Result<Dockerfile, SyntaxError> {
             logical.push_str(part);
             complete = done;
         }
+        if logical.len() > LINE_BYTES {
+            return Err(SyntaxError {
+                line: start_line,
+                message: format!(
+                    "the instruction is longer than {}, Stagecoach's limit for one line (continuations joined)",
+                    limits::human(LINE_BYTES)
+                ),
+            });
+        }
 
         let mut node = node_from_line(&logical, escape).map_err(|message| SyntaxError {
             line: start_line,
@@ -167,6 +178,16 @@ pub fn parse(src: &str) -> Result<Dockerfile, SyntaxError> {
                     heredoc.content.push_str(raw);
                     if !raw.ends_with('\n') {
                         heredoc.content.push('\n');
+                    }
+                    if heredoc.content.len() > HEREDOC_BYTES {
+                        return Err(SyntaxError {
+                            line: start_line,
+                            message: format!(
+                                "heredoc {:?} is longer than {}, Stagecoach's limit for one heredoc",
+                                heredoc.name,
+                                limits::human(HEREDOC_BYTES)
+                            ),
+                        });
                     }
                 }
                 if !terminated {
