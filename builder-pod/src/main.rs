@@ -1,12 +1,12 @@
 //! `stagecoach-builder`: the one static binary that runs inside Stagecoach's build pods.
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use stagecoach_builder::assemble::{self, AssembleOptions, MediaTypes};
 use stagecoach_builder::cache;
+use stagecoach_builder::fs::read_text_bounded;
 use stagecoach_builder::oci::{self, RetryPolicy};
 use stagecoach_builder::stage::{self, StageOptions};
 use stagecoach_builder::termination;
@@ -534,12 +534,13 @@ fn run_resolve(args: ResolveArgs) -> anyhow::Result<()> {
 }
 
 fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
+    let limit = stagecoach_plan::limits::DOCKERFILE_BYTES;
     let (name, text) = if args.file.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
+        let text = read_text_bounded(std::io::stdin(), limit)?;
         ("Dockerfile".to_string(), text)
     } else {
-        let text = std::fs::read_to_string(&args.file)
+        let text = std::fs::File::open(&args.file)
+            .and_then(|file| read_text_bounded(file, limit))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
         (args.file.display().to_string(), text)
     };

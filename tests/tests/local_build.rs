@@ -417,7 +417,9 @@ fn the_context_with_dockerignore_is_copied_like_buildah_copies_it() {
         ("Dockerfile", dockerfile.as_str()),
         (
             ".dockerignore",
-            "**/*.log\nsecrets/\ndocs/drafts\n!docs/drafts/keep.md\n*.tmp\n",
+            // Excluding the Dockerfile and the ignore file itself: they are read, but no
+            // `COPY .` takes them.
+            "**/*.log\nsecrets/\ndocs/drafts\n!docs/drafts/keep.md\n*.tmp\nDockerfile\n.dockerignore\n",
         ),
         ("README.md", "readme\n"),
         ("app/main.c", "int main(void) { return 0; }\n"),

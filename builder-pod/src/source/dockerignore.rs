@@ -11,6 +11,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use stagecoach_plan::limits::{self, DOCKERIGNORE_BYTES, DOCKERIGNORE_PATTERNS};
+
 use crate::fs::pattern;
 
 /// A `.dockerignore` that cannot be used, or a context that cannot be cleaned.
@@ -24,6 +26,13 @@ pub enum Error {
         line: usize,
         pattern: String,
     },
+    #[error(
+        "{file}: larger than {}, Stagecoach's limit",
+        limits::human(DOCKERIGNORE_BYTES)
+    )]
+    TooLarge { file: String },
+    #[error("{file}:{line}: more than {DOCKERIGNORE_PATTERNS} patterns, Stagecoach's limit")]
+    TooManyPatterns { file: String, line: usize },
     #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
@@ -57,6 +66,11 @@ pub fn ignore_file_candidates(dockerfile: Option<&str>) -> Vec<String> {
 /// whitespace is trimmed, blank lines are skipped, each pattern is cleaned like Go's
 /// `filepath.Clean`, and a leading `/` is dropped (patterns are relative to the root).
 pub fn parse(text: &str, file: &str) -> Result<Matcher> {
+    if text.len() > DOCKERIGNORE_BYTES {
+        return Err(Error::TooLarge {
+            file: file.to_string(),
+        });
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut patterns = Vec::new();
     for (n, raw) in text.lines().enumerate() {
@@ -79,6 +93,12 @@ pub fn parse(text: &str, file: &str) -> Result<Matcher> {
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
+        }
+        if patterns.len() == DOCKERIGNORE_PATTERNS {
+            return Err(Error::TooManyPatterns {
+                file: file.to_string(),
+                line,
+            });
         }
         if exclusion && cleaned.is_empty() {
             return Err(Error::LoneExclamation {
@@ -114,18 +134,6 @@ struct Rule {
 }
 
 impl Matcher {
-    /// Adds `!path` at the end: the file is kept whatever the patterns say (Docker keeps
-    /// the Dockerfile and the `.dockerignore` it was given).
-    pub fn keep(&mut self, path: &str) {
-        let cleaned = clean(path);
-        if let Some(pattern) = Pattern::compile(&cleaned) {
-            self.rules.push(Rule {
-                exclusion: true,
-                pattern,
-            });
-        }
-    }
-
     /// Whether there are no patterns at all.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
@@ -328,35 +336,42 @@ fn parse_class(chars: &[char], start: usize) -> Option<(Token, usize)> {
     }
 }
 
-/// Backtracking match of the whole path against the tokens.
+/// Whether the tokens match the whole path. Built from the last token back, one row of
+/// "the tokens from here on match the path from position p" per token: time tokens ×
+/// path and memory of two rows, where backtracking takes exponential time on patterns
+/// like `**/**/**/x` or `*a*a*a*b`, which a hostile `.dockerignore` can hold.
 fn glob(tokens: &[Token], path: &[char]) -> bool {
-    let Some((first, rest)) = tokens.split_first() else {
-        return path.is_empty();
-    };
-    match first {
-        Token::Char(c) => path.first() == Some(c) && glob(rest, &path[1..]),
-        Token::Any => path.first().is_some_and(|&c| c != '/') && glob(rest, &path[1..]),
-        Token::Class { negated, ranges } => path.first().is_some_and(|&c| {
-            ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated && glob(rest, &path[1..])
-        }),
-        Token::Star => {
-            for n in 0..=path.len() {
-                if glob(rest, &path[n..]) {
-                    return true;
+    let n = path.len();
+    // `after[p]`: the tokens after the current one match `path[p..]`.
+    let mut after: Vec<bool> = (0..=n).map(|p| p == n).collect();
+    let mut here = vec![false; n + 1];
+    for token in tokens.iter().rev() {
+        // Filled from the end, so `here[p + 1]` is ready when `here[p]` needs it.
+        let mut slash_then_rest = false;
+        for p in (0..=n).rev() {
+            let c = path.get(p).copied();
+            let one = |ok: bool| ok && after[p + 1];
+            here[p] = match token {
+                Token::Char(want) => one(c == Some(*want)),
+                Token::Any => one(c.is_some_and(|c| c != '/')),
+                Token::Class { negated, ranges } => one(c.is_some_and(|c| {
+                    ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
+                })),
+                // Any run without `/`: nothing, or one more character and still a run.
+                Token::Star => after[p] || (c.is_some_and(|c| c != '/') && here[p + 1]),
+                // `(.*/)?`: nothing, or anything up to and including some `/`.
+                Token::Dirs => {
+                    if c == Some('/') && after[p + 1] {
+                        slash_then_rest = true;
+                    }
+                    after[p] || slash_then_rest
                 }
-                if path.get(n) == Some(&'/') {
-                    break;
-                }
-            }
-            false
+                Token::Rest => true,
+            };
         }
-        // `(.*/)?`: nothing, or anything that ends with a `/`.
-        Token::Dirs => {
-            glob(rest, path)
-                || (0..path.len()).any(|n| path[n] == '/' && glob(rest, &path[n + 1..]))
-        }
-        Token::Rest => true,
+        std::mem::swap(&mut after, &mut here);
     }
+    after[0]
 }
 
 /// Go's `filepath.Clean` for `/`-separated paths: no empty or `.` components, `..`
@@ -612,13 +627,38 @@ mod tests {
     }
 
     #[test]
-    fn kept_files_survive_any_pattern() {
-        let mut m = matcher(&["*", "build"]);
-        m.keep("build/Dockerfile");
-        m.keep(".dockerignore");
-        assert!(!m.is_ignored("build/Dockerfile"));
-        assert!(!m.is_ignored(".dockerignore"));
-        assert!(m.is_ignored("build/other"));
+    fn hostile_ignore_files_are_bounded() {
+        let big = "x\n".repeat(DOCKERIGNORE_BYTES / 2 + 1);
+        let e = parse(&big, ".dockerignore").expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            ".dockerignore: larger than 1 MiB, Stagecoach's limit"
+        );
+        let many = (0..=DOCKERIGNORE_PATTERNS)
+            .map(|n| format!("p{n}\n"))
+            .collect::<String>();
+        let e = parse(&many, ".dockerignore").expect_err("too many");
+        assert_eq!(
+            e.to_string(),
+            ".dockerignore:10001: more than 10000 patterns, Stagecoach's limit"
+        );
+        // Patterns that take exponential time to backtrack through, on paths they nearly
+        // match: answered all the same.
+        let deep = "a/".repeat(40) + "b";
+        let stars = "*a".repeat(30) + "c";
+        let cases: &[(&str, &str, bool)] = &[
+            (&("**/".repeat(30) + "c"), &deep, false),
+            (&("**/".repeat(30) + "b"), &deep, true),
+            (&stars, &"a".repeat(60), false),
+            (&stars, &("a".repeat(60) + "c"), true),
+        ];
+        for (pattern, path, want) in cases {
+            assert_eq!(
+                matcher(&[pattern]).is_ignored(path),
+                *want,
+                "{pattern} on {path}"
+            );
+        }
     }
 
     #[test]
@@ -665,7 +705,8 @@ mod tests {
             fs::write(&p, f).expect("write");
         }
         std::os::unix::fs::symlink("/etc/passwd", root.join("link.env")).expect("symlink");
-        let mut m = matcher(&[
+        // The Dockerfile goes too when a pattern says so (it has been read already).
+        let m = matcher(&[
             "*.env",
             "docs",
             "!docs/keep.md",
@@ -673,23 +714,15 @@ mod tests {
             "**/node_modules",
             "Dockerfile",
         ]);
-        m.keep("Dockerfile");
         let removed = apply(root, &m).expect("applies");
         let mut left = Vec::new();
         list(root, "", &mut left);
         assert_eq!(
             left,
-            [
-                "Dockerfile",
-                "docs/",
-                "docs/keep.md",
-                "main.go",
-                "src/",
-                "src/lib.go"
-            ]
+            ["docs/", "docs/keep.md", "main.go", "src/", "src/lib.go"]
         );
-        // secret.env, link.env, docs/a.md, logs/x/1.log, node_modules/m/index.js
-        assert_eq!(removed.files, 5);
+        // Dockerfile, secret.env, link.env, docs/a.md, logs/x/1.log, node_modules/m/index.js
+        assert_eq!(removed.files, 6);
         // logs/x, logs, node_modules/m, node_modules
         assert_eq!(removed.dirs, 4);
         assert!(

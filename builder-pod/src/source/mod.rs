@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use stagecoach_plan::contract::{Base, PlanSummary, PodOutcome};
+use stagecoach_plan::limits::{DOCKERFILE_BYTES, DOCKERIGNORE_BYTES};
 use stagecoach_plan::{Plan, PlanError, PlanOptions, Platform};
 
 use crate::oci::{self, Registry};
@@ -268,19 +269,16 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
         source,
     })?;
     let context = context_dir(&root, &opts.context_dir)?;
-    let (dockerfile_rel, text) = read_dockerfile(&root, &context, &opts.dockerfile)?;
+    let text = read_dockerfile(&root, &context, &opts.dockerfile)?;
 
     let dockerfile_path = match &opts.dockerfile {
         Dockerfile::Path(p) => Some(p.as_str()),
         Dockerfile::Inline(_) => None,
     };
+    // Both files are read by now: like BuildKit and buildah, a `COPY .` leaves them out
+    // when the patterns exclude them.
     let ignore = read_ignore_file(&root, &context, dockerfile_path)?;
-    if let Some((file, mut matcher)) = ignore {
-        // Docker keeps the Dockerfile and the ignore file whatever the patterns say.
-        if let Some(df) = &dockerfile_rel {
-            matcher.keep(df);
-        }
-        matcher.keep(&file);
+    if let Some((file, matcher)) = ignore {
         let removed = dockerignore::apply(&context, &matcher)?;
         report.ignore_file = Some(file);
         report.ignored_files = removed.files;
@@ -549,15 +547,10 @@ fn context_dir(root: &Path, context_dir: &str) -> Result<PathBuf> {
     Ok(resolved)
 }
 
-/// The Dockerfile's text and, when it is a file inside the context, its path relative to
-/// the context (for `<Dockerfile>.dockerignore` and for keeping it).
-fn read_dockerfile(
-    root: &Path,
-    context: &Path,
-    dockerfile: &Dockerfile,
-) -> Result<(Option<String>, String)> {
+/// The Dockerfile's text, read no further than the planner's limit for it.
+fn read_dockerfile(root: &Path, context: &Path, dockerfile: &Dockerfile) -> Result<String> {
     let path = match dockerfile {
-        Dockerfile::Inline(text) => return Ok((None, text.clone())),
+        Dockerfile::Inline(text) => return Ok(text.clone()),
         Dockerfile::Path(p) => p,
     };
     let not_found = || SourceError::DockerfileNotFound {
@@ -576,15 +569,13 @@ fn read_dockerfile(
     if !resolved.is_file() {
         return Err(not_found());
     }
-    let text = fs::read_to_string(&resolved).map_err(|e| SourceError::DockerfileUnreadable {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let rel = resolved
-        .strip_prefix(context)
-        .ok()
-        .map(|r| r.to_string_lossy().into_owned());
-    Ok((rel, text))
+    let text = fs::File::open(&resolved)
+        .and_then(|file| crate::fs::read_text_bounded(file, DOCKERFILE_BYTES))
+        .map_err(|e| SourceError::DockerfileUnreadable {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(text)
 }
 
 /// The Dockerfiles at the top of a context (`Dockerfile`, `*.Dockerfile`,
@@ -619,10 +610,12 @@ fn read_ignore_file(
         if !path.is_file() {
             continue;
         }
-        let text = fs::read_to_string(&path).map_err(|source| dockerignore::Error::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = fs::File::open(&path)
+            .and_then(|file| crate::fs::read_text_bounded(file, DOCKERIGNORE_BYTES))
+            .map_err(|source| dockerignore::Error::Read {
+                path: path.clone(),
+                source,
+            })?;
         let matcher = dockerignore::parse(&text, &candidate)?;
         return Ok(Some((candidate, matcher)));
     }
@@ -829,12 +822,9 @@ mod tests {
             let e = context_dir(&root, bad).expect_err(bad);
             assert_eq!(e.reason(), "ContextInvalid", "{bad}");
         }
-        let (rel, text) =
+        let text =
             read_dockerfile(&root, &context, &Dockerfile::Path("Dockerfile".into())).expect("df");
-        assert_eq!(
-            (rel.as_deref(), text.as_str()),
-            (Some("Dockerfile"), "FROM scratch\n")
-        );
+        assert_eq!(text, "FROM scratch\n");
         for bad in ["leak", "../../secret", "nope"] {
             let e = read_dockerfile(&root, &context, &Dockerfile::Path(bad.into())).expect_err(bad);
             assert_eq!(e.reason(), "DockerfileNotFound", "{bad}");
@@ -846,8 +836,8 @@ mod tests {
             "Dockerfile \"app/Dockerfile\" not found in the context \"app\" of the repository: \
              `spec.dockerfile` is relative to `spec.source.contextDir`; found here: Dockerfile"
         );
-        let (rel, text) =
+        let text =
             read_dockerfile(&root, &context, &Dockerfile::Inline("FROM x".into())).expect("df");
-        assert_eq!((rel, text.as_str()), (None, "FROM x"));
+        assert_eq!(text, "FROM x");
     }
 }
