@@ -25,6 +25,9 @@ pub const WORD_BYTES: usize = 1 << 20;
 /// The ARG and ENV values one stage holds at once, names included.
 pub const SCOPE_BYTES: usize = 4 << 20;
 
+/// Distinct ARG and ENV names in one stage (each set looks the earlier ones up).
+pub const SCOPE_VARIABLES: usize = 4096;
+
 /// Everything the planner expands over a whole Dockerfile (many words each under
 /// [`WORD_BYTES`] add up).
 pub const EXPANDED_BYTES: usize = 16 << 20;

@@ -1335,6 +1335,15 @@ mod tests {
                 "Dockerfile:1001: more than 1000 stages, Stagecoach's limit",
             ),
             (
+                format!(
+                    "FROM scratch\n{}",
+                    (0..=4096)
+                        .map(|n| format!("ENV V{n}=1\n"))
+                        .collect::<String>()
+                ),
+                "Dockerfile:4098: more than 4096 ARG and ENV names in scope",
+            ),
+            (
                 "#".repeat(DOCKERFILE_BYTES + 1),
                 "Dockerfile: the Dockerfile is larger than 1 MiB, Stagecoach's limit",
             ),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::contract::Variable;
 use crate::instruction::{ArgDecl, KeyValue};
-use crate::limits::SCOPE_BYTES;
+use crate::limits::{SCOPE_BYTES, SCOPE_VARIABLES};
 use crate::shell::{ExpandError, Lexer, Vars};
 
 /// ARGs that never become part of the environment RUN sees (BuildKit's `nonEnvArgs`).
@@ -64,8 +64,11 @@ impl Vars for Recording<'_> {
     }
 }
 
-/// Fails once the variables of one scope outgrow [`SCOPE_BYTES`].
+/// Fails once the variables of one scope outgrow [`SCOPE_VARIABLES`] or [`SCOPE_BYTES`].
 fn within_scope_limit(vars: &[(String, String)]) -> Result<(), ExpandError> {
+    if vars.len() > SCOPE_VARIABLES {
+        return Err(ExpandError::TooManyVariables);
+    }
     if scope_bytes(vars) > SCOPE_BYTES {
         return Err(ExpandError::ScopeTooLarge);
     }

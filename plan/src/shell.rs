@@ -99,6 +99,12 @@ pub enum ExpandError {
         limits::human(limits::SCOPE_BYTES)
     )]
     ScopeTooLarge,
+    /// Past [`limits::SCOPE_VARIABLES`].
+    #[error(
+        "more than {} ARG and ENV names in scope, Stagecoach's limit",
+        limits::SCOPE_VARIABLES
+    )]
+    TooManyVariables,
 }
 
 /// Fails once a word being expanded has grown past [`WORD_BYTES`].

@@ -172,39 +172,45 @@ fn glob(p: &[char], n: &[char]) -> Option<bool> {
     }
 }
 
-/// A `[...]` class at `p[start]`: whether `c` is in it and the index after it.
+/// A `[...]` class at `p[start]`: whether `c` is in it and the index after it. Go's
+/// rules: only `^` negates (`[!a]` holds `!` and `a`), a `]` closes the class once it has
+/// a range, and `-` or `]` as a range's end needs a `\`.
 fn class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
     let mut i = start + 1;
-    let negated = matches!(p.get(i), Some('^') | Some('!'));
+    let negated = p.get(i) == Some(&'^');
     if negated {
         i += 1;
     }
     let mut matched = false;
-    let mut first = true;
+    let mut ranges = 0;
     loop {
-        let mut lo = *p.get(i)?;
-        if lo == ']' && !first {
+        if p.get(i) == Some(&']') && ranges > 0 {
             return Some((matched != negated, i + 1));
         }
-        first = false;
-        if lo == '\\' {
-            i += 1;
-            lo = *p.get(i)?;
-        }
-        i += 1;
-        let mut hi = lo;
-        if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&h| h != ']') {
-            hi = p[i + 1];
-            i += 2;
-            if hi == '\\' {
-                hi = *p.get(i)?;
-                i += 1;
-            }
-        }
+        let (lo, next) = class_char(p, i)?;
+        let (hi, next) = match p.get(next) {
+            Some('-') => class_char(p, next + 1)?,
+            _ => (lo, next),
+        };
+        i = next;
         if lo <= c && c <= hi {
             matched = true;
         }
+        ranges += 1;
     }
+}
+
+/// One end of a class range at `p[i]` (Go's `getEsc`): `\x` is `x`, a bare `-` or `]`
+/// is malformed, and the class must go on after it.
+fn class_char(p: &[char], mut i: usize) -> Option<(char, usize)> {
+    match p.get(i)? {
+        '-' | ']' => return None,
+        '\\' => i += 1,
+        _ => {}
+    }
+    let c = *p.get(i)?;
+    p.get(i + 1)?;
+    Some((c, i + 1))
 }
 
 fn validate(p: &[char]) -> Option<()> {
@@ -243,7 +249,11 @@ mod tests {
             ("ab[c]", "abc", true),
             ("ab[b-d]", "abc", true),
             ("ab[^c]", "abc", false),
-            ("ab[!c]", "abd", true),
+            // Only `^` negates: `!` is a member.
+            ("ab[!c]", "abd", false),
+            ("ab[!c]", "ab!", true),
+            ("[\\-x]", "-", true),
+            ("[a-ζ]*", "α", true),
             ("a\\*b", "a*b", true),
             ("a\\*b", "axb", false),
             ("a?c", "abc", true),
@@ -252,7 +262,11 @@ mod tests {
         for (p, n, want) in cases {
             assert_eq!(matches_component(p, n), Ok(want), "{p} vs {n}");
         }
-        assert!(matches_component("[", "a").is_err());
+        for bad in [
+            "[", "[]a]", "[-]", "[x-]", "[-x]", "[a-b-c]", "[^", "[^bc", "a[",
+        ] {
+            assert!(matches_component(bad, "a").is_err(), "{bad}");
+        }
         assert!(matches_component("a\\", "a").is_err());
     }
 

@@ -495,6 +495,10 @@ fn count(path: &Path) -> (u64, u64) {
 }
 
 #[cfg(test)]
+#[path = "moby_cases.rs"]
+mod moby_cases;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -659,6 +663,39 @@ mod tests {
                 "{pattern} on {path}"
             );
         }
+    }
+
+    /// moby's own tables, row by row: each rule of its matcher (anchoring, `*` within a
+    /// component, `**` across directories, classes, escapes, parent matches, `!`) and
+    /// what its and BuildKit's build tests see excluded.
+    #[test]
+    fn moby_patternmatcher_tables() {
+        use super::moby_cases::*;
+        let tables = [
+            ("TestMatches", MOBY_TEST_MATCHES),
+            ("TestMatch", MOBY_TEST_MATCH_OK),
+            ("multiPatternTests", MOBY_MULTI_PATTERN),
+            ("Matches", MOBY_MATCHES_FUNC),
+            ("TestBuildDockerignore*", MOBY_CLI_DOCKERIGNORE),
+            ("BuildKit testDockerignore*", BUILDKIT_DOCKERIGNORE),
+        ];
+        let mut wrong = Vec::new();
+        for (table, rows) in tables {
+            for (patterns, path, want) in rows {
+                let got = matcher(patterns).is_ignored(path);
+                if got != *want {
+                    wrong.push(format!(
+                        "{table}: {patterns:?} on {path:?}: {got}, moby {want}"
+                    ));
+                }
+            }
+        }
+        for pattern in MOBY_MALFORMED {
+            if parse(pattern, ".dockerignore").is_ok() {
+                wrong.push(format!("{pattern:?} is accepted, moby rejects it"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]
