@@ -781,10 +781,12 @@ impl<'a> Step<'a, '_> {
                         .filter(|p| p.role == role)
                         .max_by_key(|p| p.attempt);
                     entry.phase = StagePhase::Running;
+                    entry.pod = pod.map(|p| p.name.clone()).or(entry.pod.take());
                     entry.node = pod.and_then(|p| p.node.clone()).or(entry.node.take());
                 }
                 Progress::Done(pod) => {
                     entry.phase = StagePhase::Succeeded;
+                    entry.pod = Some(pod.name.clone());
                     entry.finish_time = pod.finished.clone().or(Some(Time(self.observed.now)));
                     entry.node = pod.node.clone().or(entry.node.take());
                     let name = entry.name.clone();
@@ -826,6 +828,8 @@ impl<'a> Step<'a, '_> {
                         self.save_succeeded_stages();
                         return false;
                     }
+                    // The status names the attempt that runs now.
+                    self.status.stages[i].pod = Some(render::pod_name(build, &role, n + 1));
                 }
             }
         }
@@ -1686,6 +1690,17 @@ spec:
         sim.step(10);
         sim.set(Role::Stage("a".into()), PodState::Lost, None);
         assert_eq!(created(&sim.step(20)), ["app-stage-a-g1-r1"]);
+        let stage = |sim: &Sim| {
+            let s = sim.status().stages.iter().find(|s| s.name == "a").cloned();
+            s.map(|s| (s.pod, s.attempts)).expect("stage a")
+        };
+        assert_eq!(stage(&sim), (Some("app-stage-a-g1-r1".into()), 1));
+        sim.step(25);
+        assert_eq!(
+            stage(&sim),
+            (Some("app-stage-a-g1-r1".into()), 1),
+            "and stays so"
+        );
         sim.set(Role::Stage("a".into()), PodState::Lost, None);
         sim.step(30);
         assert_eq!(sim.phase(), Phase::Failed);

@@ -1284,3 +1284,61 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
         condition.message
     );
 }
+
+/// Waits until the stage container of `pod` runs, then removes the pod from outside the
+/// runner, as a node drain removes a pod.
+fn remove_running_stage_pod(pod: &str) {
+    let container = format!("{pod}-stage");
+    for _ in 0..600 {
+        let out =
+            check(podman().args(["ps", "--filter", "status=running", "--format", "{{.Names}}"]));
+        if String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|n| n == container)
+        {
+            check(podman().args(["pod", "rm", "--force", pod]));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{container} did not run within a minute");
+}
+
+#[test]
+fn a_stage_pod_removed_mid_run_is_retried_or_the_build_fails_podlost() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\nRUN sleep 5 && echo built > /built\n\
+         FROM {r}/stagecoach/busybox:1\nCOPY --from=build /built /\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, retries) in [("lostonce", 1), ("lostforgood", 0)] {
+        let extra = format!("  retries: {retries}\n");
+        let build = Build {
+            name,
+            files: &files,
+            extra: &extra,
+            ..Build::default()
+        };
+        let status = std::thread::scope(|scope| {
+            let running = scope.spawn(|| build.run(&dir.path().join(name)).status);
+            remove_running_stage_pod(&format!("{name}-stage-build-g1"));
+            running.join().expect("the build")
+        });
+        let stage = status
+            .stages
+            .iter()
+            .find(|s| s.name == "build")
+            .expect("stage build");
+        if retries == 0 {
+            let (reason, message, _) = failure(&status);
+            assert_eq!(reason, "PodLost", "{message}");
+            continue;
+        }
+        let image = succeeded(&status);
+        assert_eq!(stage.attempts, 1, "{status:#?}");
+        assert_eq!(stage.pod.as_deref(), Some("lostonce-stage-build-g1-r1"));
+        assert_eq!(cat(&image, "/built"), "built\n");
+    }
+}

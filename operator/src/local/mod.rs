@@ -12,7 +12,7 @@
 mod podman;
 mod progress;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -125,6 +125,8 @@ struct Runner<'a> {
     timings: BTreeMap<String, (Duration, Option<Duration>)>,
     /// Pods prepared but not started yet.
     pending: Vec<String>,
+    /// Pods this runner took down itself.
+    deleted: BTreeSet<String>,
     /// The images of each pod's containers (init containers too).
     images: BTreeMap<String, Vec<String>>,
     /// What `podman kube play` said of each pod it could not start.
@@ -151,6 +153,7 @@ impl<'a> Runner<'a> {
             started: Instant::now(),
             timings: BTreeMap::new(),
             pending: Vec::new(),
+            deleted: BTreeSet::new(),
             images: BTreeMap::new(),
             play_errors: BTreeMap::new(),
             progress: Progress::new(opts.logs),
@@ -246,6 +249,14 @@ impl<'a> Runner<'a> {
                 Some(c) if c.state == "exited" => PodState::Failed,
                 Some(c) if c.state == "running" => PodState::Running,
                 Some(_) => PodState::Pending,
+                // Gone without this runner taking it down (`podman pod rm`, the podman
+                // counterpart of a drained node): lost, as a deleted pod is to the operator.
+                None if !self.play_errors.contains_key(&name)
+                    && !self.deleted.contains(&name)
+                    && !containers.values().any(|c| c.pod_name == name) =>
+                {
+                    PodState::Lost
+                }
                 // The main container never came: the init container failed.
                 None => PodState::Failed,
             };
@@ -317,6 +328,7 @@ impl<'a> Runner<'a> {
             }
             Action::CreatePod(pod) => self.prepare(*pod)?,
             Action::DeletePod(name) => {
+                self.deleted.insert(name.clone());
                 if let Some((_, _, _, file)) = self.pods.get(&name) {
                     let file = file.display().to_string();
                     let _ = self.podman.command().args(["kube", "down", &file]).output();

@@ -20,6 +20,9 @@ pub(super) struct PsEntry {
     /// `created`, `running`, `exited`, ...
     pub(super) state: String,
     pub(super) exit_code: i32,
+    /// The pod it belongs to (empty for a container outside any pod).
+    #[serde(default)]
+    pub(super) pod_name: String,
 }
 
 /// Where a pod's outcome lands on the workspace volume.
@@ -190,9 +193,10 @@ impl Podman {
 
     /// Every container podman knows, by name: one `podman ps` for all pods.
     pub(super) fn containers(&self) -> Result<BTreeMap<String, PsEntry>> {
-        let json = self.ok(&["ps", "--all", "--format", "json"])?;
+        // `--pod`, or podman leaves out the pod names.
+        let json = self.ok(&["ps", "--all", "--pod", "--format", "json"])?;
         let entries: Vec<PsEntry> = serde_json::from_str(&json).map_err(|e| Error::Podman {
-            args: "ps --all --format json".into(),
+            args: "ps --all --pod --format json".into(),
             message: e.to_string(),
         })?;
         Ok(entries
