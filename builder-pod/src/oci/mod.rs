@@ -40,7 +40,7 @@ mod retry;
 pub use auth::Credentials;
 pub use oci_client::Reference;
 pub use platform::select_platform;
-pub use pull::{Manifest, Resolved, resolve};
+pub use pull::{Manifest, ManifestBytes, Resolved, manifest_media_type, read_manifest, resolve};
 pub use push::{Blob, BlobCounts, BlobSource, Pushed};
 pub use retry::RetryPolicy;
 

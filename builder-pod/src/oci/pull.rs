@@ -62,37 +62,29 @@ impl Registry {
     /// manifest list) is resolved to the platform's entry.
     pub async fn manifest(&self, reference: &Reference, platform: &Platform) -> Result<Manifest> {
         let (bytes, media_type, digest) = self.manifest_bytes(reference).await?;
-        if is_index(&media_type) {
-            let index: OciImageIndex =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
-                    what: reference.whole(),
-                    message: format!("not an image index: {e}"),
-                })?;
-            let entry =
-                select_platform(&index.manifests, platform).ok_or_else(|| Error::NoPlatform {
-                    reference: reference.whole(),
-                    platform: platform.to_string(),
-                    available: available_platforms(&index.manifests),
-                })?;
-            let by_digest = reference.clone_with_digest(entry.digest.clone());
-            let (bytes, media_type, digest) = self.manifest_bytes(&by_digest).await?;
-            if is_index(&media_type) {
-                return Err(Error::Invalid {
-                    what: by_digest.whole(),
-                    message: "an index inside an index".into(),
+        let entry = match read_manifest(reference, &bytes, &media_type, platform)? {
+            ManifestBytes::Image(manifest) => {
+                return Ok(Manifest {
+                    manifest,
+                    digest,
+                    media_type,
                 });
             }
-            return Ok(Manifest {
-                manifest: parse_manifest(&by_digest, &bytes)?,
+            ManifestBytes::IndexEntry(digest) => digest,
+        };
+        let by_digest = reference.clone_with_digest(entry);
+        let (bytes, media_type, digest) = self.manifest_bytes(&by_digest).await?;
+        match read_manifest(&by_digest, &bytes, &media_type, platform)? {
+            ManifestBytes::Image(manifest) => Ok(Manifest {
+                manifest,
                 digest,
                 media_type,
-            });
+            }),
+            ManifestBytes::IndexEntry(_) => Err(Error::Invalid {
+                what: by_digest.whole(),
+                message: "an index inside an index".into(),
+            }),
         }
-        Ok(Manifest {
-            manifest: parse_manifest(reference, &bytes)?,
-            digest,
-            media_type,
-        })
     }
 
     /// A manifest's bytes, media type and digest (checked against the reference's).
@@ -283,9 +275,41 @@ impl Registry {
     }
 }
 
+/// What a registry's manifest bytes hold for a platform.
+#[derive(Debug)]
+pub enum ManifestBytes {
+    Image(OciImageManifest),
+    /// An index: the digest of its entry for the platform.
+    IndexEntry(String),
+}
+
+/// Reads manifest bytes of `media_type` (see [`manifest_media_type`]): an image manifest,
+/// or an index's entry for `platform`. Pure, so the fuzz target reaches every parse a
+/// pull does with bytes a registry could send.
+pub fn read_manifest(
+    reference: &Reference,
+    bytes: &[u8],
+    media_type: &str,
+    platform: &Platform,
+) -> Result<ManifestBytes> {
+    if !is_index(media_type) {
+        return Ok(ManifestBytes::Image(parse_manifest(reference, bytes)?));
+    }
+    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
+        what: reference.whole(),
+        message: format!("not an image index: {e}"),
+    })?;
+    let entry = select_platform(&index.manifests, platform).ok_or_else(|| Error::NoPlatform {
+        reference: reference.whole(),
+        platform: platform.to_string(),
+        available: available_platforms(&index.manifests),
+    })?;
+    Ok(ManifestBytes::IndexEntry(entry.digest.to_string()))
+}
+
 /// A manifest's media type: its own `mediaType`, else the response's `Content-Type`,
 /// else what its fields say it is; an error when it is none of [`MANIFEST_TYPES`].
-fn manifest_media_type(
+pub fn manifest_media_type(
     reference: &Reference,
     bytes: &[u8],
     header_type: Option<String>,
