@@ -54,27 +54,39 @@ impl RegistryServer {
             ),
         )
         .expect("config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .env_remove("REGISTRY_ADDR")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry");
+        let child = spawn_registry(dir.path());
         let server = RegistryServer { addr, dir, child };
+        server.wait_ready();
+        server
+    }
+
+    /// Stops the registry process (its storage stays), as a registry that goes down.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address and storage, after [`RegistryServer::stop`].
+    pub fn start_again(&mut self) {
+        self.child = spawn_registry(self.dir.path());
+        self.wait_ready();
+    }
+
+    /// What the registry has logged so far (its requests among them).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(&server.addr, "/v2/").is_none() {
+        while http_status(&self.addr, "/v2/").is_none() {
             assert!(
                 Instant::now() < deadline,
                 "registry at {} did not start",
-                server.addr
+                self.addr
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
     }
 
     /// Where the registry keeps a blob's bytes (for tests that corrupt one).
@@ -96,6 +108,24 @@ impl RegistryServer {
         found.sort();
         found
     }
+}
+
+/// `docker-registry serve` on the config in `dir`, logging to `dir/registry.log`.
+fn spawn_registry(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))
+        .expect("log");
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .env_remove("REGISTRY_ADDR")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry")
 }
 
 fn collect_repositories(root: &Path, dir: &Path, found: &mut Vec<String>) {

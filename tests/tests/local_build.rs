@@ -584,6 +584,26 @@ fn failures_end_with_their_reason_and_place() {
     let (reason, _, line) = failure(&status);
     assert_eq!((reason.as_str(), line), ("DockerfileInvalid", Some(3)));
 
+    // A base image the registry does not have, on the second FROM.
+    let missing = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\nRUN true\nFROM {r}/stagecoach/no-such-image:1\n"
+    );
+    let files = [("Dockerfile", missing.as_str())];
+    let status = Build {
+        name: "nobase",
+        files: &files,
+        ..Build::default()
+    }
+    .run(&dir.path().join("d"))
+    .status;
+    let (reason, message, line) = failure(&status);
+    assert_eq!(
+        (reason.as_str(), line),
+        ("BaseImageNotFound", Some(3)),
+        "{message}"
+    );
+    assert!(message.contains("stagecoach/no-such-image:1"), "{message}");
+
     let files = [("Dockerfile", "FROM busybox\n")];
     let status = Build {
         name: "norev",
@@ -1341,4 +1361,139 @@ fn a_stage_pod_removed_mid_run_is_retried_or_the_build_fails_podlost() {
         assert_eq!(stage.pod.as_deref(), Some("lostonce-stage-build-g1-r1"));
         assert_eq!(cat(&image, "/built"), "built\n");
     }
+}
+
+/// Waits until a container named `name` runs (a pod of a build running in another thread).
+fn wait_running(name: &str) {
+    for _ in 0..1200 {
+        let out =
+            check(podman().args(["ps", "--filter", "status=running", "--format", "{{.Names}}"]));
+        if String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|n| n == name)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{name} did not run within two minutes");
+}
+
+/// The manifest PUTs a registry answered, from its log.
+fn manifest_puts(server: &RegistryServer) -> usize {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("response completed"))
+        .filter(|l| l.contains("http.request.method=PUT") && l.contains("/manifests/"))
+        .count()
+}
+
+#[test]
+fn a_registry_down_during_the_push_is_waited_for_and_one_down_for_good_fails_the_build() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS build\nRUN sleep 2 && echo built > /built\n\
+         FROM {r}/stagecoach/busybox:1\nCOPY --from=build /built /\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, comes_back) in [("pushwaits", true), ("pushfails", false)] {
+        let mut server = RegistryServer::start(None);
+        let build = Build {
+            name,
+            files: &files,
+            registry: Some(server.addr.clone()),
+            ..Build::default()
+        };
+        let status = std::thread::scope(|scope| {
+            let running = scope.spawn(|| build.run(&dir.path().join(name)).status);
+            // Down before the assemble pod pushes, back while it is retrying.
+            wait_running(&format!("{name}-stage-build-g1-stage"));
+            server.stop();
+            if comes_back {
+                wait_running(&format!("{name}-assemble-g1-assemble"));
+                std::thread::sleep(Duration::from_secs(3));
+                server.start_again();
+            }
+            running.join().expect("the build")
+        });
+        if comes_back {
+            let image = succeeded(&status);
+            assert_eq!(cat(&image, "/built"), "built\n");
+            assert_eq!(manifest_puts(&server), 1, "the manifest is put once");
+            continue;
+        }
+        let (reason, message, _) = failure(&status);
+        assert_eq!(reason, "RegistryUnavailable", "{message}");
+        server.start_again();
+        assert_eq!(manifest_puts(&server), 0, "nothing is under the tag");
+        let tag = tool("skopeo")
+            .args([
+                "inspect",
+                "--tls-verify=false",
+                &format!("docker://{}", build.image()),
+            ])
+            .output()
+            .expect("skopeo");
+        assert!(!tag.status.success(), "the tag does not exist");
+    }
+}
+
+/// Eight builds at once through one process: each image holds its own build's number,
+/// so names, volumes or outcomes shared by mistake would show. The wall time and the
+/// process's peak memory are printed for the record.
+#[test]
+fn eight_builds_at_once_all_succeed_without_cross_talk() {
+    let r = registry();
+    let dockerfiles: Vec<String> = (0..8)
+        .map(|n| {
+            format!(
+                "FROM {r}/stagecoach/busybox:1 AS build\nRUN echo {n} > /n\n\
+                 FROM {r}/stagecoach/busybox:1\nCOPY --from=build /n /n\nCOPY number /number\n"
+            )
+        })
+        .collect();
+    let numbers: Vec<String> = (0..8).map(|n| format!("{n}\n")).collect();
+    let names: Vec<String> = (0..8).map(|n| format!("together{n}")).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = std::time::Instant::now();
+    let images: Vec<String> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..8)
+            .map(|n| {
+                let (dockerfile, number, name) = (&dockerfiles[n], &numbers[n], &names[n]);
+                let dir = dir.path().join(name);
+                scope.spawn(move || {
+                    let files = [
+                        ("Dockerfile", dockerfile.as_str()),
+                        ("number", number.as_str()),
+                    ];
+                    let build = Build {
+                        name,
+                        files: &files,
+                        ..Build::default()
+                    };
+                    succeeded(&build.run(&dir).status)
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|h| h.join().expect("a build"))
+            .collect()
+    });
+    let wall = started.elapsed();
+    for (n, image) in images.iter().enumerate() {
+        assert_eq!(cat(image, "/n"), format!("{n}\n"), "{image}");
+        assert_eq!(cat(image, "/number"), format!("{n}\n"), "{image}");
+    }
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?");
+    eprintln!(
+        "eight builds at once: {:.1} s wall, runner peak {peak}",
+        wall.as_secs_f64()
+    );
 }

@@ -65,7 +65,7 @@ impl Registry {
         let entry = match read_manifest(reference, &bytes, &media_type, platform)? {
             ManifestBytes::Image(manifest) => {
                 return Ok(Manifest {
-                    manifest,
+                    manifest: *manifest,
                     digest,
                     media_type,
                 });
@@ -76,7 +76,7 @@ impl Registry {
         let (bytes, media_type, digest) = self.manifest_bytes(&by_digest).await?;
         match read_manifest(&by_digest, &bytes, &media_type, platform)? {
             ManifestBytes::Image(manifest) => Ok(Manifest {
-                manifest,
+                manifest: *manifest,
                 digest,
                 media_type,
             }),
@@ -278,7 +278,7 @@ impl Registry {
 /// What a registry's manifest bytes hold for a platform.
 #[derive(Debug)]
 pub enum ManifestBytes {
-    Image(OciImageManifest),
+    Image(Box<OciImageManifest>),
     /// An index: the digest of its entry for the platform.
     IndexEntry(String),
 }
@@ -293,7 +293,9 @@ pub fn read_manifest(
     platform: &Platform,
 ) -> Result<ManifestBytes> {
     if !is_index(media_type) {
-        return Ok(ManifestBytes::Image(parse_manifest(reference, bytes)?));
+        return Ok(ManifestBytes::Image(Box::new(parse_manifest(
+            reference, bytes,
+        )?)));
     }
     let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
         what: reference.whole(),

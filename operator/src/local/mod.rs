@@ -87,6 +87,10 @@ pub struct LocalResult {
 }
 
 /// Reads an ImageBuild manifest and runs it to the end.
+/// How long a container that exited without an outcome may take to disappear with its
+/// pod before it counts as failed.
+const REMOVAL_GRACE: Duration = Duration::from_secs(3);
+
 /// How long a failed build waits for its cache pod.
 const CACHE_POD_WAIT: Duration = Duration::from_secs(600);
 
@@ -127,6 +131,8 @@ struct Runner<'a> {
     pending: Vec<String>,
     /// Pods this runner took down itself.
     deleted: BTreeSet<String>,
+    /// When each pod's container was first seen exited without an outcome.
+    killed_since: BTreeMap<String, Instant>,
     /// The images of each pod's containers (init containers too).
     images: BTreeMap<String, Vec<String>>,
     /// What `podman kube play` said of each pod it could not start.
@@ -154,6 +160,7 @@ impl<'a> Runner<'a> {
             timings: BTreeMap::new(),
             pending: Vec::new(),
             deleted: BTreeSet::new(),
+            killed_since: BTreeMap::new(),
             images: BTreeMap::new(),
             play_errors: BTreeMap::new(),
             progress: Progress::new(opts.logs),
@@ -246,6 +253,26 @@ impl<'a> Runner<'a> {
             let outcome = self.read_outcome(&name);
             let state = match containers.get(&container) {
                 Some(c) if c.state == "exited" && c.exit_code == 0 => PodState::Succeeded,
+                // A failing builder writes its outcome; a container killed without one
+                // may be a pod being removed (`podman pod rm` kills, then removes): give
+                // it a moment to go before calling it failed.
+                Some(c)
+                    if c.state == "exited"
+                        && outcome.is_none()
+                        && !self.deleted.contains(&name) =>
+                {
+                    let first_seen = *self
+                        .killed_since
+                        .entry(name.clone())
+                        .or_insert_with(Instant::now);
+                    if !self.podman.pod_exists(&name) {
+                        PodState::Lost
+                    } else if first_seen.elapsed() < REMOVAL_GRACE {
+                        PodState::Running
+                    } else {
+                        PodState::Failed
+                    }
+                }
                 Some(c) if c.state == "exited" => PodState::Failed,
                 Some(c) if c.state == "running" => PodState::Running,
                 Some(_) => PodState::Pending,
@@ -253,7 +280,7 @@ impl<'a> Runner<'a> {
                 // counterpart of a drained node): lost, as a deleted pod is to the operator.
                 None if !self.play_errors.contains_key(&name)
                     && !self.deleted.contains(&name)
-                    && !containers.values().any(|c| c.pod_name == name) =>
+                    && !self.podman.pod_exists(&name) =>
                 {
                     PodState::Lost
                 }

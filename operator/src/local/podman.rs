@@ -20,9 +20,6 @@ pub(super) struct PsEntry {
     /// `created`, `running`, `exited`, ...
     pub(super) state: String,
     pub(super) exit_code: i32,
-    /// The pod it belongs to (empty for a container outside any pod).
-    #[serde(default)]
-    pub(super) pod_name: String,
 }
 
 /// Where a pod's outcome lands on the workspace volume.
@@ -193,10 +190,9 @@ impl Podman {
 
     /// Every container podman knows, by name: one `podman ps` for all pods.
     pub(super) fn containers(&self) -> Result<BTreeMap<String, PsEntry>> {
-        // `--pod`, or podman leaves out the pod names.
-        let json = self.ok(&["ps", "--all", "--pod", "--format", "json"])?;
+        let json = self.ok(&["ps", "--all", "--format", "json"])?;
         let entries: Vec<PsEntry> = serde_json::from_str(&json).map_err(|e| Error::Podman {
-            args: "ps --all --pod --format json".into(),
+            args: "ps --all --format json".into(),
             message: e.to_string(),
         })?;
         Ok(entries
@@ -208,6 +204,15 @@ impl Podman {
                     .map(move |name| (name, e.clone()))
             })
             .collect())
+    }
+
+    /// Whether podman has a pod of this name. (`ps --pod`, which would name each
+    /// container's pod, fails while another build removes a pod.)
+    pub(super) fn pod_exists(&self, pod: &str) -> bool {
+        self.command()
+            .args(["pod", "exists", pod])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// The last lines a container wrote, stdout and stderr.
