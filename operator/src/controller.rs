@@ -1209,6 +1209,115 @@ mod tests {
         assert_eq!(status["observedGeneration"], 2);
     }
 
+    /// One decision of the operator on `pods` (the cluster's copy, as JSON): the build's
+    /// new status, and the pods it created, as the cluster then holds them (pending).
+    fn advance(ctx: &Context, b: &mut ImageBuild, pods: &[serde_json::Value]) -> Vec<Pod> {
+        let stages = ["a", "b", "final"].map(String::from);
+        let observed: Vec<_> = pods
+            .iter()
+            .filter_map(|p| observe_pod(&serde_json::from_value(p.clone()).expect("pod"), &stages))
+            .collect();
+        let decision = core::decide(
+            &Observed {
+                build: b,
+                pods: &observed,
+                claim_exists: true,
+                now: Timestamp::now(),
+            },
+            &ctx.config,
+        );
+        b.status = Some(decision.status);
+        decision
+            .actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::CreatePod(pod) => Some(*pod),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A new operator process (empty memory, its watches just listed) taking over in the
+    /// middle of each phase: it creates no pod, re-runs no stage, and the status it
+    /// writes keeps every stage's pod, attempts and start time and the build's phase.
+    #[tokio::test]
+    async fn an_operator_restarted_in_any_phase_creates_nothing_and_keeps_the_status() {
+        let (first, _) = context();
+        let mut b = build();
+        let done = |pod: &Pod| {
+            let succeeded = PodOutcome {
+                succeeded: true,
+                ..PodOutcome::default()
+            };
+            pod_in(pod, "Succeeded", Some(&succeeded))
+        };
+        // Each phase: the build as the last operator left it, and the cluster's pods.
+        let mut phases: Vec<(Phase, ImageBuild, Vec<serde_json::Value>)> = Vec::new();
+        let source = advance(&first, &mut b, &[]).remove(0);
+        phases.push((
+            Phase::Cloning,
+            b.clone(),
+            vec![pod_in(&source, "Running", None)],
+        ));
+        let source = pod_in(&source, "Succeeded", Some(&planned()));
+        let wave = advance(&first, &mut b, std::slice::from_ref(&source));
+        let (a, b_pod) = (&wave[0], &wave[1]);
+        // Stage b done, stage a still running: the final stage must keep waiting.
+        let cluster = vec![source.clone(), pod_in(a, "Running", None), done(b_pod)];
+        phases.push((Phase::Building, b.clone(), cluster));
+        let finished = vec![source.clone(), done(a), done(b_pod)];
+        let last = advance(&first, &mut b, &finished).remove(0);
+        let mut all = finished.clone();
+        all.push(done(&last));
+        let assemble = advance(&first, &mut b, &all).remove(0);
+        all.push(pod_in(&assemble, "Running", None));
+        phases.push((Phase::Pushing, b.clone(), all));
+
+        let mut patched = Vec::new();
+        for (phase, build, pods) in phases {
+            // As the API server stored it (times in whole seconds).
+            let build: ImageBuild =
+                serde_json::from_value(serde_json::to_value(&build).expect("json")).expect("build");
+            assert_eq!(build.status.as_ref().and_then(|s| s.phase), Some(phase));
+            let (ctx, handle) = context();
+            holding(&ctx, &pods, true);
+            let server = api_server(&ctx, handle, pods, "");
+            let before = build.status.clone().expect("status");
+            reconcile(Arc::new(build), ctx).await.expect("reconcile");
+            let seen = server.await.expect("server");
+            assert_eq!(created_pods(&seen), Vec::<String>::new(), "{phase:?}");
+            let Some(patch) = seen
+                .iter()
+                .find(|r| r.method == "PATCH" && r.uri.contains("/imagebuilds/app/status"))
+            else {
+                continue;
+            };
+            let after: ImageBuildStatus =
+                serde_json::from_value(patch.body["status"].clone()).expect("status");
+            patched.push(phase);
+            assert_eq!(after.phase, Some(phase));
+            assert_eq!(after.start_time, before.start_time, "{phase:?}");
+            assert_eq!(after.stages.len(), before.stages.len(), "{phase:?}");
+            for (was, now) in before.stages.iter().zip(&after.stages) {
+                let kept =
+                    |s: &crate::api::StageStatus| (s.pod.clone(), s.attempts, s.start_time.clone());
+                assert_eq!(kept(now), kept(was), "{phase:?} stage {}", was.name);
+                // A phase may only move on, with what the pods show (b finished).
+                let moved_on = now.phase == was.phase
+                    || (was.phase == StagePhase::Running && now.phase == StagePhase::Succeeded);
+                assert!(
+                    moved_on,
+                    "{phase:?} stage {}: {:?} -> {:?}",
+                    was.name, was.phase, now.phase
+                );
+            }
+        }
+        assert!(
+            patched.contains(&Phase::Building),
+            "stage b's end is written"
+        );
+    }
+
     #[tokio::test]
     async fn a_finished_source_pod_starts_the_first_wave() {
         let (ctx, handle) = context();
