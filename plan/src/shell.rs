@@ -89,7 +89,7 @@ pub enum ExpandError {
     TooLong,
     /// Past [`PATTERN_CELLS`]: pattern length times value length.
     #[error(
-        "a pattern of {pattern} characters over a value of {value} characters is past Stagecoach's limit of {} for one substitution",
+        "a pattern of {pattern} characters over a value of {value} characters is past Stagecoach's limit for one substitution ({} pattern × value characters)",
         PATTERN_CELLS
     )]
     PatternTooLarge { pattern: usize, value: usize },
