@@ -16,6 +16,9 @@ pub const LINE_BYTES: usize = 256 << 10;
 /// One heredoc body.
 pub const HEREDOC_BYTES: usize = 256 << 10;
 
+/// Instructions in one Dockerfile (each is parsed, typed and walked).
+pub const INSTRUCTIONS: usize = 10_000;
+
 /// Stages in one Dockerfile (each is a pod).
 pub const STAGES: usize = 1000;
 

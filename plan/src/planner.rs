@@ -1344,6 +1344,10 @@ mod tests {
                 "Dockerfile:4098: more than 4096 ARG and ENV names in scope",
             ),
             (
+                format!("FROM scratch\n{}", "RUN true\n".repeat(10_000)),
+                "Dockerfile:10001: more than 10000 instructions, Stagecoach's limit",
+            ),
+            (
                 "#".repeat(DOCKERFILE_BYTES + 1),
                 "Dockerfile: the Dockerfile is larger than 1 MiB, Stagecoach's limit",
             ),

@@ -7,7 +7,7 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::limits::{self, HEREDOC_BYTES, LINE_BYTES};
+use crate::limits::{self, HEREDOC_BYTES, INSTRUCTIONS, LINE_BYTES};
 
 /// A parse failure with the 1-based line it happened on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,6 +158,12 @@ pub fn parse(src: &str) -> Result<Dockerfile, SyntaxError> {
             });
         }
 
+        if instructions.len() == INSTRUCTIONS {
+            return Err(SyntaxError {
+                line: start_line,
+                message: format!("more than {INSTRUCTIONS} instructions, Stagecoach's limit"),
+            });
+        }
         let mut node = node_from_line(&logical, escape).map_err(|message| SyntaxError {
             line: start_line,
             message,
