@@ -88,8 +88,9 @@ pub struct LocalResult {
 
 /// Reads an ImageBuild manifest and runs it to the end.
 /// How long a container that exited without an outcome may take to disappear with its
-/// pod before it counts as failed.
-const REMOVAL_GRACE: Duration = Duration::from_secs(3);
+/// pod before it counts as failed: `podman pod rm` gives the other containers of the pod
+/// podman's stop timeout (10 s) before it removes it.
+const REMOVAL_GRACE: Duration = Duration::from_secs(15);
 
 /// How long a failed build waits for its cache pod.
 const CACHE_POD_WAIT: Duration = Duration::from_secs(600);
@@ -277,11 +278,9 @@ impl<'a> Runner<'a> {
                 Some(c) if c.state == "running" => PodState::Running,
                 Some(_) => PodState::Pending,
                 // Gone without this runner taking it down (`podman pod rm`, the podman
-                // counterpart of a drained node): lost, as a deleted pod is to the operator.
-                None if !self.play_errors.contains_key(&name)
-                    && !self.deleted.contains(&name)
-                    && !self.podman.pod_exists(&name) =>
-                {
+                // counterpart of a drained node; the pod itself may linger a while):
+                // lost, as a deleted pod is to the operator.
+                None if !self.play_errors.contains_key(&name) && !self.deleted.contains(&name) => {
                     PodState::Lost
                 }
                 // The main container never came: the init container failed.
