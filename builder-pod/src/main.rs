@@ -260,6 +260,19 @@ struct StageArgs {
     /// How layers are compressed.
     #[arg(long, value_enum, default_value_t = Compression::Gzip)]
     compression: Compression,
+    /// A build secret for `RUN --mount=type=secret,id=ID`: the file holding its value
+    /// (repeatable).
+    #[arg(long = "secret", value_name = "ID=FILE", value_parser = parse_secret)]
+    secrets: Vec<(String, PathBuf)>,
+}
+
+fn parse_secret(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((id, file)) if !id.is_empty() && !file.is_empty() => {
+            Ok((id.to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!("{value:?}: expected ID=FILE")),
+    }
 }
 
 /// Layer compression (`spec.output.compression`).
@@ -379,6 +392,8 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
         tools: args.tools,
         source_date_epoch: args.source_date_epoch,
         compression: args.compression.into(),
+        // The first file given for an id wins, as the operator mounts the first entry.
+        secrets: args.secrets.into_iter().rev().collect(),
     };
     let report = stage::run_pod(&opts);
     write_json(&opts.workspace.report(&opts.pod_name()), &report)?;

@@ -28,6 +28,7 @@ fn outcome_for(role: &Role) -> PodOutcome {
         image: Some("busybox@sha256:1".into()),
         waits_for: waits.iter().map(|s| s.to_string()).collect(),
         cache: None,
+        secrets: Vec::new(),
     };
     match role {
         Role::Source => PodOutcome {

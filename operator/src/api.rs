@@ -54,6 +54,12 @@ pub struct ImageBuildSpec {
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub build_args: Vec<BuildArg>,
+    /// Build secrets for `RUN --mount=type=secret,id=<id>`, each mounted only into the
+    /// pods of the stages whose RUN steps mount it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.id == s.id))").message("each secret id at most once"))]
+    pub secrets: Vec<BuildSecret>,
     pub output: Output,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceSpec>,
@@ -144,6 +150,25 @@ pub struct BuildArg {
     pub name: String,
     #[serde(default)]
     pub value: String,
+}
+
+/// A build secret: the id RUN steps mount, and the key of a Secret that holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSecret {
+    /// BuildKit's id (`--mount=type=secret,id=npmrc`; without an id, the target's file name).
+    #[schemars(length(max = 253), regex(pattern = r"^[A-Za-z0-9._-]{1,253}$"))]
+    pub id: String,
+    pub secret_ref: SecretKeyRef,
+}
+
+/// One key of a Secret in the build's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub key: String,
 }
 
 /// Where the image goes.
@@ -292,6 +317,9 @@ pub struct StageStatus {
     /// Pods (by stage name) that must succeed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waits_for: Vec<String>,
+    /// Ids of the build secrets its RUN steps mount (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// How many times the pod was started again after it was lost.
     #[serde(default)]
     pub attempts: i32,

@@ -976,6 +976,7 @@ mod tests {
             image: Some("registry.example/busybox@sha256:1".into()),
             waits_for: waits.iter().map(|s| s.to_string()).collect(),
             cache: None,
+            secrets: Vec::new(),
         };
         PodOutcome {
             succeeded: true,

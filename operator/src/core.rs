@@ -693,6 +693,7 @@ impl<'a> Step<'a, '_> {
                     runs: p.stages.clone(),
                     image: p.image.clone(),
                     waits_for: p.waits_for.clone(),
+                    secrets: p.secrets.clone(),
                     attempts: 0,
                     pod: None,
                     node: None,
@@ -756,6 +757,7 @@ impl<'a> Step<'a, '_> {
                 image: stage.image.clone(),
                 waits_for: stage.waits_for.clone(),
                 cache: None,
+                secrets: stage.secrets.clone(),
             };
             let ready = stage.waits_for.iter().all(|w| {
                 self.status
@@ -1376,6 +1378,7 @@ spec:
             stages: vec![id.into()],
             image: Some("busybox@sha256:1".into()),
             waits_for: waits.iter().map(|s| s.to_string()).collect(),
+            secrets: Vec::new(),
             cache: None,
         };
         Some(PodOutcome {

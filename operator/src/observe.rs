@@ -858,6 +858,7 @@ mod tests {
             image: Some("busybox@sha256:1".into()),
             waits_for: Vec::new(),
             cache: None,
+            secrets: Vec::new(),
         };
         for (role, pod) in [
             (Role::Source, render::render_source_pod(&build, &config, 0)),

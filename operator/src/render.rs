@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Affinity, Capabilities, Container, EnvVar, KeyToPath, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
     SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
     VolumeResourceRequirements,
@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use stagecoach_plan::contract::PodSummary;
 use stagecoach_plan::layout;
 
-use crate::api::{CacheMode, ImageBuild};
+use crate::api::{BuildSecret, CacheMode, ImageBuild};
 
 /// The uid source and assemble pods run as (the builder image's non-root user).
 pub const BUILDER_UID: i64 = 65532;
@@ -28,6 +28,9 @@ pub const TOOLS: &str = "/stagecoach";
 pub const GIT_SECRET: &str = "/var/run/secrets/stagecoach/git";
 pub const PULL_SECRETS: &str = "/var/run/secrets/stagecoach/pull";
 pub const PUSH_SECRET: &str = "/var/run/secrets/stagecoach/push";
+/// Build secrets in the stage pods that mount them: `<n>/value`, n the entry of
+/// `spec.secrets`.
+pub const BUILD_SECRETS: &str = "/var/run/secrets/stagecoach/build";
 
 /// Label keys on everything the operator creates.
 pub const LABEL_BUILD: &str = "stagecoach.dev/build";
@@ -535,8 +538,9 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
 }
 
 /// A stage pod: the builder installed by an init container, then run as root on the
-/// stage's base image (the builder image for a chain that starts at `scratch`). No
-/// secret is mounted: base images come through imagePullSecrets, RUN sees nothing.
+/// stage's base image (the builder image for a chain that starts at `scratch`). Base
+/// images come through imagePullSecrets; the only Secrets mounted are the build
+/// secrets its stages' RUN steps mount, one key each.
 pub fn render_stage_pod(
     build: &ImageBuild,
     config: &OperatorConfig,
@@ -571,6 +575,28 @@ pub fn render_stage_pod(
             config.builder_image.clone()
         }
     };
+    let mut volumes = vec![workspace_volume(build), empty_dir(tools)];
+    let mut secret_mounts = Vec::new();
+    for (n, secret) in build_secrets(build, stage) {
+        let name = format!("secret-{n}");
+        let dir = format!("{BUILD_SECRETS}/{n}");
+        args.extend(["--secret".into(), format!("{}={dir}/value", secret.id)]);
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.secret_ref.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: secret.secret_ref.key.clone(),
+                    path: "value".into(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        secret_mounts.push(mount(&name, &dir, true));
+    }
     let mut c = container("stage", &image, args);
     c.command = Some(vec![format!("{TOOLS}/stagecoach-builder")]);
     let mut mounts = vec![mount("workspace", WORKSPACE, true)];
@@ -581,6 +607,7 @@ pub fn render_stage_pod(
         ..VolumeMount::default()
     }));
     mounts.push(mount(tools, TOOLS, true));
+    mounts.extend(secret_mounts);
     c.volume_mounts = Some(mounts);
     c.security_context = Some(stage_security());
     c.resources = resources_for(build, Some(&stage.id));
@@ -591,18 +618,21 @@ pub fn render_stage_pod(
             value_from: None,
         }]
     });
-    pod(
-        build,
-        &role,
-        attempt,
-        vec![c],
-        vec![install],
-        vec![workspace_volume(build), empty_dir(tools)],
-    )
+    pod(build, &role, attempt, vec![c], vec![install], volumes)
 }
 
-/// The registry part of an image reference (`host[:port]`), Docker Hub's for a
-/// reference without one.
+/// The entries of `spec.secrets` (with their position) that a stage pod mounts: those
+/// its stages' RUN steps name, the first entry of an id only.
+fn build_secrets<'a>(
+    build: &'a ImageBuild,
+    stage: &'a PodSummary,
+) -> impl Iterator<Item = (usize, &'a BuildSecret)> {
+    let secrets = &build.spec.secrets;
+    secrets.iter().enumerate().filter(move |(n, s)| {
+        stage.secrets.contains(&s.id) && !secrets[..*n].iter().any(|t| t.id == s.id)
+    })
+}
+
 /// The stage cache of a build: its repository and mode; none when disabled.
 pub fn cache_settings(build: &ImageBuild, config: &OperatorConfig) -> Option<(String, CacheMode)> {
     let spec = build.spec.cache.clone().unwrap_or_default();
@@ -651,6 +681,8 @@ fn repository_of(image: &str) -> &str {
     }
 }
 
+/// The registry part of an image reference (`host[:port]`), Docker Hub's for a
+/// reference without one.
 fn registry_host(image: &str) -> String {
     match image.split_once('/') {
         Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.into(),
@@ -818,6 +850,7 @@ spec:
             image: Some("docker.io/library/busybox@sha256:aaaa".into()),
             waits_for: vec![],
             cache: None,
+            secrets: vec![],
         }
     }
 
@@ -862,6 +895,69 @@ spec:
         assert!(!args(&render_source_pod(&b, &config(), 0)).contains(&"--compression".into()));
     }
 
+    /// A build secret reaches the pods of the stages that mount it, one key under an
+    /// index (no id in a path), read by root only; other pods get nothing.
+    #[test]
+    fn build_secrets_go_only_to_the_stage_pods_that_mount_them() {
+        let mut b = build(FULL);
+        b.spec.secrets = serde_json::from_value(serde_json::json!([
+            {"id": "npm", "secretRef": {"name": "npm-token", "key": "token"}},
+            {"id": "netrc", "secretRef": {"name": "netrc", "key": ".netrc"}},
+            {"id": "npm", "secretRef": {"name": "shadowed", "key": "token"}},
+        ]))
+        .expect("secrets");
+        let mut mounting = stage_named("deps");
+        mounting.secrets = vec!["netrc".into(), "npm".into(), "absent".into()];
+        let pod = render_stage_pod(&b, &config(), &mounting, Some(1), 0);
+        assert_eq!(secret_names(&pod), ["npm-token", "netrc"]);
+        let spec = pod.spec.as_ref().expect("spec");
+        let volume = spec.volumes.iter().flatten().find(|v| v.name == "secret-1");
+        let secret = volume.and_then(|v| v.secret.as_ref()).expect("secret-1");
+        assert_eq!(secret.default_mode, Some(0o400));
+        let items = secret.items.as_ref().expect("items");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            (".netrc", "value")
+        );
+        let c = &spec.containers[0];
+        let args = c.args.clone().expect("args");
+        let given: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--secret")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            given,
+            [
+                "npm=/var/run/secrets/stagecoach/build/0/value",
+                "netrc=/var/run/secrets/stagecoach/build/1/value"
+            ]
+        );
+        let mounts = c.volume_mounts.as_ref().expect("mounts");
+        let secret_mount = mounts.iter().find(|m| m.name == "secret-0").expect("mount");
+        assert_eq!(
+            secret_mount.mount_path,
+            "/var/run/secrets/stagecoach/build/0"
+        );
+        assert_eq!(secret_mount.read_only, Some(true));
+
+        let other = render_stage_pod(&b, &config(), &stage(), Some(1), 0);
+        assert!(secret_names(&other).is_empty());
+        for p in [
+            render_source_pod(&b, &config(), 0),
+            render_assemble_pod(&b, &config(), Some("abc"), Some(1), 0),
+            render_cache_pod(&b, &config(), Some("abc"), Some(1)),
+        ] {
+            let names = secret_names(&p);
+            assert!(
+                !names
+                    .iter()
+                    .any(|n| ["npm-token", "netrc", "shadowed"].contains(&n.as_str())),
+                "{names:?}"
+            );
+        }
+    }
+
     #[test]
     fn secrets_go_only_where_the_rules_allow() {
         let b = build(FULL);
@@ -871,7 +967,7 @@ spec:
         assert_eq!(secret_names(&source), ["git-creds", "pull-creds"]);
         assert!(
             secret_names(&stage).is_empty(),
-            "stage pods never get secrets"
+            "a stage pod that mounts no build secret gets no Secret"
         );
         assert_eq!(secret_names(&assemble), ["push-creds"]);
         let stage_spec = stage.spec.as_ref().expect("spec");

@@ -148,6 +148,9 @@ pub struct Stage {
     /// the build's cache is disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<StageCache>,
+    /// Ids of the build secrets its RUN steps mount, sorted; the values are never here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// A stage's place in the stage cache.
@@ -395,6 +398,9 @@ pub struct PodSummary {
     /// The stage cache's view of the pod's stage: a hit needs no pod at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<StageCache>,
+    /// Ids of the build secrets the pod's stages mount: its Secrets, and no others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl Plan {
@@ -462,6 +468,7 @@ impl Plan {
                     image: self.root_image(id),
                     waits_for,
                     cache: stage.cache.clone(),
+                    secrets: stage.secrets.clone(),
                 })
             })
             .collect();

@@ -88,6 +88,8 @@ struct Draft {
     scope: Scope,
     /// Images this stage reads whose names look like a stage's: (line, what to say).
     looks_like_stage: Vec<(usize, String)>,
+    /// The build secrets its RUN steps mount (`--mount=type=secret`), by id.
+    secrets: BTreeSet<String>,
 }
 
 /// One stage reading another: the whole filesystem (`FROM`) or some paths (`--from`).
@@ -371,6 +373,7 @@ impl Planner<'_> {
                 .map(|text| (line, text))
                 .into_iter()
                 .collect(),
+            secrets: BTreeSet::new(),
         })
     }
 
@@ -544,6 +547,7 @@ fn contract_stages(
             needs_filesystem: takes.filesystem.contains(&i),
             execution,
             cache: None,
+            secrets: draft.secrets.into_iter().collect(),
         });
     }
     stages.extend(images.into_iter().enumerate().map(image_stage));
@@ -629,6 +633,7 @@ fn image_stage((n, image): (usize, ImageSource)) -> Stage {
         needs_filesystem: false,
         execution: Execution::Pod { runs: Vec::new() },
         cache: None,
+        secrets: Vec::new(),
     }
 }
 
@@ -752,13 +757,27 @@ fn walk_instruction(
         }
         Kind::Run(run) => {
             for mount in &run.mounts {
-                let expanded = draft
+                let expansion = draft
                     .scope
                     .expand(lexer, mount)
-                    .map_err(|e| e.to_string())?
-                    .value;
-                budget.spend(expanded.len())?;
-                let spec = MountSpec::parse(&expanded)?;
+                    .map_err(|e| e.to_string())?;
+                budget.spend(expansion.value.len())?;
+                let spec = MountSpec::parse(&expansion.value)?;
+                if let Some(id) = spec.secret {
+                    // The operator mounts a Secret only into the pods that use it, so
+                    // which one a RUN takes must be known before any pod runs.
+                    if !draft.is_certain(&expansion) {
+                        return Err(format!(
+                            "--mount=type=secret: the secret id in {mount:?} must not depend on the base image's environment"
+                        ));
+                    }
+                    if id.is_empty() {
+                        return Err(format!(
+                            "--mount=type=secret: id or target is required in {mount:?}"
+                        ));
+                    }
+                    draft.secrets.insert(id);
+                }
                 if let Some(from) = spec.from {
                     let source = absolute(spec.source.as_deref().unwrap_or("/"));
                     read_from(
@@ -1018,6 +1037,8 @@ fn target_hint(wanted: &str, names: &[Option<String>]) -> String {
 struct MountSpec {
     from: Option<String>,
     source: Option<String>,
+    /// For `type=secret`: the id (BuildKit's default: the target's file name).
+    secret: Option<String>,
 }
 
 impl MountSpec {
@@ -1025,15 +1046,17 @@ impl MountSpec {
     fn parse(value: &str) -> Result<Self, String> {
         let mut spec = MountSpec::default();
         let mut kind = "bind".to_string();
+        let (mut id, mut target) = (None, None);
         for field in value.split(',').filter(|f| !f.is_empty()) {
             let (key, val) = field.split_once('=').unwrap_or((field, ""));
             match key.to_ascii_lowercase().as_str() {
                 "type" => kind = val.to_ascii_lowercase(),
                 "from" => spec.from = Some(val.to_string()),
                 "source" | "src" => spec.source = Some(val.to_string()),
-                "target" | "dst" | "destination" | "id" | "ro" | "readonly" | "rw"
-                | "readwrite" | "sharing" | "mode" | "uid" | "gid" | "required" | "env"
-                | "size" | "bind-propagation" => {}
+                "id" => id = Some(val.to_string()),
+                "target" | "dst" | "destination" => target = Some(val.to_string()),
+                "ro" | "readonly" | "rw" | "readwrite" | "sharing" | "mode" | "uid" | "gid"
+                | "required" | "env" | "size" | "bind-propagation" => {}
                 other => return Err(format!("--mount: unexpected key {other:?} in {value:?}")),
             }
         }
@@ -1042,6 +1065,19 @@ impl MountSpec {
         }
         if spec.from.is_some() && !matches!(kind.as_str(), "bind" | "cache") {
             return Err(format!("--mount: from= is not allowed for type={kind}"));
+        }
+        if kind == "secret" {
+            let from_target = target.as_deref().map(|t| {
+                let t = t.trim_end_matches('/');
+                t.rsplit('/').next().unwrap_or(t).to_string()
+            });
+            // Empty when neither gives one: refused by the caller once it knows the
+            // value is final.
+            spec.secret = Some(
+                id.filter(|i| !i.is_empty())
+                    .or(from_target)
+                    .unwrap_or_default(),
+            );
         }
         Ok(spec)
     }
@@ -1103,8 +1139,12 @@ fn fuse_chains(stages: &mut [Stage]) {
             continue;
         };
         let copied_from = !stages[p].exports.is_empty();
+        // A pod gets the Secrets of every stage it runs: fusing stages that mount
+        // different ones would show each to the other's RUN steps.
+        let same_secrets = stages[p].secrets == stages[i].secrets;
         if users(&parent, stages) == 1
             && !copied_from
+            && same_secrets
             && matches!(stages[p].execution, Execution::Pod { .. })
         {
             stages[p].execution = Execution::Fused { pod };
@@ -1204,6 +1244,57 @@ mod tests {
 
     fn stage<'a>(plan: &'a Plan, id: &str) -> &'a Stage {
         plan.stage(id).unwrap_or_else(|| panic!("no stage {id}"))
+    }
+
+    #[test]
+    fn secret_mounts_are_recorded_by_id_and_keep_stages_apart() {
+        let p = plan(
+            "FROM a AS deps\nARG TOKEN_ID=npm\nRUN --mount=type=secret,id=$TOKEN_ID true\n\
+             RUN --mount=type=secret,target=/root/.netrc true\n\
+             FROM deps AS build\nRUN make\n\
+             FROM b\nRUN --mount=type=secret,id=npm,env=NPM_TOKEN true\n\
+             COPY --from=build /out /out\n",
+            &PlanOptions::default(),
+        )
+        .expect("plan");
+        assert_eq!(stage(&p, "deps").secrets, [".netrc", "npm"]);
+        assert!(stage(&p, "build").secrets.is_empty());
+        assert_eq!(stage(&p, "stage-2").secrets, ["npm"]);
+        // `deps` mounts secrets that `build` does not: each keeps its own pod.
+        assert!(matches!(stage(&p, "deps").execution, Execution::Pod { .. }));
+        let summary = p.summary(None, None);
+        let pod = |id: &str| summary.pods.iter().find(|pod| pod.id == id).expect(id);
+        assert_eq!(pod("deps").secrets, [".netrc", "npm"]);
+        assert!(pod("build").secrets.is_empty());
+
+        let same = plan(
+            "FROM a AS deps\nRUN --mount=type=secret,id=npm true\n\
+             FROM deps\nRUN --mount=type=secret,id=npm true\n",
+            &PlanOptions::default(),
+        )
+        .expect("plan");
+        assert!(matches!(
+            stage(&same, "deps").execution,
+            Execution::Fused { .. }
+        ));
+
+        for (src, want) in [
+            (
+                "FROM a\nRUN --mount=type=secret,id=$FROM_BASE true\n",
+                "Dockerfile:2: --mount=type=secret: the secret id in \"type=secret,id=$FROM_BASE\" must not depend on the base image's environment",
+            ),
+            (
+                "FROM a\nRUN --mount=type=secret true\n",
+                "Dockerfile:2: --mount=type=secret: id or target is required",
+            ),
+            (
+                "FROM a\nRUN --mount=type=secret,from=x,id=y true\n",
+                "Dockerfile:2: --mount: from= is not allowed for type=secret",
+            ),
+        ] {
+            let got = error_of(src);
+            assert!(got.starts_with(want), "{src:?}\n got: {got}\nwant: {want}");
+        }
     }
 
     #[test]

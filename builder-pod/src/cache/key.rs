@@ -199,8 +199,8 @@ impl<'a> Keyer<'a> {
                 for mount in &r.mounts {
                     let spec = mounts::Spec::parse(&expand(mount)?, &sc.config.working_dir())
                         .map_err(|e| crate::error::chain(&e))?;
-                    if let Some((None, source)) = &spec.bind {
-                        let source = source.as_str();
+                    // A secret's id is in the instruction's text, its value never in a key.
+                    if let mounts::Kind::Bind { from: None, source } = &spec.kind {
                         self.context_paths(source, false, parts)?;
                     }
                 }

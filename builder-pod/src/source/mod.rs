@@ -669,6 +669,7 @@ mod tests {
                             .into_iter()
                             .collect(),
                         cache: None,
+                        secrets: Vec::new(),
                     })
                     .collect(),
             }),

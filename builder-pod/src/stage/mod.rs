@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod mounts;
 pub mod run;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -91,6 +92,8 @@ pub struct StageOptions {
     /// Clamp for layer and history times (`SOURCE_DATE_EPOCH`, the commit time).
     pub source_date_epoch: Option<i64>,
     pub compression: layer::Compression,
+    /// The build secrets the pod was given: id → the file holding the value.
+    pub secrets: BTreeMap<String, PathBuf>,
 }
 
 impl StageOptions {
@@ -307,7 +310,7 @@ impl<'a> StagePod<'a> {
         if !env.iter().any(|(k, _)| k == "HOME") {
             env.push(("HOME".into(), users::home(&self.tree, ids.uid)?));
         }
-        let mounts = self.mount(step, r, sc)?;
+        let mounts = self.mount(step, r, sc, &mut env)?;
         // Heredoc scripts go to the pod's scratch space on the workspace: never
         // snapshotted, and the tools directory stays read-only.
         let scripts = self.scratch().join("scripts");
@@ -329,25 +332,61 @@ impl<'a> StagePod<'a> {
     }
 
     /// `RUN --mount`: pods cannot mount, so mounts are emulated in the filesystem (see
-    /// [`mounts`]); bind sources come from the context or another stage's export.
-    fn mount(&mut self, step: &Step<'_>, r: &Run, sc: &StageConfig) -> exec::Result<Vec<Mounted>> {
+    /// [`mounts`]); bind sources come from the context or another stage's export. A
+    /// secret mounted with `env=` sets its variable in `env`.
+    fn mount(
+        &mut self,
+        step: &Step<'_>,
+        r: &Run,
+        sc: &StageConfig,
+        env: &mut Vec<(String, String)>,
+    ) -> exec::Result<Vec<Mounted>> {
+        let mount_err = |e| exec::Error::pod(Error::Mount(e));
         let mut mounted = Vec::new();
         for raw in &r.mounts {
             let value = sc.expand("RUN", raw)?;
-            let spec = mounts::Spec::parse(&value, &sc.config.working_dir())
-                .map_err(|e| exec::Error::pod(Error::Mount(e)))?;
-            let content = match &spec.bind {
-                None => None,
-                Some((from, source)) => {
+            let spec = mounts::Spec::parse(&value, &sc.config.working_dir()).map_err(mount_err)?;
+            let content = match &spec.kind {
+                mounts::Kind::Empty => None,
+                mounts::Kind::Bind { from, source } => {
                     let root = match from {
                         None => self.opts.context.clone(),
                         Some(from) => self.export_dir(step, from)?,
                     };
                     Some(rootfs::resolve(&root, source, true).map_err(filetree::Error::from)?)
                 }
+                mounts::Kind::Secret(secret) => {
+                    // An absent secret that is not required mounts nothing (BuildKit).
+                    let Some(file) = self.opts.secrets.get(&secret.id) else {
+                        if secret.required {
+                            return Err(mount_err(mounts::Error::SecretMissing(secret.id.clone())));
+                        }
+                        continue;
+                    };
+                    let value = mounts::read_secret(&secret.id, file).map_err(mount_err)?;
+                    if let Some(name) = &secret.env {
+                        let text = String::from_utf8(value.clone()).map_err(|_| {
+                            mount_err(mounts::Error::Invalid {
+                                mount: format!("type=secret,id={},env={name}", secret.id),
+                                message: "the value is not UTF-8 text".into(),
+                            })
+                        })?;
+                        env.retain(|(k, _)| k != name);
+                        env.push((name.clone(), text));
+                    }
+                    if let Some(target) = &spec.target {
+                        let m = Mounted::create_secret(&self.opts.root, target, &value, secret)
+                            .map_err(mount_err)?;
+                        mounted.push(m);
+                    }
+                    continue;
+                }
             };
-            let m = Mounted::create(&self.opts.root, &spec.target, content.as_deref())
-                .map_err(|e| exec::Error::pod(Error::Mount(e)))?;
+            let Some(target) = &spec.target else {
+                continue;
+            };
+            let m =
+                Mounted::create(&self.opts.root, target, content.as_deref()).map_err(mount_err)?;
             mounted.push(m);
         }
         Ok(mounted)

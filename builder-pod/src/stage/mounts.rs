@@ -1,9 +1,11 @@
 //! `RUN --mount`, emulated in the filesystem: pods cannot mount. The target gets the
-//! content (bind) or an empty directory (cache, tmpfs) for the run and is put back as it
-//! was afterwards, so none of it reaches the layer. Secrets and SSH agents are refused:
-//! RUN steps never see credentials here.
+//! content (bind), an empty directory (cache, tmpfs) or a build secret's file for the
+//! run and is put back as it was afterwards, so none of it reaches the layer. SSH
+//! agents are refused.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::exec::copy::{self, CopyFlags, Source};
@@ -12,12 +14,27 @@ use crate::fs::snapshot::Snapshot;
 use crate::fs::tree::DiskTree;
 use crate::image_config;
 
+/// The largest build secret a RUN mounts: a Kubernetes Secret holds at most 1 MiB.
+pub const SECRET_BYTES: u64 = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("--mount={0}: target is required")]
     NoTarget(String),
-    #[error("--mount=type={0} is not supported: RUN steps get no secrets or agents in Stagecoach")]
+    #[error("--mount=type={0} is not supported")]
     Unsupported(String),
+    #[error("--mount={mount}: {message}")]
+    Invalid { mount: String, message: String },
+    #[error(
+        "secret {0:?} is required but the build gives none (add it to spec.secrets, or --secret for a local build)"
+    )]
+    SecretMissing(String),
+    #[error("cannot read secret {id:?}")]
+    SecretRead {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--mount target {target}")]
     Target {
         target: String,
@@ -31,10 +48,33 @@ pub enum Error {
 /// One `--mount` as the RUN needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
-    /// Absolute in the stage's root.
-    pub target: String,
-    /// For a bind mount: the stage it reads from (the context when none) and the path.
-    pub bind: Option<(Option<String>, String)>,
+    /// Absolute in the stage's root; none for a secret given only as `env=`.
+    pub target: Option<String>,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// The stage it reads from (the context when none) and the path.
+    Bind {
+        from: Option<String>,
+        source: String,
+    },
+    /// An empty directory (cache, tmpfs).
+    Empty,
+    Secret(SecretMount),
+}
+
+/// `type=secret` with BuildKit's defaults: file mode 0400, owned by root, optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMount {
+    pub id: String,
+    /// The variable that also (or only) holds the value (`env=`).
+    pub env: Option<String>,
+    pub required: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Spec {
@@ -48,22 +88,92 @@ impl Spec {
                 None => (f.to_ascii_lowercase(), "true".into()),
             })
             .collect();
+        let invalid = |message: String| Error::Invalid {
+            mount: value.to_string(),
+            message,
+        };
         let target = ["target", "dst", "destination"]
             .iter()
             .find_map(|k| fields.get(*k))
-            .ok_or_else(|| Error::NoTarget(value.to_string()))?;
-        let target = image_config::join_workdir(workdir, target);
-        let bind = match fields.get("type").map_or("bind", String::as_str) {
-            "cache" | "tmpfs" => None,
+            .filter(|t| !t.is_empty())
+            .map(|t| image_config::join_workdir(workdir, t));
+        let kind = match fields.get("type").map_or("bind", String::as_str) {
+            "cache" | "tmpfs" => Kind::Empty,
             "bind" => {
                 let source = fields.get("source").or_else(|| fields.get("src"));
-                let source = source.map_or("/", String::as_str).to_string();
-                Some((fields.get("from").cloned(), source))
+                Kind::Bind {
+                    from: fields.get("from").cloned(),
+                    source: source.map_or("/", String::as_str).to_string(),
+                }
+            }
+            "secret" => {
+                let number = |key: &str, radix: u32, default: u32| match fields.get(key) {
+                    None => Ok(default),
+                    Some(v) => u32::from_str_radix(v, radix)
+                        .map_err(|_| invalid(format!("{key}={v} is not a number"))),
+                };
+                let required = match fields.get("required").map(String::as_str) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => return Err(invalid(format!("required={other}: true or false"))),
+                };
+                let file_name = target.as_deref().and_then(|t| {
+                    Path::new(t)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                });
+                let id = fields.get("id").filter(|i| !i.is_empty()).cloned();
+                let Some(id) = id.or(file_name) else {
+                    return Err(invalid("id or target is required".into()));
+                };
+                Kind::Secret(SecretMount {
+                    env: fields.get("env").filter(|e| !e.is_empty()).cloned(),
+                    required,
+                    mode: number("mode", 8, 0o400)?,
+                    uid: number("uid", 10, 0)?,
+                    gid: number("gid", 10, 0)?,
+                    id,
+                })
             }
             other => return Err(Error::Unsupported(other.to_string())),
         };
-        Ok(Spec { target, bind })
+        let target = match (&kind, target) {
+            (_, Some(target)) => Some(target),
+            // Only the variable, when that is all it asks for.
+            (Kind::Secret(s), None) if s.env.is_some() => None,
+            (Kind::Secret(s), None) => Some(format!("/run/secrets/{}", s.id)),
+            (_, None) => return Err(Error::NoTarget(value.to_string())),
+        };
+        Ok(Spec { target, kind })
     }
+}
+
+/// A build secret's value, read from the file the pod was given for its id (bounded).
+pub fn read_secret(id: &str, file: &Path) -> Result<Vec<u8>, Error> {
+    let failed = |source| Error::SecretRead {
+        id: id.to_string(),
+        source,
+    };
+    let mut value = Vec::new();
+    std::fs::File::open(file)
+        .map_err(failed)?
+        .take(SECRET_BYTES + 1)
+        .read_to_end(&mut value)
+        .map_err(failed)?;
+    if value.len() as u64 > SECRET_BYTES {
+        return Err(failed(std::io::Error::other(format!(
+            "more than {SECRET_BYTES} bytes"
+        ))));
+    }
+    Ok(value)
+}
+
+/// What a mount puts at its target.
+enum Content<'a> {
+    /// A directory's contents, or a file.
+    Path(&'a Path),
+    EmptyDir,
+    Secret(&'a [u8], &'a SecretMount),
 }
 
 /// A RUN mount emulated in the filesystem, undone after the command.
@@ -78,6 +188,27 @@ impl Mounted {
     /// Puts `content` (a directory's contents, or a file; an empty directory when none)
     /// at `target` in `root`, moving what was there aside.
     pub fn create(root: &Path, target: &str, content: Option<&Path>) -> Result<Mounted, Error> {
+        Self::create_with(
+            root,
+            target,
+            match content {
+                Some(path) => Content::Path(path),
+                None => Content::EmptyDir,
+            },
+        )
+    }
+
+    /// Puts a secret's value at `target` in `root` as a file of its mode and owner.
+    pub fn create_secret(
+        root: &Path,
+        target: &str,
+        value: &[u8],
+        s: &SecretMount,
+    ) -> Result<Mounted, Error> {
+        Self::create_with(root, target, Content::Secret(value, s))
+    }
+
+    fn create_with(root: &Path, target: &str, content: Content<'_>) -> Result<Mounted, Error> {
         let failed = |source| Error::Target {
             target: target.to_string(),
             source,
@@ -100,7 +231,7 @@ impl Mounted {
         };
         let mounted = Mounted { target: at, hidden };
         match content {
-            Some(src) if src.is_dir() => {
+            Content::Path(src) if src.is_dir() => {
                 let from =
                     FileTree::from_dir(src).map_err(|e| content_err(copy::Error::Tree(e)))?;
                 let source = Source {
@@ -115,7 +246,7 @@ impl Mounted {
                 copy::copy(&mut tree, source, &["/".into()], &dest, &flags, 0, None)
                     .map_err(content_err)?;
             }
-            Some(src) => {
+            Content::Path(src) => {
                 std::fs::copy(src, &mounted.target).map_err(|e| {
                     content_err(copy::Error::Tree(filetree::Error::Io {
                         path: src.to_path_buf(),
@@ -123,7 +254,20 @@ impl Mounted {
                     }))
                 })?;
             }
-            None => std::fs::create_dir(&mounted.target).map_err(failed)?,
+            Content::EmptyDir => std::fs::create_dir(&mounted.target).map_err(failed)?,
+            Content::Secret(value, s) => {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(s.mode)
+                    .open(&mounted.target)
+                    .map_err(failed)?;
+                file.write_all(value).map_err(failed)?;
+                // The mode exactly, whatever the umask took away.
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(s.mode))
+                    .map_err(failed)?;
+                std::os::unix::fs::fchown(&file, Some(s.uid), Some(s.gid)).map_err(failed)?;
+            }
         }
         Ok(mounted)
     }
@@ -161,17 +305,101 @@ mod tests {
     #[test]
     fn mount_specs() {
         let cache = Spec::parse("type=cache,target=/root/.cache", "/").expect("cache");
-        assert_eq!((cache.target.as_str(), cache.bind), ("/root/.cache", None));
+        assert_eq!(cache.target.as_deref(), Some("/root/.cache"));
+        assert_eq!(cache.kind, Kind::Empty);
         let bind = Spec::parse("from=build,source=/out,target=out", "/app").expect("bind");
-        assert_eq!(bind.target, "/app/out");
-        assert_eq!(bind.bind, Some((Some("build".into()), "/out".into())));
+        assert_eq!(bind.target.as_deref(), Some("/app/out"));
+        assert_eq!(
+            bind.kind,
+            Kind::Bind {
+                from: Some("build".into()),
+                source: "/out".into()
+            }
+        );
         assert!(matches!(
-            Spec::parse("type=secret,id=x,target=/s", "/"),
+            Spec::parse("type=ssh", "/"),
             Err(Error::Unsupported(_))
         ));
         assert!(matches!(
             Spec::parse("type=cache", "/"),
             Err(Error::NoTarget(_))
+        ));
+    }
+
+    /// BuildKit's defaults: `/run/secrets/<id>`, the id from the target's name, 0400
+    /// root-owned, optional; `env=` alone gives no file.
+    #[test]
+    fn secret_specs_take_buildkits_defaults() {
+        let secret = |value: &str| match Spec::parse(value, "/app") {
+            Ok(Spec {
+                target,
+                kind: Kind::Secret(s),
+            }) => (target, s),
+            other => panic!("{value}: {other:?}"),
+        };
+        let (target, s) = secret("type=secret,id=npm");
+        assert_eq!(target.as_deref(), Some("/run/secrets/npm"));
+        assert_eq!(
+            s,
+            SecretMount {
+                id: "npm".into(),
+                env: None,
+                required: false,
+                mode: 0o400,
+                uid: 0,
+                gid: 0
+            }
+        );
+        let (target, s) = secret("type=secret,target=.netrc,mode=0440,uid=1000,gid=100,required");
+        assert_eq!(target.as_deref(), Some("/app/.netrc"));
+        assert_eq!(
+            (s.id.as_str(), s.mode, s.uid, s.gid, s.required),
+            (".netrc", 0o440, 1000, 100, true)
+        );
+        let (target, s) = secret("type=secret,id=tok,env=TOKEN");
+        assert_eq!((target, s.env.as_deref()), (None, Some("TOKEN")));
+        let (target, _) = secret("type=secret,id=tok,env=TOKEN,target=/t");
+        assert_eq!(target.as_deref(), Some("/t"));
+        for bad in [
+            "type=secret",
+            "type=secret,id=x,mode=rw",
+            "type=secret,id=x,required=maybe",
+        ] {
+            assert!(
+                matches!(Spec::parse(bad, "/"), Err(Error::Invalid { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_file_has_its_mode_and_owner_and_goes_away() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().expect("root");
+        std::fs::create_dir_all(root.path().join("run/secrets")).expect("dir");
+        std::fs::write(root.path().join("run/secrets/tok"), "before").expect("before");
+        let s = SecretMount {
+            id: "tok".into(),
+            env: None,
+            required: false,
+            mode: 0o440,
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        };
+        let m =
+            Mounted::create_secret(root.path(), "/run/secrets/tok", b"s3cr3t", &s).expect("mount");
+        let path = root.path().join("run/secrets/tok");
+        let meta = std::fs::metadata(&path).expect("meta");
+        assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o440, s.uid));
+        assert_eq!(std::fs::read(&path).expect("read"), b"s3cr3t");
+        m.undo().expect("undo");
+        assert_eq!(std::fs::read_to_string(&path).expect("back"), "before");
+
+        let file = root.path().join("value");
+        std::fs::write(&file, vec![b'x'; SECRET_BYTES as usize + 1]).expect("big");
+        assert!(matches!(
+            read_secret("tok", &file),
+            Err(Error::SecretRead { .. })
         ));
     }
 }
