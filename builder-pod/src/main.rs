@@ -41,11 +41,24 @@ enum Command {
     Assemble(AssembleArgs),
     /// Prints the manifest digest of each image reference for a platform.
     Resolve(ResolveArgs),
+    /// Serves ssh keys to a stage pod's `RUN --mount=type=ssh` (a container of its own,
+    /// the only one that sees the keys).
+    SshAgent(SshAgentArgs),
     /// Looks after a stage cache repository.
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct SshAgentArgs {
+    /// An id and its OpenSSH private key file (repeatable, in socket order).
+    #[arg(long = "key", value_name = "ID=FILE", value_parser = parse_secret)]
+    keys: Vec<(String, PathBuf)>,
+    /// The directory shared with the stage container: the sockets, then its `done`.
+    #[arg(long)]
+    dir: PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -264,6 +277,17 @@ struct StageArgs {
     /// (repeatable).
     #[arg(long = "secret", value_name = "ID=FILE", value_parser = parse_secret)]
     secrets: Vec<(String, PathBuf)>,
+    /// The volume of persistent `RUN --mount=type=cache` directories (without it, every
+    /// cache mount starts empty).
+    #[arg(long, value_name = "DIR")]
+    run_cache: Option<PathBuf>,
+    /// Evict least recently used run caches until they take at most this many bytes.
+    #[arg(long, value_name = "BYTES", requires = "run_cache")]
+    run_cache_max_bytes: Option<u64>,
+    /// The ssh agent socket for `RUN --mount=type=ssh,id=ID` (repeatable); the agent
+    /// stops once this pod writes `done` beside it.
+    #[arg(long = "ssh", value_name = "ID=SOCKET", value_parser = parse_secret)]
+    ssh: Vec<(String, PathBuf)>,
 }
 
 fn parse_secret(value: &str) -> Result<(String, PathBuf), String> {
@@ -349,6 +373,9 @@ fn main() -> ExitCode {
         Command::Source(args) => run_source(args),
         Command::Assemble(args) => run_assemble(args),
         Command::Resolve(args) => run_resolve(args),
+        Command::SshAgent(args) => {
+            stage::ssh_agent::serve(&args.keys, &args.dir).map_err(anyhow::Error::from)
+        }
         Command::Cache {
             command: CacheCommand::Prune(args),
         } => run_prune(args),
@@ -394,8 +421,19 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
         compression: args.compression.into(),
         // The first file given for an id wins, as the operator mounts the first entry.
         secrets: args.secrets.into_iter().rev().collect(),
+        run_cache: args.run_cache.map(|root| stage::run_cache::RunCache {
+            root,
+            max_bytes: args.run_cache_max_bytes,
+        }),
+        ssh: args.ssh.into_iter().rev().collect(),
     };
     let report = stage::run_pod(&opts);
+    // The agents beside this container stop now.
+    for socket in opts.ssh.values() {
+        if let Some(dir) = socket.parent() {
+            let _ = std::fs::write(dir.join(stage::ssh_agent::DONE), "");
+        }
+    }
     write_json(&opts.workspace.report(&opts.pod_name()), &report)?;
     termination::write(&stage::outcome(&report));
     match report.error {

@@ -29,6 +29,8 @@ fn outcome_for(role: &Role) -> PodOutcome {
         waits_for: waits.iter().map(|s| s.to_string()).collect(),
         cache: None,
         secrets: Vec::new(),
+        run_cache: false,
+        ssh: Vec::new(),
     };
     match role {
         Role::Source => PodOutcome {
@@ -66,6 +68,7 @@ fn main() {
         default_storage_class: None,
         insecure_registries: Vec::new(),
         cache_repository: None,
+        run_cache: None,
     };
     let mut builds: Vec<(ImageBuild, Vec<ObservedPod>, bool)> =
         (0..1000).map(|n| (build(n), Vec::new(), false)).collect();

@@ -60,6 +60,13 @@ pub struct ImageBuildSpec {
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.id == s.id))").message("each secret id at most once"))]
     pub secrets: Vec<BuildSecret>,
+    /// ssh keys for `RUN --mount=type=ssh,id=<id>`: each served by an agent beside the
+    /// stage pods that mount its id; RUN steps use the key through the agent's socket and
+    /// never see the key itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.id == s.id))").message("each ssh id at most once"))]
+    pub ssh: Vec<BuildSsh>,
     pub output: Output,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceSpec>,
@@ -91,6 +98,9 @@ pub struct ImageBuildSpec {
     /// The stage cache: unchanged stages are taken from it and run no pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// Where `RUN --mount=type=cache` directories persist between builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_cache: Option<RunCacheSpec>,
     /// Stop the build: its pods are deleted and it ends `Failed` with reason `Canceled`
     /// (a build that had already ended stays as it ended).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -109,6 +119,21 @@ pub struct CacheSpec {
     /// `ReadWrite` (default), `ReadOnly` (use entries, store none) or `Disabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<CacheMode>,
+}
+
+/// The volume of a build's `RUN --mount=type=cache` directories, shared by every build
+/// that names it (best-effort: a missing or cold cache never fails a build).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCacheSpec {
+    /// A PersistentVolumeClaim of the build's namespace, made by you (ReadWriteMany to
+    /// share it across nodes); default: the operator's claim, which it creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: Option<String>,
+    /// Cache mounts start empty on every build, as without a run cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -160,6 +185,22 @@ pub struct BuildSecret {
     #[schemars(length(max = 253), regex(pattern = r"^[A-Za-z0-9._-]{1,253}$"))]
     pub id: String,
     pub secret_ref: SecretKeyRef,
+}
+
+/// An ssh agent of the build: its id and the `kubernetes.io/ssh-auth` Secret whose
+/// `ssh-privatekey` (OpenSSH format, no passphrase) it serves.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSsh {
+    /// BuildKit's id (`--mount=type=ssh,id=github`; `default` without one).
+    #[serde(default = "default_ssh_id")]
+    #[schemars(length(max = 253), regex(pattern = r"^[A-Za-z0-9._-]{1,253}$"))]
+    pub id: String,
+    pub secret_ref: LocalObjectReference,
+}
+
+fn default_ssh_id() -> String {
+    "default".into()
 }
 
 /// One key of a Secret in the build's namespace.
@@ -320,6 +361,12 @@ pub struct StageStatus {
     /// Ids of the build secrets its RUN steps mount (never their values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Whether its RUN steps mount persistent caches (its pod gets the run cache).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_cache: bool,
+    /// Ids of the ssh agents its RUN steps mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<String>,
     /// How many times the pod was started again after it was lost.
     #[serde(default)]
     pub attempts: i32,

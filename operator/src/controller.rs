@@ -677,6 +677,7 @@ mod tests {
             default_storage_class: None,
             insecure_registries: Vec::new(),
             cache_repository: None,
+            run_cache: None,
         };
         let ctx = Arc::new(Context::new(client, config, Arc::new(Metrics::default())));
         holding(&ctx, &[], false);
@@ -977,6 +978,8 @@ mod tests {
             waits_for: waits.iter().map(|s| s.to_string()).collect(),
             cache: None,
             secrets: Vec::new(),
+            run_cache: false,
+            ssh: Vec::new(),
         };
         PodOutcome {
             succeeded: true,

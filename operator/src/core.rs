@@ -694,6 +694,8 @@ impl<'a> Step<'a, '_> {
                     image: p.image.clone(),
                     waits_for: p.waits_for.clone(),
                     secrets: p.secrets.clone(),
+                    run_cache: p.run_cache,
+                    ssh: p.ssh.clone(),
                     attempts: 0,
                     pod: None,
                     node: None,
@@ -758,6 +760,8 @@ impl<'a> Step<'a, '_> {
                 waits_for: stage.waits_for.clone(),
                 cache: None,
                 secrets: stage.secrets.clone(),
+                run_cache: stage.run_cache,
+                ssh: stage.ssh.clone(),
             };
             let ready = stage.waits_for.iter().all(|w| {
                 self.status
@@ -769,6 +773,14 @@ impl<'a> Step<'a, '_> {
             let entry = &mut self.status.stages[i];
             match progress {
                 Progress::NotStarted if ready => {
+                    // The operator's run cache claim, made when a pod first needs it.
+                    if summary.run_cache
+                        && let Some((_, true)) = render::run_cache_claim(build, config)
+                        && let Some(run_cache) = &config.run_cache
+                    {
+                        let claim = render::render_run_cache_claim(build, run_cache);
+                        self.actions.push(Action::CreateClaim(Box::new(claim)));
+                    }
                     let pod = render::render_stage_pod(build, config, &summary, epoch, 0);
                     entry.pod = pod.metadata.name.clone();
                     entry.phase = StagePhase::Running;
@@ -1256,6 +1268,7 @@ spec:
             default_storage_class: None,
             insecure_registries: Vec::new(),
             cache_repository: None,
+            run_cache: None,
         }
     }
 
@@ -1379,6 +1392,8 @@ spec:
             image: Some("busybox@sha256:1".into()),
             waits_for: waits.iter().map(|s| s.to_string()).collect(),
             secrets: Vec::new(),
+            run_cache: false,
+            ssh: Vec::new(),
             cache: None,
         };
         Some(PodOutcome {

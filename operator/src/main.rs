@@ -64,6 +64,28 @@ struct OperatorArgs {
     /// each build's `<output repository>/cache`).
     #[arg(long, env = "STAGECOACH_CACHE_REPOSITORY")]
     cache_repository: Option<String>,
+    /// The claim of persistent `RUN --mount=type=cache` directories the operator makes
+    /// in each build namespace that needs one (empty: none; cache mounts start empty).
+    #[arg(
+        long,
+        env = "STAGECOACH_RUN_CACHE_CLAIM",
+        default_value = "stagecoach-run-cache"
+    )]
+    run_cache_claim: String,
+    /// Size of the run cache claims the operator makes.
+    #[arg(long, default_value = "20Gi")]
+    run_cache_size: String,
+    /// Storage class of the run cache claims (default: the cluster's default class).
+    #[arg(long)]
+    run_cache_storage_class: Option<String>,
+    /// Access mode of the run cache claims: ReadWriteMany lets pods on every node use
+    /// it at once; with ReadWriteOnce the pods that mount it share one node at a time.
+    #[arg(long, default_value = "ReadWriteOnce", value_parser = ["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"])]
+    run_cache_access_mode: String,
+    /// Stage pods evict least recently used caches down to this many bytes (default:
+    /// 80% of --run-cache-size).
+    #[arg(long)]
+    run_cache_max_bytes: Option<u64>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
@@ -135,6 +157,12 @@ enum LocalCommand {
         /// (default: `<output repository>/cache`).
         #[arg(long)]
         cache_repository: Option<String>,
+        /// The podman volume of persistent `RUN --mount=type=cache` directories.
+        #[arg(long, default_value = "stagecoach-run-cache")]
+        run_cache_volume: String,
+        /// Cache mounts start empty (no run cache volume).
+        #[arg(long)]
+        no_run_cache: bool,
         /// Run every stage and store nothing in the stage cache.
         #[arg(long)]
         no_cache: bool,
@@ -174,6 +202,8 @@ fn main() -> ExitCode {
                     insecure_registries,
                     secrets,
                     cache_repository,
+                    run_cache_volume,
+                    no_run_cache,
                     no_cache,
                 },
         } => {
@@ -186,6 +216,7 @@ fn main() -> ExitCode {
                 containers_conf: std::env::var_os("CONTAINERS_CONF").map(PathBuf::from),
                 registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
                 cache_repository,
+                run_cache_volume: (!no_run_cache).then_some(run_cache_volume),
                 no_cache,
             };
             match local::build(&manifest, &opts) {
@@ -245,6 +276,7 @@ fn render(args: RenderArgs) -> anyhow::Result<String> {
         default_storage_class: None,
         insecure_registries: args.insecure_registries,
         cache_repository: None,
+        run_cache: None,
     };
     let mut objects = vec![
         serde_json::to_value(render::render_claim(&build, &config))?,
@@ -286,11 +318,32 @@ fn parse_secret(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
+/// Bytes of a Kubernetes quantity with a binary or decimal suffix (`20Gi`, `500M`).
+fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let unit: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(unit)
+}
+
 fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     use stagecoach_operator::controller::{self, Context};
     use stagecoach_operator::leader::{Elector, LEASE_DURATION};
     use stagecoach_operator::metrics::Metrics;
-    use stagecoach_operator::render::OperatorConfig;
+    use stagecoach_operator::render::{OperatorConfig, RunCacheConfig};
     use stagecoach_operator::serve::{self, Health};
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
@@ -319,6 +372,15 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             default_storage_class: args.storage_class,
             insecure_registries: args.insecure_registries,
             cache_repository: args.cache_repository,
+            run_cache: (!args.run_cache_claim.is_empty()).then(|| RunCacheConfig {
+                max_bytes: args
+                    .run_cache_max_bytes
+                    .or_else(|| quantity_bytes(&args.run_cache_size).map(|b| b / 5 * 4)),
+                claim: args.run_cache_claim,
+                size: args.run_cache_size,
+                storage_class: args.run_cache_storage_class,
+                access_mode: args.run_cache_access_mode,
+            }),
         };
         let elector = args.leader_election.then(|| Elector {
             api: kube::Api::namespaced(client.clone(), &args.lease_namespace),

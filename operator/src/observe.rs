@@ -851,6 +851,7 @@ mod tests {
             default_storage_class: None,
             insecure_registries: Vec::new(),
             cache_repository: None,
+            run_cache: None,
         };
         let stage = stagecoach_plan::contract::PodSummary {
             id: "build".into(),
@@ -859,6 +860,8 @@ mod tests {
             waits_for: Vec::new(),
             cache: None,
             secrets: Vec::new(),
+            run_cache: false,
+            ssh: Vec::new(),
         };
         for (role, pod) in [
             (Role::Source, render::render_source_pod(&build, &config, 0)),

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use stagecoach_plan::contract::PodSummary;
 use stagecoach_plan::layout;
 
-use crate::api::{BuildSecret, CacheMode, ImageBuild};
+use crate::api::{BuildSecret, BuildSsh, CacheMode, ImageBuild};
 
 /// The uid source and assemble pods run as (the builder image's non-root user).
 pub const BUILDER_UID: i64 = 65532;
@@ -31,6 +31,11 @@ pub const PUSH_SECRET: &str = "/var/run/secrets/stagecoach/push";
 /// Build secrets in the stage pods that mount them: `<n>/value`, n the entry of
 /// `spec.secrets`.
 pub const BUILD_SECRETS: &str = "/var/run/secrets/stagecoach/build";
+/// ssh keys, in the ssh agent container only: `<n>/ssh-privatekey`, n the entry of
+/// `spec.ssh`.
+pub const SSH_KEYS: &str = "/var/run/secrets/stagecoach/ssh";
+/// The agent sockets, on a volume the agent and stage containers share.
+pub const SSH_SOCKETS: &str = "/stagecoach-ssh";
 
 /// Label keys on everything the operator creates.
 pub const LABEL_BUILD: &str = "stagecoach.dev/build";
@@ -52,7 +57,30 @@ pub struct OperatorConfig {
     /// The stage cache repository of builds that name none; without it a build's is
     /// `<output repository>/cache`.
     pub cache_repository: Option<String>,
+    /// The claim of persistent `RUN --mount=type=cache` directories in each build
+    /// namespace; without it (and without `spec.runCache.claimName`) cache mounts start
+    /// empty.
+    pub run_cache: Option<RunCacheConfig>,
 }
+
+/// The operator's run cache claim, made in a build's namespace when a stage pod first
+/// needs it and owned by no build, so it outlives them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCacheConfig {
+    pub claim: String,
+    pub size: String,
+    pub storage_class: Option<String>,
+    /// `ReadWriteOnce` keeps the pods that mount it on the node it is attached to (a pod
+    /// elsewhere waits for it); `ReadWriteMany` lets every node use it at once.
+    pub access_mode: String,
+    /// Stage pods evict least recently used caches down to this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// Where the run cache volume is mounted in stage pods that mount caches.
+pub const RUN_CACHE: &str = "/stagecoach-run-cache";
+/// The label that marks the operator's run cache claim.
+pub const LABEL_RUN_CACHE: &str = "stagecoach.dev/run-cache";
 
 /// Which pod of a build.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -338,6 +366,54 @@ pub fn render_claim(build: &ImageBuild, config: &OperatorConfig) -> PersistentVo
     }
 }
 
+/// The run cache claim a build's stage pods mount, and whether the operator makes it:
+/// `spec.runCache.claimName` (the user's), else the operator's; none when disabled.
+pub fn run_cache_claim(build: &ImageBuild, config: &OperatorConfig) -> Option<(String, bool)> {
+    let spec = build.spec.run_cache.clone().unwrap_or_default();
+    if spec.disabled {
+        return None;
+    }
+    match spec.claim_name {
+        Some(claim) => Some((claim, false)),
+        None => config.run_cache.as_ref().map(|c| (c.claim.clone(), true)),
+    }
+}
+
+/// The operator's run cache claim in the build's namespace: no owner, so no build's
+/// deletion takes it; created when missing (a create that finds it is no error).
+pub fn render_run_cache_claim(
+    build: &ImageBuild,
+    config: &RunCacheConfig,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(config.claim.clone()),
+            namespace: build.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "stagecoach".to_string(),
+                ),
+                (LABEL_RUN_CACHE.to_string(), "true".to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![config.access_mode.clone()]),
+            storage_class_name: config.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(config.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
 fn workspace_volume(build: &ImageBuild) -> Volume {
     Volume {
         name: "workspace".into(),
@@ -576,7 +652,7 @@ pub fn render_stage_pod(
         }
     };
     let mut volumes = vec![workspace_volume(build), empty_dir(tools)];
-    let mut secret_mounts = Vec::new();
+    let mut extra_mounts = Vec::new();
     for (n, secret) in build_secrets(build, stage) {
         let name = format!("secret-{n}");
         let dir = format!("{BUILD_SECRETS}/{n}");
@@ -595,7 +671,30 @@ pub fn render_stage_pod(
             }),
             ..Volume::default()
         });
-        secret_mounts.push(mount(&name, &dir, true));
+        extra_mounts.push(mount(&name, &dir, true));
+    }
+    if stage.run_cache
+        && let Some((claim, managed)) = run_cache_claim(build, config)
+    {
+        args.extend(["--run-cache".into(), RUN_CACHE.into()]);
+        // The operator knows the size of its own claim; a user's is theirs to size.
+        let budget = config.run_cache.as_ref().and_then(|c| c.max_bytes);
+        if let Some(bytes) = budget.filter(|_| managed) {
+            args.extend(["--run-cache-max-bytes".into(), bytes.to_string()]);
+        }
+        volumes.push(Volume {
+            name: "run-cache".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim,
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+        extra_mounts.push(mount("run-cache", RUN_CACHE, false));
+    }
+    let agent = ssh_agent_container(build, config, stage, &mut args, &mut volumes);
+    if agent.is_some() {
+        extra_mounts.push(mount("ssh-sockets", SSH_SOCKETS, false));
     }
     let mut c = container("stage", &image, args);
     c.command = Some(vec![format!("{TOOLS}/stagecoach-builder")]);
@@ -607,7 +706,7 @@ pub fn render_stage_pod(
         ..VolumeMount::default()
     }));
     mounts.push(mount(tools, TOOLS, true));
-    mounts.extend(secret_mounts);
+    mounts.extend(extra_mounts);
     c.volume_mounts = Some(mounts);
     c.security_context = Some(stage_security());
     c.resources = resources_for(build, Some(&stage.id));
@@ -618,7 +717,62 @@ pub fn render_stage_pod(
             value_from: None,
         }]
     });
-    pod(build, &role, attempt, vec![c], vec![install], volumes)
+    let containers = std::iter::once(c).chain(agent).collect();
+    pod(build, &role, attempt, containers, vec![install], volumes)
+}
+
+/// The ssh agent beside a stage container whose stages mount ssh ids the build gives
+/// keys for: the builder image, non-root, the only container with the keys' Secrets; it
+/// serves one socket per key on a volume the stage container shares, and stops when
+/// the stage container is done. Adds the sockets to the stage's `args`.
+fn ssh_agent_container(
+    build: &ImageBuild,
+    config: &OperatorConfig,
+    stage: &PodSummary,
+    args: &mut Vec<String>,
+    volumes: &mut Vec<Volume>,
+) -> Option<Container> {
+    let entries = &build.spec.ssh;
+    let served: Vec<(usize, &BuildSsh)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(n, s)| stage.ssh.contains(&s.id) && !entries[..*n].iter().any(|t| t.id == s.id))
+        .collect();
+    if served.is_empty() {
+        return None;
+    }
+    let mut agent_args = vec!["ssh-agent".to_string(), "--dir".into(), SSH_SOCKETS.into()];
+    let mut mounts = vec![mount("ssh-sockets", SSH_SOCKETS, false)];
+    for (socket, (n, ssh)) in served.into_iter().enumerate() {
+        let name = format!("ssh-key-{n}");
+        let dir = format!("{SSH_KEYS}/{n}");
+        agent_args.extend(["--key".into(), format!("{}={dir}/ssh-privatekey", ssh.id)]);
+        args.extend([
+            "--ssh".into(),
+            format!("{}={SSH_SOCKETS}/agent-{socket}.sock", ssh.id),
+        ]);
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ssh.secret_ref.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: "ssh-privatekey".into(),
+                    path: "ssh-privatekey".into(),
+                    mode: None,
+                }]),
+                // Read through the pods' fsGroup: the agent is not root.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount(&name, &dir, true));
+    }
+    volumes.push(empty_dir("ssh-sockets"));
+    let mut agent = container("ssh-agent", &config.builder_image, agent_args);
+    agent.volume_mounts = Some(mounts);
+    agent.security_context = Some(restricted());
+    Some(agent)
 }
 
 /// The entries of `spec.secrets` (with their position) that a stage pod mounts: those
@@ -822,6 +976,7 @@ mod tests {
             default_storage_class: None,
             insecure_registries: Vec::new(),
             cache_repository: None,
+            run_cache: None,
         }
     }
 
@@ -851,6 +1006,8 @@ spec:
             waits_for: vec![],
             cache: None,
             secrets: vec![],
+            run_cache: false,
+            ssh: Vec::new(),
         }
     }
 
@@ -893,6 +1050,106 @@ spec:
         )));
         assert!(zstd(&render_cache_pod(&b, &config(), Some("abc"), Some(1))));
         assert!(!args(&render_source_pod(&b, &config(), 0)).contains(&"--compression".into()));
+    }
+
+    fn claim_names(pod: &Pod) -> Vec<String> {
+        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        volumes
+            .into_iter()
+            .flatten()
+            .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+            .collect()
+    }
+
+    /// The run cache claim reaches the stage pods whose RUN steps mount caches, and no
+    /// other pod: the operator's by default (with the eviction budget), the build's own
+    /// when it names one, none when disabled. The operator's claim has no owner.
+    #[test]
+    fn the_run_cache_goes_only_to_stage_pods_with_cache_mounts() {
+        let mut config = config();
+        config.run_cache = Some(RunCacheConfig {
+            claim: "stagecoach-run-cache".into(),
+            size: "20Gi".into(),
+            storage_class: Some("nfs".into()),
+            access_mode: "ReadWriteMany".into(),
+            max_bytes: Some(1 << 30),
+        });
+        let mut b = build(FULL);
+        let mut caching = stage_named("deps");
+        caching.run_cache = true;
+        let pod = render_stage_pod(&b, &config, &caching, Some(1), 0);
+        assert!(claim_names(&pod).contains(&"stagecoach-run-cache".to_string()));
+        let c = &pod.spec.as_ref().expect("spec").containers[0];
+        let given = c.args.clone().expect("args");
+        assert!(given.windows(2).any(|w| w == ["--run-cache", RUN_CACHE]));
+        assert!(
+            given
+                .windows(2)
+                .any(|w| w == ["--run-cache-max-bytes", "1073741824"])
+        );
+        let mounted = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "run-cache");
+        assert_eq!(
+            mounted.map(|m| (m.mount_path.as_str(), m.read_only)),
+            Some((RUN_CACHE, Some(false)))
+        );
+
+        for other in [
+            render_stage_pod(&b, &config, &stage(), Some(1), 0),
+            render_source_pod(&b, &config, 0),
+            render_assemble_pod(&b, &config, Some("abc"), Some(1), 0),
+        ] {
+            assert!(!claim_names(&other).contains(&"stagecoach-run-cache".to_string()));
+        }
+
+        let claim = render_run_cache_claim(&b, config.run_cache.as_ref().expect("config"));
+        assert!(
+            claim.metadata.owner_references.is_none(),
+            "no build owns it"
+        );
+        let labels = claim.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get(LABEL_RUN_CACHE).map(String::as_str),
+            Some("true")
+        );
+        let spec = claim.spec.expect("spec");
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
+
+        b.spec.run_cache = Some(crate::api::RunCacheSpec {
+            claim_name: Some("team-caches".into()),
+            disabled: false,
+        });
+        let pod = render_stage_pod(&b, &config, &caching, Some(1), 0);
+        assert!(claim_names(&pod).contains(&"team-caches".to_string()));
+        let given = pod.spec.expect("spec").containers[0]
+            .args
+            .clone()
+            .expect("args");
+        assert!(
+            !given.contains(&"--run-cache-max-bytes".to_string()),
+            "a user's claim is theirs to size"
+        );
+        assert_eq!(
+            run_cache_claim(&b, &config),
+            Some(("team-caches".into(), false))
+        );
+
+        b.spec.run_cache = Some(crate::api::RunCacheSpec {
+            claim_name: None,
+            disabled: true,
+        });
+        let pod = render_stage_pod(&b, &config, &caching, Some(1), 0);
+        assert!(
+            !pod.spec.expect("spec").containers[0]
+                .args
+                .clone()
+                .expect("args")
+                .contains(&"--run-cache".to_string())
+        );
     }
 
     /// A build secret reaches the pods of the stages that mount it, one key under an

@@ -151,6 +151,12 @@ pub struct Stage {
     /// Ids of the build secrets its RUN steps mount, sorted; the values are never here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Whether its RUN steps mount persistent caches (`--mount=type=cache`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_cache: bool,
+    /// Ids of the ssh agents its RUN steps mount (`--mount=type=ssh`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<String>,
 }
 
 /// A stage's place in the stage cache.
@@ -401,6 +407,12 @@ pub struct PodSummary {
     /// Ids of the build secrets the pod's stages mount: its Secrets, and no others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Whether the pod's stages mount persistent caches: it gets the run cache volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_cache: bool,
+    /// Ids of the ssh agents the pod's stages mount: its keys, and no others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<String>,
 }
 
 impl Plan {
@@ -469,6 +481,10 @@ impl Plan {
                     waits_for,
                     cache: stage.cache.clone(),
                     secrets: stage.secrets.clone(),
+                    run_cache: runs
+                        .iter()
+                        .any(|r| self.stage(r).is_some_and(|s| s.run_cache)),
+                    ssh: stage.ssh.clone(),
                 })
             })
             .collect();

@@ -90,6 +90,10 @@ struct Draft {
     looks_like_stage: Vec<(usize, String)>,
     /// The build secrets its RUN steps mount (`--mount=type=secret`), by id.
     secrets: BTreeSet<String>,
+    /// Whether a RUN mounts a persistent cache (`--mount=type=cache`).
+    run_cache: bool,
+    /// The ssh agent ids its RUN steps mount (`--mount=type=ssh`).
+    ssh: BTreeSet<String>,
 }
 
 /// One stage reading another: the whole filesystem (`FROM`) or some paths (`--from`).
@@ -374,6 +378,8 @@ impl Planner<'_> {
                 .into_iter()
                 .collect(),
             secrets: BTreeSet::new(),
+            run_cache: false,
+            ssh: BTreeSet::new(),
         })
     }
 
@@ -548,6 +554,8 @@ fn contract_stages(
             execution,
             cache: None,
             secrets: draft.secrets.into_iter().collect(),
+            run_cache: draft.run_cache,
+            ssh: draft.ssh.into_iter().collect(),
         });
     }
     stages.extend(images.into_iter().enumerate().map(image_stage));
@@ -634,6 +642,8 @@ fn image_stage((n, image): (usize, ImageSource)) -> Stage {
         execution: Execution::Pod { runs: Vec::new() },
         cache: None,
         secrets: Vec::new(),
+        run_cache: false,
+        ssh: Vec::new(),
     }
 }
 
@@ -763,6 +773,16 @@ fn walk_instruction(
                     .map_err(|e| e.to_string())?;
                 budget.spend(expansion.value.len())?;
                 let spec = MountSpec::parse(&expansion.value)?;
+                draft.run_cache |= spec.cache;
+                if let Some(id) = spec.ssh {
+                    // Only the pods that mount an id get its key's agent.
+                    if !draft.is_certain(&expansion) {
+                        return Err(format!(
+                            "--mount=type=ssh: the id in {mount:?} must not depend on the base image's environment"
+                        ));
+                    }
+                    draft.ssh.insert(id);
+                }
                 if let Some(id) = spec.secret {
                     // The operator mounts a Secret only into the pods that use it, so
                     // which one a RUN takes must be known before any pod runs.
@@ -1039,6 +1059,10 @@ struct MountSpec {
     source: Option<String>,
     /// For `type=secret`: the id (BuildKit's default: the target's file name).
     secret: Option<String>,
+    /// `type=cache`: the pod needs the run cache volume.
+    cache: bool,
+    /// For `type=ssh`: the agent id (`default` when none is given).
+    ssh: Option<String>,
 }
 
 impl MountSpec {
@@ -1065,6 +1089,14 @@ impl MountSpec {
         }
         if spec.from.is_some() && !matches!(kind.as_str(), "bind" | "cache") {
             return Err(format!("--mount: from= is not allowed for type={kind}"));
+        }
+        spec.cache = kind == "cache";
+        if kind == "ssh" {
+            spec.ssh = Some(
+                id.clone()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+            );
         }
         if kind == "secret" {
             let from_target = target.as_deref().map(|t| {
@@ -1139,9 +1171,9 @@ fn fuse_chains(stages: &mut [Stage]) {
             continue;
         };
         let copied_from = !stages[p].exports.is_empty();
-        // A pod gets the Secrets of every stage it runs: fusing stages that mount
-        // different ones would show each to the other's RUN steps.
-        let same_secrets = stages[p].secrets == stages[i].secrets;
+        // A pod gets the Secrets and ssh keys of every stage it runs: fusing stages
+        // that mount different ones would show each to the other's RUN steps.
+        let same_secrets = stages[p].secrets == stages[i].secrets && stages[p].ssh == stages[i].ssh;
         if users(&parent, stages) == 1
             && !copied_from
             && same_secrets

@@ -28,6 +28,7 @@ fn options() -> LocalOptions {
         containers_conf: Some(repo_root().join("containers/containers.conf")),
         registries_conf: Some(repo_root().join("containers/registries.conf")),
         cache_repository: None,
+        run_cache_volume: None,
         // Tests of other things build without the stage cache, so that one test's
         // entries never decide what another runs; the cache tests turn it on.
         no_cache: true,
@@ -1496,4 +1497,258 @@ fn eight_builds_at_once_all_succeed_without_cross_talk() {
         "eight builds at once: {:.1} s wall, runner peak {peak}",
         wall.as_secs_f64()
     );
+}
+
+/// Everything a build leaves behind that a user or another tenant can read: the pushed
+/// image's blobs (layers decompressed), the workspace volume, the pods' logs and the
+/// status. Returns where `needle` was found.
+fn found_in_build(
+    status: &ImageBuildStatus,
+    claim: &str,
+    pod_prefix: &str,
+    needle: &str,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let image = succeeded(status);
+    let layout = Layout::from_registry(&image);
+    let blobs = check(tool("sh").arg("-c").arg(format!(
+        "for b in {}/blobs/sha256/*; do zcat -f \"$b\"; done | grep -caF '{needle}' || true",
+        layout.dir.path().display()
+    )));
+    if String::from_utf8_lossy(&blobs.stdout).trim() != "0" {
+        found.push("the image's blobs".to_string());
+    }
+    let volume = check(podman().args(["volume", "inspect", claim, "--format", "{{.Mountpoint}}"]));
+    let mountpoint = String::from_utf8_lossy(&volume.stdout).trim().to_string();
+    let grep = tool("grep")
+        .args(["-rlaF", needle, &mountpoint])
+        .output()
+        .expect("grep");
+    if !grep.stdout.is_empty() {
+        found.push(format!(
+            "the workspace: {}",
+            String::from_utf8_lossy(&grep.stdout)
+        ));
+    }
+    let pods = check(podman().args(["pod", "ps", "-q", "--filter", &format!("name={pod_prefix}")]));
+    for pod in String::from_utf8_lossy(&pods.stdout).split_whitespace() {
+        let logs = podman().args(["pod", "logs", pod]).output().expect("logs");
+        if [&logs.stdout, &logs.stderr]
+            .iter()
+            .any(|o| String::from_utf8_lossy(o).contains(needle))
+        {
+            found.push(format!("the logs of pod {pod}"));
+        }
+    }
+    if serde_json::to_string(status)
+        .expect("status")
+        .contains(needle)
+    {
+        found.push("the status".to_string());
+    }
+    found
+}
+
+/// Removes what a build run with `keep` left: its pods and its workspace volume.
+fn remove_kept(claim: &str, pod_prefix: &str) {
+    let pods = check(podman().args(["pod", "ps", "-q", "--filter", &format!("name={pod_prefix}")]));
+    for pod in String::from_utf8_lossy(&pods.stdout).split_whitespace() {
+        let _ = podman().args(["pod", "rm", "-f", pod]).output();
+    }
+    let _ = podman().args(["volume", "rm", "-f", claim]).output();
+}
+
+/// `RUN --mount=type=secret` end to end: the value is at BuildKit's default target (and
+/// in `env=` where asked) for the RUN that mounts it, gone for the next RUN, absent from
+/// a stage pod that mounts no secret, and, with its base64 form, in no pushed layer,
+/// nowhere on the workspace, in no log and not in the status; a required secret the
+/// build does not give fails the build at its line.
+#[test]
+fn a_build_secret_reaches_only_the_run_that_mounts_it_and_is_stored_nowhere() {
+    const VALUE: &str = "npm-token-Zq81xVw3";
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS deps\n\
+         RUN --mount=type=secret,id=npm test \"$(cat /run/secrets/npm)\" = \"$(printf npm-token-Zq81x; printf Vw3)\" && stat -c '%a %u' /run/secrets/npm > /mode\n\
+         RUN --mount=type=secret,id=npm,env=NPM_TOKEN,target=/root/.npmrc test \"$NPM_TOKEN\" = \"$(cat /root/.npmrc)\" && echo env-and-file > /both\n\
+         RUN test ! -e /run/secrets/npm && test ! -e /root/.npmrc && test -z \"$NPM_TOKEN\" && echo gone > /after\n\
+         RUN --mount=type=secret,id=absent echo optional > /optional\n\
+         FROM {r}/stagecoach/busybox:1 AS other\n\
+         RUN (ls -A /var/run/secrets/stagecoach 2>/dev/null; ls -A /run/secrets 2>/dev/null) | wc -l > /visible\n\
+         FROM {r}/stagecoach/busybox:1\n\
+         COPY --from=deps /mode /both /after /optional /\n\
+         COPY --from=other /visible /\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let npm = secret_dir(&dir.path().join("npm"), &[("token", VALUE)]);
+    let result = Build {
+        name: "secret-mounts",
+        files: &files,
+        extra: "  secrets:\n  - {id: npm, secretRef: {name: npm-secret, key: token}}\n",
+        secrets: BTreeMap::from([("npm-secret".to_string(), npm.clone())]),
+        options: Some(LocalOptions {
+            keep: true,
+            ..options()
+        }),
+        ..Build::default()
+    }
+    .run(dir.path());
+    let claim = "secret-mounts-workspace";
+    let base64 = base64::engine::general_purpose::STANDARD.encode(VALUE);
+    let leaks: Vec<String> = [VALUE, base64.as_str()]
+        .iter()
+        .flat_map(|needle| found_in_build(&result.status, claim, "secret-mounts-", needle))
+        .collect();
+    remove_kept(claim, "secret-mounts-");
+    assert!(leaks.is_empty(), "the secret was found in {leaks:?}");
+    let image = succeeded(&result.status);
+    assert_eq!(cat(&image, "/mode"), "400 0\n");
+    assert_eq!(cat(&image, "/both"), "env-and-file\n");
+    assert_eq!(cat(&image, "/after"), "gone\n");
+    assert_eq!(cat(&image, "/optional"), "optional\n");
+    assert_eq!(
+        cat(&image, "/visible").trim(),
+        "0",
+        "a stage that mounts no secret sees none"
+    );
+    let deps = result
+        .status
+        .stages
+        .iter()
+        .find(|s| s.name == "deps")
+        .expect("deps");
+    assert_eq!(deps.secrets, ["absent", "npm"]);
+
+    let required = format!(
+        "FROM {r}/stagecoach/busybox:1\nRUN --mount=type=secret,id=npm,required=true true\n"
+    );
+    let files = [("Dockerfile", required.as_str())];
+    let status = Build {
+        name: "secret-required",
+        files: &files,
+        ..Build::default()
+    }
+    .run(&dir.path().join("required"))
+    .status;
+    let (reason, message, line) = failure(&status);
+    assert_eq!(
+        (reason.as_str(), line),
+        ("StageFailed", Some(2)),
+        "{message}"
+    );
+    assert!(message.contains("secret \"npm\" is required"), "{message}");
+}
+
+/// Runs two builds at once on their own threads.
+fn both_at_once(a: Build<'_>, b: Build<'_>, dir: &Path) -> (LocalResult, LocalResult) {
+    std::thread::scope(|s| {
+        let first = s.spawn(|| a.run(&dir.join("a")));
+        let second = s.spawn(|| b.run(&dir.join("b")));
+        (first.join().expect("a"), second.join().expect("b"))
+    })
+}
+
+/// `RUN --mount=type=cache` persists across builds on the run cache volume: a second
+/// build (another commit) finds what the first one's RUN left, and none of it is in a
+/// layer; `sharing=locked` serialises two builds' RUNs (their timestamps do not
+/// overlap, and neither saw the other's marker), `sharing=private` gives each of two
+/// concurrent RUNs a directory of its own.
+#[test]
+fn run_caches_outlive_builds_and_share_as_buildkit_says() {
+    let r = registry();
+    let volume = format!("e2e-run-cache-{}", std::process::id());
+    let _ = podman().args(["volume", "rm", "-f", &volume]).output();
+    let with_cache = LocalOptions {
+        run_cache_volume: Some(volume.clone()),
+        ..options()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let fill = |n: &str| {
+        format!(
+            "FROM {r}/stagecoach/busybox:1\n\
+             RUN --mount=type=cache,target=/root/.cache/deps (cat /root/.cache/deps/first 2>/dev/null || echo none) > /seen && echo {n} > /root/.cache/deps/first-{n} && [ -e /root/.cache/deps/first ] || echo {n} > /root/.cache/deps/first\n\
+             RUN ls -A /root/.cache/deps 2>/dev/null | wc -l > /left-in-image\n"
+        )
+    };
+    let (one, two) = (fill("one"), fill("two"));
+    let first = Build {
+        name: "run-cache-1",
+        files: &[("Dockerfile", one.as_str())],
+        options: Some(with_cache.clone()),
+        ..Build::default()
+    }
+    .run(&dir.path().join("1"));
+    let first = succeeded(&first.status);
+    assert_eq!(cat(&first, "/seen"), "none\n");
+    assert_eq!(
+        cat(&first, "/left-in-image").trim(),
+        "0",
+        "the cache is no layer"
+    );
+    let second = Build {
+        name: "run-cache-2",
+        files: &[("Dockerfile", two.as_str())],
+        options: Some(with_cache.clone()),
+        ..Build::default()
+    }
+    .run(&dir.path().join("2"));
+    let second = succeeded(&second.status);
+    assert_eq!(
+        cat(&second, "/seen"),
+        "one\n",
+        "the second build found the first's cache"
+    );
+    let layout = Layout::from_registry(&second);
+    let rootfs = layout.unpack();
+    let paths = stagecoach_e2e::rootfs::tree(&rootfs.path().join("b/rootfs"));
+    assert!(
+        !paths.keys().any(|p| p.contains("first")),
+        "no cache file in the image: {:?}",
+        paths
+            .keys()
+            .filter(|p| p.contains(".cache"))
+            .collect::<Vec<_>>()
+    );
+
+    // Two builds at once: a private RUN each (own directory), then a locked RUN each.
+    let concurrent = |n: &str| {
+        format!(
+            "FROM {r}/stagecoach/busybox:1\n\
+             RUN --mount=type=cache,id=mine,target=/p,sharing=private echo {n} > /p/who && sleep 3 && test \"$(cat /p/who)\" = {n} && echo own > /private\n\
+             RUN --mount=type=cache,id=one-at-a-time,target=/l,sharing=locked cut -d' ' -f1 /proc/uptime > /start && test ! -e /l/busy && touch /l/busy && sleep 3 && rm /l/busy && cut -d' ' -f1 /proc/uptime > /end\n"
+        )
+    };
+    let (a, b) = (concurrent("a"), concurrent("b"));
+    let (ra, rb) = both_at_once(
+        Build {
+            name: "run-cache-a",
+            files: &[("Dockerfile", a.as_str())],
+            options: Some(with_cache.clone()),
+            ..Build::default()
+        },
+        Build {
+            name: "run-cache-b",
+            files: &[("Dockerfile", b.as_str())],
+            options: Some(with_cache.clone()),
+            ..Build::default()
+        },
+        dir.path(),
+    );
+    let _ = podman().args(["volume", "rm", "-f", &volume]).output();
+    let (ia, ib) = (succeeded(&ra.status), succeeded(&rb.status));
+    // The host's uptime: one clock for every container.
+    let span = |image: &str| -> (f64, f64) {
+        let n = |p| cat(image, p).trim().parse::<f64>().expect("timestamp");
+        (n("/start"), n("/end"))
+    };
+    let ((sa, ea), (sb, eb)) = (span(&ia), span(&ib));
+    eprintln!("locked RUNs: a {sa}..{ea}, b {sb}..{eb}");
+    assert!(
+        ea <= sb || eb <= sa,
+        "locked RUNs overlapped: a {sa}..{ea}, b {sb}..{eb}"
+    );
+    assert_eq!(cat(&ia, "/private"), "own\n");
+    assert_eq!(cat(&ib, "/private"), "own\n");
 }

@@ -46,6 +46,7 @@ fn operator_config() -> OperatorConfig {
         default_storage_class: None,
         insecure_registries: Vec::new(),
         cache_repository: None,
+        run_cache: None,
     }
 }
 

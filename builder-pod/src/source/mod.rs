@@ -670,6 +670,8 @@ mod tests {
                             .collect(),
                         cache: None,
                         secrets: Vec::new(),
+                        run_cache: false,
+                        ssh: Vec::new(),
                     })
                     .collect(),
             }),

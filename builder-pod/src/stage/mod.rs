@@ -10,6 +10,8 @@
 pub mod fetch;
 pub mod mounts;
 pub mod run;
+pub mod run_cache;
+pub mod ssh_agent;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +96,11 @@ pub struct StageOptions {
     pub compression: layer::Compression,
     /// The build secrets the pod was given: id → the file holding the value.
     pub secrets: BTreeMap<String, PathBuf>,
+    /// The volume of persistent `RUN --mount=type=cache` directories; without it every
+    /// cache mount starts empty.
+    pub run_cache: Option<run_cache::RunCache>,
+    /// The ssh agent sockets the pod was given: id → the socket of its key.
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 impl StageOptions {
@@ -123,6 +130,16 @@ pub fn run_pod(opts: &StageOptions) -> PodReport {
         ..PodReport::default()
     };
     let result = run_all(opts, &mut report);
+    if let Some(cache) = &opts.run_cache {
+        match cache.evict() {
+            Ok(0) => {}
+            Ok(bytes) => println!("run cache: evicted {bytes} bytes of least recently used caches"),
+            Err(e) => println!(
+                "warning: run cache not evicted: {}",
+                crate::error::chain(&e)
+            ),
+        }
+    }
     report.succeeded = result.is_ok();
     report.error = result.err();
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -310,7 +327,7 @@ impl<'a> StagePod<'a> {
         if !env.iter().any(|(k, _)| k == "HOME") {
             env.push(("HOME".into(), users::home(&self.tree, ids.uid)?));
         }
-        let mounts = self.mount(step, r, sc, &mut env)?;
+        let (mounts, _caches) = self.mount(step, r, sc, &mut env)?;
         // Heredoc scripts go to the pod's scratch space on the workspace: never
         // snapshotted, and the tools directory stays read-only.
         let scripts = self.scratch().join("scripts");
@@ -324,6 +341,10 @@ impl<'a> StagePod<'a> {
             prefix: step.prefix.to_string(),
         });
         let unmounted = mounts.into_iter().rev().try_for_each(Mounted::undo);
+        // The agents go back to root alone, whatever this RUN's mounts lent them.
+        for socket in self.opts.ssh.values() {
+            let _ = lend_socket(socket, 0, 0, 0o600);
+        }
         match result {
             Err(run::Error::Exit(code)) => Err(exec::Error::Exit(code)),
             Err(e) => Err(exec::Error::pod(Error::Run(e))),
@@ -333,21 +354,57 @@ impl<'a> StagePod<'a> {
 
     /// `RUN --mount`: pods cannot mount, so mounts are emulated in the filesystem (see
     /// [`mounts`]); bind sources come from the context or another stage's export. A
-    /// secret mounted with `env=` sets its variable in `env`.
+    /// secret mounted with `env=` sets its variable in `env`. The run cache directories
+    /// come back held: their locks last as long as the RUN.
     fn mount(
         &mut self,
         step: &Step<'_>,
         r: &Run,
         sc: &StageConfig,
         env: &mut Vec<(String, String)>,
-    ) -> exec::Result<Vec<Mounted>> {
+    ) -> exec::Result<(Vec<Mounted>, Vec<run_cache::Held>)> {
         let mount_err = |e| exec::Error::pod(Error::Mount(e));
         let mut mounted = Vec::new();
+        let mut held = Vec::new();
+        let mut ssh_mounts = 0;
         for raw in &r.mounts {
             let value = sc.expand("RUN", raw)?;
             let spec = mounts::Spec::parse(&value, &sc.config.working_dir()).map_err(mount_err)?;
             let content = match &spec.kind {
                 mounts::Kind::Empty => None,
+                mounts::Kind::Ssh(ssh) => {
+                    let Some(socket) = self.opts.ssh.get(&ssh.id) else {
+                        if ssh.required {
+                            return Err(mount_err(mounts::Error::SshMissing(ssh.id.clone())));
+                        }
+                        continue;
+                    };
+                    let target = spec
+                        .target
+                        .clone()
+                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_mounts}"));
+                    ssh_mounts += 1;
+                    lend_socket(socket, ssh.uid, ssh.gid, ssh.mode).map_err(|source| {
+                        mount_err(mounts::Error::SshSocket {
+                            path: socket.clone(),
+                            source,
+                        })
+                    })?;
+                    // The first ssh mount is the RUN's agent (BuildKit).
+                    if ssh_mounts == 1 {
+                        env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
+                        env.push(("SSH_AUTH_SOCK".into(), target.clone()));
+                    }
+                    let m = Mounted::link(&self.opts.root, &target, socket).map_err(mount_err)?;
+                    mounted.push(m);
+                    continue;
+                }
+                mounts::Kind::Cache(cache) => {
+                    let target = spec.target.as_deref().unwrap_or_default();
+                    let m = self.mount_cache(step, target, cache, &mut held)?;
+                    mounted.push(m);
+                    continue;
+                }
                 mounts::Kind::Bind { from, source } => {
                     let root = match from {
                         None => self.opts.context.clone(),
@@ -389,7 +446,67 @@ impl<'a> StagePod<'a> {
                 Mounted::create(&self.opts.root, target, content.as_deref()).map_err(mount_err)?;
             mounted.push(m);
         }
-        Ok(mounted)
+        Ok((mounted, held))
+    }
+
+    /// `type=cache`: a link to its directory in the run cache (seeded from `from` when
+    /// new), or a copy of it when read-only; an empty directory (seeded) when the pod
+    /// has no run cache or the cache fails, which never fails the RUN.
+    fn mount_cache(
+        &mut self,
+        step: &Step<'_>,
+        target: &str,
+        cache: &run_cache::CacheMount,
+        held: &mut Vec<run_cache::Held>,
+    ) -> exec::Result<Mounted> {
+        let mount_err = |e| exec::Error::pod(Error::Mount(e));
+        let seed = match &cache.from {
+            Some(from) => {
+                let root = self.export_dir(step, from)?;
+                Some(rootfs::resolve(&root, &cache.source, true).map_err(filetree::Error::from)?)
+            }
+            None => None,
+        };
+        let opened = self.opts.run_cache.as_ref().map(|c| c.open(cache));
+        let dir = match opened {
+            Some(Ok(h)) => {
+                let seeded = match (&seed, h.fresh) {
+                    (Some(seed), true) => seed_dir(seed, &h.dir),
+                    _ => Ok(()),
+                };
+                match seeded {
+                    Ok(()) => {
+                        let dir = h.dir.clone();
+                        held.push(h);
+                        Some(dir)
+                    }
+                    Err(e) => {
+                        println!(
+                            "{} warning: cache {:?} not seeded, it starts empty: {e}",
+                            step.prefix, cache.id
+                        );
+                        None
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                println!(
+                    "{} warning: cache {:?} unavailable, it starts empty: {}",
+                    step.prefix,
+                    cache.id,
+                    crate::error::chain(&e)
+                );
+                None
+            }
+            None => None,
+        };
+        let root = &self.opts.root;
+        match dir {
+            Some(dir) if cache.readonly => Mounted::create(root, target, Some(&dir)),
+            Some(dir) => Mounted::link(root, target, &dir),
+            None => Mounted::create(root, target, seed.as_deref()),
+        }
+        .map_err(mount_err)
     }
 
     /// The export of the stage a `--from` on this line reads, extracted (through the
@@ -564,6 +681,38 @@ impl Pod for StagePod<'_> {
         self.before = after;
         Ok(info)
     }
+}
+/// Gives the agent socket the owner and mode a RUN's ssh mount asks for.
+fn lend_socket(socket: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(socket, Some(uid), Some(gid))?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
+}
+
+/// Copies a cache mount's seed (`from`/`source`: a directory's contents, or a file) into
+/// a cache directory made for this use.
+fn seed_dir(seed: &Path, dir: &Path) -> Result<(), copy::Error> {
+    let mut tree = DiskTree::new(dir);
+    if !seed.is_dir() {
+        let name = seed.file_name().unwrap_or_default();
+        return std::fs::copy(seed, dir.join(name))
+            .map(|_| ())
+            .map_err(|source| {
+                copy::Error::Tree(filetree::Error::Io {
+                    path: seed.to_path_buf(),
+                    source,
+                })
+            });
+    }
+    let from = FileTree::from_dir(seed).map_err(copy::Error::Tree)?;
+    let source = Source {
+        tree: &from,
+        keep_owner: true,
+    };
+    let flags = copy::CopyFlags {
+        keyword: "RUN --mount",
+        ..copy::CopyFlags::default()
+    };
+    copy::copy(&mut tree, source, &["/".into()], "/", &flags, 0, None)
 }
 
 /// Everything the snapshot must not walk: the pod's mounts (workspace, tools, the files

@@ -1,7 +1,8 @@
 //! `RUN --mount`, emulated in the filesystem: pods cannot mount. The target gets the
-//! content (bind), an empty directory (cache, tmpfs) or a build secret's file for the
-//! run and is put back as it was afterwards, so none of it reaches the layer. SSH
-//! agents are refused.
+//! content (bind), an empty directory (tmpfs), a link into the persistent run cache
+//! (cache, see [`super::run_cache`]) or a build secret's file for the run and is put
+//! back as it was afterwards, so none of it reaches the layer. An ssh mount gets a link
+//! to the socket of the pod's agent (see [`super::ssh_agent`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -13,6 +14,8 @@ use crate::fs::filetree::{self, FileTree};
 use crate::fs::snapshot::Snapshot;
 use crate::fs::tree::DiskTree;
 use crate::image_config;
+
+use super::run_cache::{CacheMount, Sharing};
 
 /// The largest build secret a RUN mounts: a Kubernetes Secret holds at most 1 MiB.
 pub const SECRET_BYTES: u64 = 1 << 20;
@@ -29,6 +32,14 @@ pub enum Error {
         "secret {0:?} is required but the build gives none (add it to spec.secrets, or --secret for a local build)"
     )]
     SecretMissing(String),
+    #[error("ssh id {0:?} is required but the build gives no key for it (add it to spec.ssh)")]
+    SshMissing(String),
+    #[error("cannot lend the ssh agent socket {path}")]
+    SshSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read secret {id:?}")]
     SecretRead {
         id: String,
@@ -60,9 +71,22 @@ pub enum Kind {
         from: Option<String>,
         source: String,
     },
-    /// An empty directory (cache, tmpfs).
+    /// An empty directory (tmpfs).
     Empty,
+    Cache(CacheMount),
     Secret(SecretMount),
+    Ssh(SshMount),
+}
+
+/// `type=ssh` with BuildKit's defaults: id `default`, socket mode 0600 root, optional.
+/// Without a target the socket goes to `/run/buildkit/ssh_agent.<n>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshMount {
+    pub id: String,
+    pub required: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// `type=secret` with BuildKit's defaults: file mode 0400, owned by root, optional.
@@ -97,8 +121,45 @@ impl Spec {
             .find_map(|k| fields.get(*k))
             .filter(|t| !t.is_empty())
             .map(|t| image_config::join_workdir(workdir, t));
+        let number = |key: &str, radix: u32, default: u32| match fields.get(key) {
+            None => Ok(default),
+            Some(v) => u32::from_str_radix(v, radix)
+                .map_err(|_| invalid(format!("{key}={v} is not a number"))),
+        };
         let kind = match fields.get("type").map_or("bind", String::as_str) {
-            "cache" | "tmpfs" => Kind::Empty,
+            "tmpfs" => Kind::Empty,
+            "cache" => {
+                let readonly = ["ro", "readonly"]
+                    .iter()
+                    .any(|k| fields.get(*k).is_some_and(|v| v != "false"));
+                let sharing = match fields.get("sharing") {
+                    None => Sharing::default(),
+                    Some(s) => Sharing::parse(s).ok_or_else(|| {
+                        invalid(format!("sharing={s}: shared, private or locked"))
+                    })?,
+                };
+                let Some(target) = &target else {
+                    return Err(Error::NoTarget(value.to_string()));
+                };
+                Kind::Cache(CacheMount {
+                    id: fields
+                        .get("id")
+                        .filter(|i| !i.is_empty())
+                        .unwrap_or(target)
+                        .clone(),
+                    sharing,
+                    from: fields.get("from").cloned(),
+                    source: fields
+                        .get("source")
+                        .or_else(|| fields.get("src"))
+                        .map_or("/", String::as_str)
+                        .to_string(),
+                    mode: number("mode", 8, 0o755)?,
+                    uid: number("uid", 10, 0)?,
+                    gid: number("gid", 10, 0)?,
+                    readonly,
+                })
+            }
             "bind" => {
                 let source = fields.get("source").or_else(|| fields.get("src"));
                 Kind::Bind {
@@ -106,12 +167,22 @@ impl Spec {
                     source: source.map_or("/", String::as_str).to_string(),
                 }
             }
+            "ssh" => Kind::Ssh(SshMount {
+                id: fields
+                    .get("id")
+                    .filter(|i| !i.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "default".into()),
+                required: match fields.get("required").map(String::as_str) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => return Err(invalid(format!("required={other}: true or false"))),
+                },
+                mode: number("mode", 8, 0o600)?,
+                uid: number("uid", 10, 0)?,
+                gid: number("gid", 10, 0)?,
+            }),
             "secret" => {
-                let number = |key: &str, radix: u32, default: u32| match fields.get(key) {
-                    None => Ok(default),
-                    Some(v) => u32::from_str_radix(v, radix)
-                        .map_err(|_| invalid(format!("{key}={v} is not a number"))),
-                };
                 let required = match fields.get("required").map(String::as_str) {
                     None | Some("false") => false,
                     Some("true") => true,
@@ -142,6 +213,8 @@ impl Spec {
             // Only the variable, when that is all it asks for.
             (Kind::Secret(s), None) if s.env.is_some() => None,
             (Kind::Secret(s), None) => Some(format!("/run/secrets/{}", s.id)),
+            // Numbered by the RUN, which knows how many ssh mounts come before.
+            (Kind::Ssh(_), None) => None,
             (_, None) => return Err(Error::NoTarget(value.to_string())),
         };
         Ok(Spec { target, kind })
@@ -173,6 +246,8 @@ enum Content<'a> {
     /// A directory's contents, or a file.
     Path(&'a Path),
     EmptyDir,
+    /// A symbolic link to a directory of the run cache.
+    Link(&'a Path),
     Secret(&'a [u8], &'a SecretMount),
 }
 
@@ -196,6 +271,12 @@ impl Mounted {
                 None => Content::EmptyDir,
             },
         )
+    }
+
+    /// Puts a symbolic link to `dir` (a run cache directory, outside every snapshot) at
+    /// `target` in `root`.
+    pub fn link(root: &Path, target: &str, dir: &Path) -> Result<Mounted, Error> {
+        Self::create_with(root, target, Content::Link(dir))
     }
 
     /// Puts a secret's value at `target` in `root` as a file of its mode and owner.
@@ -255,6 +336,9 @@ impl Mounted {
                 })?;
             }
             Content::EmptyDir => std::fs::create_dir(&mounted.target).map_err(failed)?,
+            Content::Link(dir) => {
+                std::os::unix::fs::symlink(dir, &mounted.target).map_err(failed)?
+            }
             Content::Secret(value, s) => {
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
@@ -304,9 +388,8 @@ mod tests {
 
     #[test]
     fn mount_specs() {
-        let cache = Spec::parse("type=cache,target=/root/.cache", "/").expect("cache");
-        assert_eq!(cache.target.as_deref(), Some("/root/.cache"));
-        assert_eq!(cache.kind, Kind::Empty);
+        let tmpfs = Spec::parse("type=tmpfs,target=/tmp/x", "/").expect("tmpfs");
+        assert_eq!(tmpfs.kind, Kind::Empty);
         let bind = Spec::parse("from=build,source=/out,target=out", "/app").expect("bind");
         assert_eq!(bind.target.as_deref(), Some("/app/out"));
         assert_eq!(
@@ -317,13 +400,88 @@ mod tests {
             }
         );
         assert!(matches!(
-            Spec::parse("type=ssh", "/"),
+            Spec::parse("type=nope", "/"),
             Err(Error::Unsupported(_))
         ));
+        let ssh = Spec::parse("type=ssh", "/").expect("ssh");
+        assert_eq!(
+            (ssh.target, ssh.kind),
+            (
+                None,
+                Kind::Ssh(SshMount {
+                    id: "default".into(),
+                    required: false,
+                    mode: 0o600,
+                    uid: 0,
+                    gid: 0
+                })
+            )
+        );
+        let ssh = Spec::parse(
+            "type=ssh,id=github,target=/agent,required=true,uid=1000,mode=0660",
+            "/",
+        )
+        .expect("ssh");
+        assert_eq!(ssh.target.as_deref(), Some("/agent"));
+        assert!(
+            matches!(ssh.kind, Kind::Ssh(SshMount { ref id, required: true, mode: 0o660, uid: 1000, .. }) if id == "github")
+        );
         assert!(matches!(
             Spec::parse("type=cache", "/"),
             Err(Error::NoTarget(_))
         ));
+    }
+
+    /// BuildKit's defaults: the id is the target, shared, 0755 root, writable.
+    #[test]
+    fn cache_specs_take_buildkits_defaults() {
+        let cache = |value: &str| match Spec::parse(value, "/src") {
+            Ok(Spec {
+                target,
+                kind: Kind::Cache(c),
+            }) => (target, c),
+            other => panic!("{value}: {other:?}"),
+        };
+        let (target, c) = cache("type=cache,target=/root/.cache");
+        assert_eq!(target.as_deref(), Some("/root/.cache"));
+        assert_eq!(
+            c,
+            CacheMount {
+                id: "/root/.cache".into(),
+                sharing: Sharing::Shared,
+                from: None,
+                source: "/".into(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                readonly: false,
+            }
+        );
+        let (target, c) = cache(
+            "type=cache,id=go,target=.cache,sharing=locked,from=deps,source=/seed,mode=0700,uid=1000,gid=100,ro",
+        );
+        assert_eq!(target.as_deref(), Some("/src/.cache"));
+        assert_eq!(
+            (
+                c.id.as_str(),
+                c.sharing,
+                c.from.as_deref(),
+                c.source.as_str()
+            ),
+            ("go", Sharing::Locked, Some("deps"), "/seed")
+        );
+        assert_eq!((c.mode, c.uid, c.gid, c.readonly), (0o700, 1000, 100, true));
+        assert!(cache("type=cache,target=/c,sharing=private").1.sharing == Sharing::Private);
+        assert!(!cache("type=cache,target=/c,readonly=false").1.readonly);
+        for bad in [
+            "type=cache,target=/c,sharing=some",
+            "type=cache,target=/c,uid=me",
+        ] {
+            assert!(
+                matches!(Spec::parse(bad, "/"), Err(Error::Invalid { .. })),
+                "{bad}"
+            );
+        }
     }
 
     /// BuildKit's defaults: `/run/secrets/<id>`, the id from the target's name, 0400

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt as _;
 use stagecoach_plan::contract::PodOutcome;
 
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::core::{self, Action, ObservedPod, PodState};
-use crate::render::{self, OperatorConfig, Role};
+use crate::render::{self, OperatorConfig, Role, RunCacheConfig};
 use podman::{Podman, outcome_path};
 use progress::Progress;
 
@@ -74,6 +75,9 @@ pub struct LocalOptions {
     pub registries_conf: Option<PathBuf>,
     /// The stage cache repository of a manifest that names none (`--cache-repository`).
     pub cache_repository: Option<String>,
+    /// The podman volume of persistent `RUN --mount=type=cache` directories (kept
+    /// between builds); none: cache mounts start empty.
+    pub run_cache_volume: Option<String>,
     /// Run every stage and store nothing (`--no-cache`: `spec.cache.mode: Disabled`).
     pub no_cache: bool,
 }
@@ -153,6 +157,13 @@ impl<'a> Runner<'a> {
                 default_storage_class: None,
                 insecure_registries: opts.insecure_registries.clone(),
                 cache_repository: opts.cache_repository.clone(),
+                run_cache: opts.run_cache_volume.clone().map(|claim| RunCacheConfig {
+                    claim,
+                    size: "20Gi".into(),
+                    storage_class: None,
+                    access_mode: "ReadWriteOnce".into(),
+                    max_bytes: None,
+                }),
             },
             pods: BTreeMap::new(),
             claim: None,
@@ -332,6 +343,11 @@ impl<'a> Runner<'a> {
 
     fn apply(&mut self, action: Action) -> Result<()> {
         match action {
+            // The run cache is a named volume that outlives builds: made once, kept.
+            Action::CreateClaim(pvc) if pvc.labels().contains_key(render::LABEL_RUN_CACHE) => {
+                let name = pvc.metadata.name.clone().unwrap_or_default();
+                self.podman.ok(&["volume", "create", "--ignore", &name])?;
+            }
             Action::CreateClaim(pvc) => {
                 let name = pvc.metadata.name.clone().unwrap_or_default();
                 let _ = self
