@@ -5,6 +5,8 @@
 #   stagecoach/busybox:1  busybox-static with its applet links, /etc/passwd, /tmp
 #   stagecoach/tcc:1      busybox + tcc + glibc headers/libs: a C compiler
 #   stagecoach/runtime:1  busybox + glibc only (the shape of distroless/base)
+#   stagecoach/git-ssh:1  busybox + git and the OpenSSH client with their libraries (the
+#                         RUN --mount=type=ssh test clones through the agent with it)
 #
 # tcc and runtime are the busybox layer plus one layer each. An image whose tag already
 # exists in the registry is skipped (BASE_IMAGES_FORCE=1 rebuilds all).
@@ -22,6 +24,7 @@ debs=$root/.work/debs
 busybox_ref=$registry/stagecoach/busybox:1
 tcc_ref=$registry/stagecoach/tcc:1
 runtime_ref=$registry/stagecoach/runtime:1
+git_ssh_ref=$registry/stagecoach/git-ssh:1
 # Image timestamps (config and file mtimes) are pinned so that rebuilding from the same
 # .deb files gives the same layers.
 epoch=0
@@ -43,7 +46,7 @@ die() {
   exit 1
 }
 
-for tool in buildah skopeo podman dpkg-deb apt-get; do
+for tool in buildah skopeo podman dpkg-deb apt-get git ssh; do
   command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-deps.sh"
 done
 curl -fsS --noproxy '*' --max-time 5 -o /dev/null "http://$registry/v2/" ||
@@ -209,7 +212,27 @@ build_runtime() {
     die "$runtime_ref cannot run a program built by tcc"
 }
 
-# busybox first: the other two are built on top of it (pulled back if only the registry
+# The installed git and ssh with the libraries they load (as scripts/image.sh gives the
+# builder its ssh); git runs its helpers (index-pack) from its exec path.
+build_git_ssh() {
+  local dir=$work/git-ssh bin lib
+  for bin in /usr/bin/git /usr/bin/ssh; do
+    install -D -m 0755 "$bin" "$dir$bin"
+    for lib in $(ldd "$bin" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }'); do
+      [[ -e $dir$lib ]] || install -D -m 0755 "$lib" "$dir$lib"
+    done
+  done
+  mkdir -p "$dir/usr/lib/git-core"
+  ln -s /usr/bin/git "$dir/usr/lib/git-core/git"
+  commit_layer "$busybox_ref" "$dir" "$git_ssh_ref" \
+    --created-by "stagecoach scripts/base-images.sh: git and ssh" \
+    --label org.opencontainers.image.description="busybox + git + OpenSSH client"
+  podman run --rm --network none --pull never "$git_ssh_ref" \
+    sh -c 'git --version && ssh -V' >/dev/null 2>&1 ||
+    die "$git_ssh_ref does not run git and ssh"
+}
+
+# busybox first: the other are built on top of it (pulled back if only the registry
 # has it).
 if wanted "$busybox_ref"; then
   build_busybox
@@ -222,4 +245,8 @@ fi
 if wanted "$runtime_ref"; then
   build_runtime
   push "$runtime_ref"
+fi
+if wanted "$git_ssh_ref"; then
+  build_git_ssh
+  push "$git_ssh_ref"
 fi

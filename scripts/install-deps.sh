@@ -24,7 +24,8 @@ apt_packages=(
   podman runc conmon catatonit golang-github-containers-common
   buildah skopeo umoci
   docker-registry apache2-utils busybox-static
-  openssh-server # sshd for the source pod's ssh clone test
+  openssh-server # sshd for the source pod's ssh clone test and RUN --mount=type=ssh's
+  git openssh-client # the test repositories, and the git-ssh base image's programs
   pigz # the layer packing benchmark's yardstick (builder-pod/benches/snapshot.rs)
 )
 

@@ -1284,6 +1284,7 @@ spec:
         claim: bool,
         /// The last decision's `recheck_after`.
         recheck: Option<std::time::Duration>,
+        config: OperatorConfig,
     }
 
     impl Sim {
@@ -1296,6 +1297,7 @@ spec:
                 pods: Vec::new(),
                 claim: false,
                 recheck: None,
+                config: config(),
             }
         }
 
@@ -1307,12 +1309,13 @@ spec:
                     claim_exists: self.claim,
                     now: at(now),
                 },
-                &config(),
+                &self.config,
             );
             self.build.status = Some(d.status);
             self.recheck = d.recheck_after;
             for a in &d.actions {
                 match a {
+                    Action::CreateClaim(c) if c.metadata.owner_references.is_none() => {}
                     Action::CreateClaim(_) => self.claim = true,
                     Action::CreatePod(p) => {
                         let labels = p.metadata.labels.clone().unwrap_or_default();
@@ -1450,6 +1453,45 @@ spec:
             });
         }
         sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+    }
+
+    /// The operator's run cache claim is asked for (a create that finds it is fine)
+    /// right before each stage pod whose stages mount caches, and for no other.
+    #[test]
+    fn the_run_cache_claim_is_made_before_the_pods_that_mount_it() {
+        let mut sim = Sim::new();
+        sim.config.run_cache = Some(render::RunCacheConfig {
+            claim: "stagecoach-run-cache".into(),
+            size: "20Gi".into(),
+            storage_class: None,
+            access_mode: "ReadWriteOnce".into(),
+            max_bytes: None,
+        });
+        sim.step(0);
+        let mut outcome = summary().expect("summary");
+        for pod in &mut outcome.summary.as_mut().expect("plan").pods {
+            pod.run_cache = pod.id == "b";
+        }
+        sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+        let actions = sim.step(10);
+        let order: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreateClaim(c) => Some(format!("claim {}", c.metadata.name.clone()?)),
+                Action::CreatePod(p) => Some(format!("pod {}", p.metadata.name.clone()?)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "pod app-stage-a-g1",
+                "claim stagecoach-run-cache",
+                "pod app-stage-b-g1",
+                "pod app-stage-c-g1"
+            ]
+        );
+        assert!(sim.status().stages[1].run_cache);
     }
 
     #[test]

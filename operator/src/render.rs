@@ -1094,7 +1094,8 @@ spec:
             .find(|m| m.name == "run-cache");
         assert_eq!(
             mounted.map(|m| (m.mount_path.as_str(), m.read_only)),
-            Some((RUN_CACHE, Some(false)))
+            Some((RUN_CACHE, None)),
+            "writable"
         );
 
         for other in [

@@ -1278,6 +1278,51 @@ mod tests {
         plan.stage(id).unwrap_or_else(|| panic!("no stage {id}"))
     }
 
+    /// A pod gets the run cache when one of its stages mounts a cache (fused chains
+    /// included), and the ssh ids its stages mount; stages with other ssh ids stay apart.
+    #[test]
+    fn cache_and_ssh_mounts_are_recorded_for_their_pods() {
+        let p = plan(
+            "FROM a AS deps
+RUN --mount=type=cache,target=/root/.cache true
+             FROM deps AS build
+RUN --mount=type=ssh true
+RUN --mount=type=ssh,id=github true
+             FROM b
+RUN true
+COPY --from=build /out /out
+",
+            &PlanOptions::default(),
+        )
+        .expect("plan");
+        assert!(stage(&p, "deps").run_cache && !stage(&p, "build").run_cache);
+        assert_eq!(stage(&p, "build").ssh, ["default", "github"]);
+        assert!(stage(&p, "deps").ssh.is_empty());
+        assert!(matches!(stage(&p, "deps").execution, Execution::Pod { .. }));
+        let summary = p.summary(None, None);
+        let pod = |id: &str| summary.pods.iter().find(|pod| pod.id == id).expect(id);
+        assert!(pod("deps").run_cache && !pod("stage-2").run_cache);
+        assert_eq!(pod("build").ssh, ["default", "github"]);
+
+        // Fused: the pod of the chain gets the cache its first stage mounts.
+        let fused = plan(
+            "FROM a AS deps
+RUN --mount=type=cache,target=/c true
+FROM deps
+RUN true
+",
+            &PlanOptions::default(),
+        )
+        .expect("plan");
+        let summary = fused.summary(None, None);
+        assert_eq!(summary.pods.len(), 1, "{summary:?}");
+        assert!(summary.pods[0].run_cache);
+        assert_eq!(
+            error_of("FROM a\nRUN --mount=type=ssh,id=$FROM_BASE true\n"),
+            "Dockerfile:2: --mount=type=ssh: the id in \"type=ssh,id=$FROM_BASE\" must not depend on the base image's environment"
+        );
+    }
+
     #[test]
     fn secret_mounts_are_recorded_by_id_and_keep_stages_apart() {
         let p = plan(

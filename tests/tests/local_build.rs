@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use stagecoach_e2e::git_server::{commit, git};
+use stagecoach_e2e::git_server::{SshServer, commit, git};
 use stagecoach_e2e::podman::{builder_image, check, podman, registry, tool};
 use stagecoach_e2e::registry::{RegistryServer, auth_file};
 use stagecoach_e2e::rootfs::{Layout, buildah_bud, differences};
@@ -1751,4 +1751,64 @@ fn run_caches_outlive_builds_and_share_as_buildkit_says() {
     );
     assert_eq!(cat(&ia, "/private"), "own\n");
     assert_eq!(cat(&ib, "/private"), "own\n");
+}
+
+/// `RUN --mount=type=ssh` end to end: a RUN clones a private repository from a loopback
+/// sshd through the agent (`SSH_AUTH_SOCK` set for that RUN only); the key is served by
+/// the agent container, so no RUN can find it anywhere in its filesystem, and it is in
+/// no pushed blob, nowhere on the workspace, in no log and not in the status.
+#[test]
+fn an_ssh_mount_clones_through_the_agent_and_the_key_is_nowhere() {
+    let r = registry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = SshServer::start(&dir.path().join("sshd"));
+    let private = dir.path().join("private");
+    std::fs::create_dir_all(&private).expect("repo dir");
+    git(&private, &["init", "--quiet", "--initial-branch=main"]);
+    commit(
+        &private,
+        &[("dep.txt", "from the private repository\n")],
+        "dep",
+    );
+    // A line of the key's body, split so that the Dockerfile does not hold it.
+    let key = std::fs::read_to_string(server.secret.join("ssh-privatekey")).expect("key");
+    let needle = key.lines().nth(2).expect("a key line").to_string();
+    let (a, b) = needle.split_at(needle.len() / 2);
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/git-ssh:1 AS deps\n\
+         RUN --mount=type=ssh GIT_SSH_COMMAND='ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' \
+             git clone -q {url} /src && test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /sock\n\
+         RUN n=\"{a}\"\"{b}\"; test -z \"$SSH_AUTH_SOCK\" && \
+             for d in /*; do case $d in /proc|/sys|/dev) ;; *) \
+               if grep -rlsF \"$n\" \"$d\"; then echo \"the key is readable\"; exit 1; fi;; esac; done && \
+             echo searched > /searched\n\
+         FROM {r}/stagecoach/busybox:1\n\
+         COPY --from=deps /src/dep.txt /sock /searched /\n",
+        url = server.url(&private),
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let result = Build {
+        name: "ssh-mount",
+        files: &files,
+        extra: "  ssh:\n  - secretRef: {name: git-key}\n",
+        secrets: BTreeMap::from([("git-key".to_string(), server.secret.clone())]),
+        options: Some(LocalOptions {
+            keep: true,
+            ..options()
+        }),
+        ..Build::default()
+    }
+    .run(&dir.path().join("build"));
+    let claim = "ssh-mount-workspace";
+    let leaks = if result.status.phase == Some(Phase::Succeeded) {
+        found_in_build(&result.status, claim, "ssh-mount-", &needle)
+    } else {
+        Vec::new()
+    };
+    remove_kept(claim, "ssh-mount-");
+    let image = succeeded(&result.status);
+    assert!(leaks.is_empty(), "the key was found in {leaks:?}");
+    assert_eq!(cat(&image, "/dep.txt"), "from the private repository\n");
+    assert_eq!(cat(&image, "/sock"), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(cat(&image, "/searched"), "searched\n");
 }
