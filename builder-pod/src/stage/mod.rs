@@ -384,7 +384,9 @@ impl<'a> StagePod<'a> {
                         .clone()
                         .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_mounts}"));
                     ssh_mounts += 1;
-                    lend_socket(socket, ssh.uid, ssh.gid, ssh.mode).map_err(|source| {
+                    let lent = wait_for_socket(socket)
+                        .and_then(|()| lend_socket(socket, ssh.uid, ssh.gid, ssh.mode));
+                    lent.map_err(|source| {
                         mount_err(mounts::Error::SshSocket {
                             path: socket.clone(),
                             source,
@@ -682,6 +684,20 @@ impl Pod for StagePod<'_> {
         Ok(info)
     }
 }
+/// Waits for the agent container (started beside this one) to serve the socket.
+fn wait_for_socket(socket: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other(
+                "the ssh agent container serves no such socket after 60 s (see its log)",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Gives the agent socket the owner and mode a RUN's ssh mount asks for.
 fn lend_socket(socket: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(socket, Some(uid), Some(gid))?;

@@ -346,7 +346,13 @@ impl<'a> Runner<'a> {
             // The run cache is a named volume that outlives builds: made once, kept.
             Action::CreateClaim(pvc) if pvc.labels().contains_key(render::LABEL_RUN_CACHE) => {
                 let name = pvc.metadata.name.clone().unwrap_or_default();
-                self.podman.ok(&["volume", "create", "--ignore", &name])?;
+                // Another build may make it at the same moment (podman 4 has no --ignore).
+                if self.podman.ok(&["volume", "exists", &name]).is_err()
+                    && let Err(e) = self.podman.ok(&["volume", "create", &name])
+                    && self.podman.ok(&["volume", "exists", &name]).is_err()
+                {
+                    return Err(e);
+                }
             }
             Action::CreateClaim(pvc) => {
                 let name = pvc.metadata.name.clone().unwrap_or_default();
