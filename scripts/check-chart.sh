@@ -595,9 +595,10 @@ done <"$work/example-plans.tsv"
 
 echo "== 9. the build pods the operator renders for every example, validated by kubernetes-validate --strict"
 # A source pod's outcome as it leaves it: a plan of two stage pods (one waits for the
-# other) and the commit, so every kind of pod gets rendered.
+# other; the first mounts a secret, an ssh agent and a cache) and the commit, so every
+# kind of pod, volume and container gets rendered.
 cat >"$work/source-outcome.json" <<'JSON'
-{"succeeded":true,"summary":{"commit":"3f9c2a1e0b7d4c5f8a6e9d2b1c0f3e4a5b6c7d8e","commitTime":1793610000,"target":"runtime","pods":[{"id":"build","stages":["deps","build"],"image":"docker.io/library/golang:1.23@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","waitsFor":[]},{"id":"runtime","stages":["runtime"],"image":"gcr.io/distroless/static@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","waitsFor":["build"]}]}}
+{"succeeded":true,"summary":{"commit":"3f9c2a1e0b7d4c5f8a6e9d2b1c0f3e4a5b6c7d8e","commitTime":1793610000,"target":"runtime","pods":[{"id":"build","stages":["deps","build"],"image":"docker.io/library/golang:1.23@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","waitsFor":[],"secrets":["npmrc"],"ssh":["default"],"runCache":true},{"id":"runtime","stages":["runtime"],"image":"gcr.io/distroless/static@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","waitsFor":["build"]}]}}
 JSON
 for example in examples/*.imagebuild.yaml; do
   # Some files hold more than one ImageBuild: render each.

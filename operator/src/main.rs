@@ -258,7 +258,7 @@ fn main() -> ExitCode {
 
 fn render(args: RenderArgs) -> anyhow::Result<String> {
     use anyhow::Context as _;
-    use stagecoach_operator::render::{self, OperatorConfig};
+    use stagecoach_operator::render::{self, OperatorConfig, RunCacheConfig};
     use stagecoach_plan::contract::PodOutcome;
 
     let text = std::fs::read_to_string(&args.manifest)
@@ -276,7 +276,7 @@ fn render(args: RenderArgs) -> anyhow::Result<String> {
         default_storage_class: None,
         insecure_registries: args.insecure_registries,
         cache_repository: None,
-        run_cache: None,
+        run_cache: Some(RunCacheConfig::default()),
     };
     let mut objects = vec![
         serde_json::to_value(render::render_claim(&build, &config))?,
@@ -288,6 +288,14 @@ fn render(args: RenderArgs) -> anyhow::Result<String> {
         let summary = PodOutcome::from_message(message.trim())
             .and_then(|o| o.summary)
             .with_context(|| format!("{} holds no plan summary", path.display()))?;
+        let run_cache = config.run_cache.as_ref().filter(|_| {
+            summary.pods.iter().any(|p| p.run_cache)
+                && matches!(render::run_cache_claim(&build, &config), Some((_, true)))
+        });
+        if let Some(run_cache) = run_cache {
+            let claim = render::render_run_cache_claim(&build, run_cache);
+            objects.push(serde_json::to_value(claim)?);
+        }
         for pod in &summary.pods {
             let stage = render::render_stage_pod(&build, &config, pod, summary.commit_time, 0);
             objects.push(serde_json::to_value(stage)?);

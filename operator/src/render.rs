@@ -77,6 +77,19 @@ pub struct RunCacheConfig {
     pub max_bytes: Option<u64>,
 }
 
+impl Default for RunCacheConfig {
+    /// The operator's defaults (`--run-cache-*`).
+    fn default() -> Self {
+        RunCacheConfig {
+            claim: "stagecoach-run-cache".into(),
+            size: "20Gi".into(),
+            storage_class: None,
+            access_mode: "ReadWriteOnce".into(),
+            max_bytes: None,
+        }
+    }
+}
+
 /// Where the run cache volume is mounted in stage pods that mount caches.
 pub const RUN_CACHE: &str = "/stagecoach-run-cache";
 /// The label that marks the operator's run cache claim.
@@ -1151,6 +1164,55 @@ spec:
                 .expect("args")
                 .contains(&"--run-cache".to_string())
         );
+    }
+
+    /// An ssh key reaches only the agent container beside a stage container whose
+    /// stages mount its id: the stage container gets the socket, never the key.
+    #[test]
+    fn ssh_keys_go_only_to_the_agent_beside_the_stages_that_mount_them() {
+        let mut b = build(FULL);
+        b.spec.ssh = serde_json::from_value(serde_json::json!([
+            {"id": "github", "secretRef": {"name": "github-key"}},
+            {"secretRef": {"name": "default-key"}},
+        ]))
+        .expect("ssh");
+        assert_eq!(b.spec.ssh[1].id, "default");
+        let mut mounting = stage_named("deps");
+        mounting.ssh = vec!["default".into()];
+        let pod = render_stage_pod(&b, &config(), &mounting, Some(1), 0);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(secret_names(&pod), ["default-key"]);
+        let [stage_c, agent] = spec.containers.as_slice() else {
+            panic!("a stage and an agent container: {:?}", spec.containers)
+        };
+        assert_eq!(agent.name, "ssh-agent");
+        let volumes_of = |c: &Container| -> Vec<String> {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        assert!(volumes_of(agent).contains(&"ssh-key-1".to_string()));
+        assert!(!volumes_of(stage_c).iter().any(|v| v.starts_with("ssh-key")));
+        assert!(volumes_of(stage_c).contains(&"ssh-sockets".to_string()));
+        let stage_args = stage_c.args.clone().expect("args");
+        assert!(
+            stage_args
+                .windows(2)
+                .any(|w| w == ["--ssh", "default=/stagecoach-ssh/agent-0.sock"])
+        );
+        let agent_args = agent.args.clone().expect("args");
+        assert!(agent_args.windows(2).any(|w| w
+            == [
+                "--key",
+                "default=/var/run/secrets/stagecoach/ssh/1/ssh-privatekey"
+            ]));
+        let security = agent.security_context.clone().expect("security");
+        assert_eq!(security.run_as_non_root, Some(true));
+
+        let other = render_stage_pod(&b, &config(), &stage(), Some(1), 0);
+        assert_eq!(other.spec.expect("spec").containers.len(), 1);
     }
 
     /// A build secret reaches the pods of the stages that mount it, one key under an

@@ -159,10 +159,7 @@ impl<'a> Runner<'a> {
                 cache_repository: opts.cache_repository.clone(),
                 run_cache: opts.run_cache_volume.clone().map(|claim| RunCacheConfig {
                     claim,
-                    size: "20Gi".into(),
-                    storage_class: None,
-                    access_mode: "ReadWriteOnce".into(),
-                    max_bytes: None,
+                    ..RunCacheConfig::default()
                 }),
             },
             pods: BTreeMap::new(),
