@@ -23,7 +23,7 @@ enum Command {
     /// Prints the ImageBuild CustomResourceDefinition as YAML.
     Crd,
     /// Runs the operator: watches ImageBuilds and drives their pods.
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
     /// Prints the objects the operator would create for an ImageBuild (the workspace
     /// claim, the source pod, and with the source pod's outcome every stage pod and the
     /// assemble pod), as YAML, for review or `kubectl apply --dry-run=server`.
@@ -171,7 +171,7 @@ enum LocalCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Operator(args) => match run_operator(args) {
+        Command::Operator(args) => match run_operator(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
