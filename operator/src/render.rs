@@ -670,20 +670,8 @@ pub fn render_stage_pod(
         let name = format!("secret-{n}");
         let dir = format!("{BUILD_SECRETS}/{n}");
         args.extend(["--secret".into(), format!("{}={dir}/value", secret.id)]);
-        volumes.push(Volume {
-            name: name.clone(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.secret_ref.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: secret.secret_ref.key.clone(),
-                    path: "value".into(),
-                    mode: None,
-                }]),
-                default_mode: Some(0o400),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        let (secret_name, key) = (&secret.secret_ref.name, &secret.secret_ref.key);
+        volumes.push(secret_key_volume(&name, secret_name, key, "value", 0o400));
         extra_mounts.push(mount(&name, &dir, true));
     }
     if stage.run_cache
@@ -734,6 +722,24 @@ pub fn render_stage_pod(
     pod(build, &role, attempt, containers, vec![install], volumes)
 }
 
+/// A volume of one key of a Secret, at `path`, with `mode`.
+fn secret_key_volume(name: &str, secret: &str, key: &str, path: &str, mode: i32) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: path.into(),
+                mode: None,
+            }]),
+            default_mode: Some(mode),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// The ssh agent beside a stage container whose stages mount ssh ids the build gives
 /// keys for: the builder image, non-root, the only container with the keys' Secrets; it
 /// serves one socket per key on a volume the stage container shares, and stops when
@@ -764,21 +770,15 @@ fn ssh_agent_container(
             "--ssh".into(),
             format!("{}={SSH_SOCKETS}/agent-{socket}.sock", ssh.id),
         ]);
-        volumes.push(Volume {
-            name: name.clone(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ssh.secret_ref.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: "ssh-privatekey".into(),
-                    path: "ssh-privatekey".into(),
-                    mode: None,
-                }]),
-                // Read through the pods' fsGroup: the agent is not root.
-                default_mode: Some(0o440),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        // Read through the pods' fsGroup: the agent is not root.
+        let key = "ssh-privatekey";
+        volumes.push(secret_key_volume(
+            &name,
+            &ssh.secret_ref.name,
+            key,
+            key,
+            0o440,
+        ));
         mounts.push(mount(&name, &dir, true));
     }
     volumes.push(empty_dir("ssh-sockets"));
