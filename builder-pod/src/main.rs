@@ -288,6 +288,10 @@ struct StageArgs {
     /// stops once this pod writes `done` beside it.
     #[arg(long = "ssh", value_name = "ID=SOCKET", value_parser = parse_secret)]
     ssh: Vec<(String, PathBuf)>,
+    /// The `known_hosts` of an ssh id, put at `/etc/ssh/ssh_known_hosts` for the RUN
+    /// steps that mount the id (repeatable; a missing file is none).
+    #[arg(long = "ssh-known-hosts", value_name = "ID=FILE", value_parser = parse_secret)]
+    ssh_known_hosts: Vec<(String, PathBuf)>,
 }
 
 fn parse_secret(value: &str) -> Result<(String, PathBuf), String> {
@@ -426,6 +430,7 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
             max_bytes: args.run_cache_max_bytes,
         }),
         ssh: args.ssh.into_iter().rev().collect(),
+        ssh_known_hosts: args.ssh_known_hosts.into_iter().rev().collect(),
     };
     let report = stage::run_pod(&opts);
     // The agents beside this container stop now.

@@ -36,6 +36,9 @@ pub const BUILD_SECRETS: &str = "/var/run/secrets/stagecoach/build";
 pub const SSH_KEYS: &str = "/var/run/secrets/stagecoach/ssh";
 /// The agent sockets, on a volume the agent and stage containers share.
 pub const SSH_SOCKETS: &str = "/stagecoach-ssh";
+/// The `known_hosts` of the ssh-auth Secrets (public), in the stage container:
+/// `<n>/known_hosts`, n the entry of `spec.ssh`.
+pub const SSH_KNOWN_HOSTS: &str = "/var/run/secrets/stagecoach/ssh-known-hosts";
 
 /// Label keys on everything the operator creates.
 pub const LABEL_BUILD: &str = "stagecoach.dev/build";
@@ -696,6 +699,13 @@ pub fn render_stage_pod(
     let agent = ssh_agent_container(build, config, stage, &mut args, &mut volumes);
     if agent.is_some() {
         extra_mounts.push(mount("ssh-sockets", SSH_SOCKETS, false));
+        let known_hosts = volumes
+            .iter()
+            .filter(|v| v.name.starts_with("ssh-known-hosts-"));
+        for v in known_hosts {
+            let n = v.name.trim_start_matches("ssh-known-hosts-");
+            extra_mounts.push(mount(&v.name, &format!("{SSH_KNOWN_HOSTS}/{n}"), true));
+        }
     }
     let mut c = container("stage", &image, args);
     c.command = Some(vec![format!("{TOOLS}/stagecoach-builder")]);
@@ -743,7 +753,8 @@ fn secret_key_volume(name: &str, secret: &str, key: &str, path: &str, mode: i32)
 /// The ssh agent beside a stage container whose stages mount ssh ids the build gives
 /// keys for: the builder image, non-root, the only container with the keys' Secrets; it
 /// serves one socket per key on a volume the stage container shares, and stops when
-/// the stage container is done. Adds the sockets to the stage's `args`.
+/// the stage container is done. Adds the sockets (and each Secret's optional, public
+/// `known_hosts`, for the stage container) to the stage's `args` and `volumes`.
 fn ssh_agent_container(
     build: &ImageBuild,
     config: &OperatorConfig,
@@ -779,6 +790,22 @@ fn ssh_agent_container(
             key,
             0o440,
         ));
+        let hosts = "known_hosts";
+        let mut known = secret_key_volume(
+            &format!("ssh-known-hosts-{n}"),
+            &ssh.secret_ref.name,
+            hosts,
+            hosts,
+            0o444,
+        );
+        if let Some(secret) = known.secret.as_mut() {
+            secret.optional = Some(true);
+        }
+        volumes.push(known);
+        args.extend([
+            "--ssh-known-hosts".into(),
+            format!("{}={SSH_KNOWN_HOSTS}/{n}/{hosts}", ssh.id),
+        ]);
         mounts.push(mount(&name, &dir, true));
     }
     volumes.push(empty_dir("ssh-sockets"));
@@ -1196,6 +1223,10 @@ spec:
         assert!(volumes_of(agent).contains(&"ssh-key-1".to_string()));
         assert!(!volumes_of(stage_c).iter().any(|v| v.starts_with("ssh-key")));
         assert!(volumes_of(stage_c).contains(&"ssh-sockets".to_string()));
+        assert!(
+            volumes_of(stage_c).contains(&"ssh-known-hosts-1".to_string()),
+            "the public known_hosts goes to the stage container"
+        );
         let stage_args = stage_c.args.clone().expect("args");
         assert!(
             stage_args

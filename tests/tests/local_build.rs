@@ -1754,7 +1754,9 @@ fn run_caches_outlive_builds_and_share_as_buildkit_says() {
 }
 
 /// `RUN --mount=type=ssh` end to end: a RUN clones a private repository from a loopback
-/// sshd through the agent (`SSH_AUTH_SOCK` set for that RUN only); the key is served by
+/// sshd through the agent (`SSH_AUTH_SOCK` set for that RUN only), checking the host
+/// key against the Secret's `known_hosts` (put where OpenSSH reads it, for that RUN
+/// only); the key is served by
 /// the agent container, so no RUN can find it anywhere in its filesystem, and it is in
 /// no pushed blob, nowhere on the workspace, in no log and not in the status.
 #[test]
@@ -1776,14 +1778,15 @@ fn an_ssh_mount_clones_through_the_agent_and_the_key_is_nowhere() {
     let (a, b) = needle.split_at(needle.len() / 2);
     let dockerfile = format!(
         "FROM {r}/stagecoach/git-ssh:1 AS deps\n\
-         RUN --mount=type=ssh GIT_SSH_COMMAND='ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' \
-             git clone -q {url} /src && test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /sock\n\
+         RUN --mount=type=ssh git clone -q {url} /src && test -S \"$SSH_AUTH_SOCK\" && \
+             echo \"$SSH_AUTH_SOCK\" > /sock\n\
+         RUN test ! -e /etc/ssh/ssh_known_hosts && echo gone > /known-hosts-after\n\
          RUN n=\"{a}\"\"{b}\"; test -z \"$SSH_AUTH_SOCK\" && \
              for d in /*; do case $d in /proc|/sys|/dev) ;; *) \
                if grep -rlsF \"$n\" \"$d\"; then echo \"the key is readable\"; exit 1; fi;; esac; done && \
              echo searched > /searched\n\
          FROM {r}/stagecoach/busybox:1\n\
-         COPY --from=deps /src/dep.txt /sock /searched /\n",
+         COPY --from=deps /src/dep.txt /sock /searched /known-hosts-after /\n",
         url = server.url(&private),
     );
     let files = [("Dockerfile", dockerfile.as_str())];
@@ -1811,4 +1814,9 @@ fn an_ssh_mount_clones_through_the_agent_and_the_key_is_nowhere() {
     assert_eq!(cat(&image, "/dep.txt"), "from the private repository\n");
     assert_eq!(cat(&image, "/sock"), "/run/buildkit/ssh_agent.0\n");
     assert_eq!(cat(&image, "/searched"), "searched\n");
+    assert_eq!(
+        cat(&image, "/known-hosts-after"),
+        "gone\n",
+        "known hosts for that RUN only"
+    );
 }

@@ -101,6 +101,8 @@ pub struct StageOptions {
     pub run_cache: Option<run_cache::RunCache>,
     /// The ssh agent sockets the pod was given: id → the socket of its key.
     pub ssh: BTreeMap<String, PathBuf>,
+    /// The `known_hosts` files of ssh ids (absent files are none).
+    pub ssh_known_hosts: BTreeMap<String, PathBuf>,
 }
 
 impl StageOptions {
@@ -367,6 +369,7 @@ impl<'a> StagePod<'a> {
         let mut mounted = Vec::new();
         let mut held = Vec::new();
         let mut ssh_mounts = 0;
+        let mut known_hosts = Vec::new();
         for raw in &r.mounts {
             let value = sc.expand("RUN", raw)?;
             let spec = mounts::Spec::parse(&value, &sc.config.working_dir()).map_err(mount_err)?;
@@ -384,6 +387,12 @@ impl<'a> StagePod<'a> {
                         .clone()
                         .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_mounts}"));
                     ssh_mounts += 1;
+                    if let Some(hosts) = self.opts.ssh_known_hosts.get(&ssh.id)
+                        && let Ok(text) = std::fs::read(hosts)
+                    {
+                        known_hosts.extend(text);
+                        known_hosts.push(b'\n');
+                    }
                     let lent = wait_for_socket(socket)
                         .and_then(|()| lend_socket(socket, ssh.uid, ssh.gid, ssh.mode));
                     lent.map_err(|source| {
@@ -446,6 +455,21 @@ impl<'a> StagePod<'a> {
             };
             let m =
                 Mounted::create(&self.opts.root, target, content.as_deref()).map_err(mount_err)?;
+            mounted.push(m);
+        }
+        // The ssh ids' known hosts, where OpenSSH looks for them system-wide.
+        if !known_hosts.is_empty() {
+            let file = self.scratch().join(format!("known_hosts-{}", step.number));
+            std::fs::create_dir_all(self.scratch())
+                .and_then(|()| std::fs::write(&file, &known_hosts))
+                .map_err(|source| {
+                    mount_err(mounts::Error::KnownHosts {
+                        path: file.clone(),
+                        source,
+                    })
+                })?;
+            let target = "/etc/ssh/ssh_known_hosts";
+            let m = Mounted::create(&self.opts.root, target, Some(&file)).map_err(mount_err)?;
             mounted.push(m);
         }
         Ok((mounted, held))

@@ -34,6 +34,12 @@ pub enum Error {
     SecretMissing(String),
     #[error("ssh id {0:?} is required but the build gives no key for it (add it to spec.ssh)")]
     SshMissing(String),
+    #[error("cannot write the ssh known hosts {path}")]
+    KnownHosts {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot lend the ssh agent socket {path}")]
     SshSocket {
         path: PathBuf,

@@ -274,6 +274,9 @@ pub(super) fn mount_secrets(
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         for (key, path) in keys {
             let target = dir.join(&path);
+            if !source.join(&key).is_file() && secret.optional == Some(true) {
+                continue;
+            }
             if !source.join(&key).is_file() {
                 return Err(Error::MissingSecretKey {
                     name: name.clone(),
