@@ -1208,7 +1208,11 @@ spec:
         mounting.ssh = vec!["default".into()];
         let pod = render_stage_pod(&b, &config(), &mounting, Some(1), 0);
         let spec = pod.spec.as_ref().expect("spec");
-        assert_eq!(secret_names(&pod), ["default-key"]);
+        assert_eq!(
+            secret_names(&pod),
+            ["default-key", "default-key"],
+            "its key for the agent, its known_hosts for the stage container"
+        );
         let [stage_c, agent] = spec.containers.as_slice() else {
             panic!("a stage and an agent container: {:?}", spec.containers)
         };
