@@ -37,6 +37,7 @@ trap cleanup EXIT
 
 # The "package index": FILES files of 4 KiB, each served after DELAY_MS.
 mkdir -p "$work/index"
+: >"$work/requests"
 for i in $(seq "$files"); do head -c 4096 /dev/urandom >"$work/index/dep-$i"; done
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 python3 - "$work/index" "$port" "$delay_ms" "$work/requests" <<'PY' &
@@ -94,11 +95,11 @@ results=$work/results
 seconds() {
   local label=$1 start end before after
   shift
-  before=$(wc -l <"$work/requests" 2>/dev/null || echo 0)
+  before=$(wc -l <"$work/requests")
   start=$(date +%s.%N)
   "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; echo "bench: failed: $*" >&2; exit 1; }
   end=$(date +%s.%N)
-  after=$(wc -l <"$work/requests" 2>/dev/null || echo 0)
+  after=$(wc -l <"$work/requests")
   echo "$label $(python3 -c "print(round($end - $start, 3))") $((after - before))" >>"$results"
 }
 stagecoach() {
