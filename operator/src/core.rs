@@ -9,7 +9,7 @@
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use stagecoach_plan::contract::{PlanSummary, PodOutcome};
+use stagecoach_plan::contract::{PlanSummary, PodOutcome, PodSummary};
 
 use crate::api::{
     Failure, ImageBuild, ImageBuildStatus, ImageStatus, Phase, SourceStatus, StagePhase,
@@ -753,7 +753,7 @@ impl<'a> Step<'a, '_> {
             }
             let stage = self.status.stages[i].clone();
             let role = Role::Stage(stage.name.clone());
-            let summary = stagecoach_plan::contract::PodSummary {
+            let summary = PodSummary {
                 id: stage.name.clone(),
                 stages: stage.runs.clone(),
                 image: stage.image.clone(),
@@ -794,6 +794,33 @@ impl<'a> Step<'a, '_> {
                         .iter()
                         .filter(|p| p.role == role)
                         .max_by_key(|p| p.attempt);
+                    // The run cache is best effort: a pod no node can take with it (a
+                    // node-local claim on a full or other node) runs without it.
+                    if entry.run_cache
+                        && let Some(p) = pod
+                        && let PodState::Stuck(StartProblem {
+                            failure: StartFailure::Unschedulable { .. },
+                            message,
+                            ..
+                        }) = &p.state
+                    {
+                        entry.run_cache = false;
+                        let note = format!(
+                            "no node could take the pod with the run cache ({message}): it runs with empty cache mounts"
+                        );
+                        entry.message = Some(note.clone());
+                        let without = PodSummary {
+                            run_cache: false,
+                            ..summary.clone()
+                        };
+                        let next =
+                            render::render_stage_pod(build, config, &without, epoch, p.attempt + 1);
+                        entry.pod = next.metadata.name.clone();
+                        self.actions.push(Action::DeletePod(p.name.clone()));
+                        self.actions.push(Action::CreatePod(Box::new(next)));
+                        self.actions.push(event(true, "RunCacheUnavailable", note));
+                        continue;
+                    }
                     entry.phase = StagePhase::Running;
                     entry.pod = pod.map(|p| p.name.clone()).or(entry.pod.take());
                     entry.node = pod.and_then(|p| p.node.clone()).or(entry.node.take());
@@ -1248,7 +1275,6 @@ fn retention(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::LocalObjectReference;
-    use stagecoach_plan::contract::PodSummary;
 
     const BUILD: &str = r#"
 apiVersion: stagecoach.dev/v1alpha1
@@ -1492,6 +1518,66 @@ spec:
             ]
         );
         assert!(sim.status().stages[1].run_cache);
+    }
+
+    /// A stage pod no node can take with the run cache claim (a node-local claim on a
+    /// full node) is started again without it, at once: the cache is best effort.
+    #[test]
+    fn a_pod_unschedulable_with_the_run_cache_runs_without_it() {
+        let mut sim = Sim::new();
+        sim.config.run_cache = Some(render::RunCacheConfig::default());
+        sim.step(0);
+        let mut outcome = summary().expect("summary");
+        for pod in &mut outcome.summary.as_mut().expect("plan").pods {
+            pod.run_cache = pod.id == "b";
+        }
+        sim.set(Role::Source, PodState::Succeeded, Some(outcome));
+        sim.step(1);
+        set_state(
+            &mut sim,
+            "b",
+            PodState::Stuck(StartProblem {
+                failure: StartFailure::Unschedulable {
+                    node: None,
+                    requests: "cpu 1".into(),
+                },
+                container: "stage".into(),
+                image: None,
+                reason: "Unschedulable".into(),
+                message: "0/3 nodes are available: 3 node(s) had volume node affinity conflict."
+                    .into(),
+            }),
+        );
+        let actions = sim.step(2);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::DeletePod(n) if n == "app-stage-b-g1"))
+        );
+        let [next] = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreatePod(p) => Some(p),
+                _ => None,
+            })
+            .collect::<Vec<_>>()[..]
+        else {
+            panic!("one new pod: {actions:?}")
+        };
+        assert_eq!(next.metadata.name.as_deref(), Some("app-stage-b-g1-r1"));
+        let volumes = next.spec.as_ref().and_then(|s| s.volumes.clone());
+        assert!(
+            !volumes.iter().flatten().any(|v| v.name == "run-cache"),
+            "without the claim"
+        );
+        let b = &sim.status().stages[1];
+        assert!(
+            !b.run_cache
+                && b.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("empty cache"))
+        );
+        assert_eq!(sim.phase(), Phase::Building);
     }
 
     #[test]
