@@ -273,6 +273,18 @@ pub fn buildah_bud(
     build_args: &[(&str, &str)],
     tag: &str,
 ) -> String {
+    buildah_bud_with(dockerfile, context, target, build_args, &[], tag)
+}
+
+/// [`buildah_bud`] with more of buildah's flags (`--secret id=X,src=FILE`).
+pub fn buildah_bud_with(
+    dockerfile: &Path,
+    context: &Path,
+    target: Option<&str>,
+    build_args: &[(&str, &str)],
+    extra: &[String],
+    tag: &str,
+) -> String {
     let mut cmd = tool("buildah");
     cmd.args([
         "bud",
@@ -291,6 +303,7 @@ pub fn buildah_bud(
     for (k, v) in build_args {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
+    cmd.args(extra);
     cmd.arg(context);
     // buildah's chroot isolation re-executes itself from a sealed memfd copy, which fails
     // now and then with EBUSY while other containers start beside it (a runtime race,

@@ -536,6 +536,29 @@ mod tests {
         }
     }
 
+    /// What a mount leaves behind, as buildah leaves it (outside `/var`, see the e2e
+    /// comparison): the target goes, its parents stay, and whatever was at the target
+    /// comes back.
+    #[test]
+    fn a_mount_leaves_its_parents_and_puts_back_what_was_there() {
+        let root = tempfile::tempdir().expect("root");
+        let cache = Mounted::create(root.path(), "/root/.cache/go", None).expect("empty");
+        std::fs::write(root.path().join("root/.cache/go/junk"), "x").expect("write");
+        cache.undo().expect("undo");
+        assert!(!root.path().join("root/.cache/go").exists());
+        assert!(root.path().join("root/.cache").is_dir(), "the parents stay");
+
+        std::fs::create_dir_all(root.path().join("data")).expect("mkdir");
+        std::fs::write(root.path().join("data/kept"), "kept").expect("write");
+        let over = Mounted::create(root.path(), "/data", None).expect("over");
+        assert!(!root.path().join("data/kept").exists(), "hidden meanwhile");
+        over.undo().expect("undo");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("data/kept")).expect("back"),
+            "kept"
+        );
+    }
+
     #[test]
     fn a_secret_file_has_its_mode_and_owner_and_goes_away() {
         use std::os::unix::fs::MetadataExt;
