@@ -1847,7 +1847,6 @@ fn run_mounts_leave_the_files_buildah_leaves() {
          RUN --mount=type=tmpfs,target=/srv/scratch/deep echo t > /srv/scratch/deep/x\n\
          RUN --mount=type=cache,id=compare,target=/root/.cache/tool echo c > /root/.cache/tool/x && echo cached > /cache-ran\n\
          RUN --mount=type=cache,target=/opt/cache/apt,sharing=locked,mode=0700 ls /opt/cache/apt > /dev/null\n\
-
          RUN --mount=type=secret,id=tok,target=/opt/app/.npmrc test -s /opt/app/.npmrc && echo s > /secret-ran\n\
          RUN --mount=type=secret,id=tok,required=true test -s /run/secrets/tok\n\
          RUN --mount=type=bind,target=/mnt/ctx test -f /mnt/ctx/Dockerfile\n"
