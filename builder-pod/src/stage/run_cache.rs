@@ -112,7 +112,20 @@ pub struct Held {
     pub dir: PathBuf,
     /// True when the directory was made for this use (seed it).
     pub fresh: bool,
+    /// A `private` directory made because all the others were held: not kept.
+    spare: bool,
     _lock: File,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.spare {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            let mut lock = self.dir.clone().into_os_string();
+            lock.push(LOCK_SUFFIX);
+            let _ = std::fs::remove_file(lock);
+        }
+    }
 }
 
 impl RunCache {
@@ -147,10 +160,12 @@ impl RunCache {
                 }
                 match taken {
                     Some(taken) => taken,
-                    // Every directory is in use: one for this pod alone, evicted as the
-                    // others are.
+                    // Every directory is in use: one for this RUN alone, removed after it.
                     None => {
-                        let name = format!("spare-{}", std::process::id());
+                        let nanos = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_nanos());
+                        let name = format!("spare-{}-{nanos}", std::process::id());
                         let lock = lock(&cache, &name, Lock::Exclusive)?;
                         (name, lock)
                     }
@@ -172,6 +187,7 @@ impl RunCache {
             Err(e) => return Err(io(&dir)(e)),
         };
         Ok(Held {
+            spare: name.starts_with("spare-"),
             dir,
             fresh,
             _lock: lock,
@@ -350,7 +366,16 @@ mod tests {
         drop(p2);
         let p3 = c.open(&mount("x", Sharing::Private)).expect("p3");
         assert!(p3.dir.ends_with("private-1"), "{:?}", p3.dir);
-        drop((p1, p3));
+        let mut all_held = vec![p1, p3];
+        for _ in 2..PRIVATE_DIRS {
+            all_held.push(c.open(&mount("x", Sharing::Private)).expect("private"));
+        }
+        let spare = c.open(&mount("x", Sharing::Private)).expect("spare");
+        assert!(spare.fresh && !all_held.iter().any(|h| h.dir == spare.dir));
+        let spare_dir = spare.dir.clone();
+        drop(spare);
+        assert!(!spare_dir.exists(), "a spare directory is not kept");
+        drop(all_held);
 
         // locked: the second user gets the directory only once the first lets go.
         let held = c.open(&mount("x", Sharing::Locked)).expect("locked");
