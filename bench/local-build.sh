@@ -20,17 +20,9 @@
 # usage: bench/local-build.sh      (after `make demo` or `make test` set things up)
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source-path=SCRIPTDIR source=../scripts/podman-env.sh disable=SC1091
-. "$root/scripts/podman-env.sh"
-cd "$root"
+# shellcheck source-path=SCRIPTDIR source=setup.sh disable=SC1091
+. "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 runs=${RUNS:-5}
-registry=${REGISTRY:-127.0.0.1:5000}
-
-./scripts/registry.sh start >/dev/null
-./scripts/base-images.sh >/dev/null
-./scripts/image.sh builder >/dev/null
-cargo build --quiet --release --locked -p stagecoach-operator
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

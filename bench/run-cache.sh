@@ -11,19 +11,11 @@
 #        FILES=300 DELAY_MS=5 RUNS=3
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source-path=SCRIPTDIR source=../scripts/podman-env.sh disable=SC1091
-. "$root/scripts/podman-env.sh"
-cd "$root"
+# shellcheck source-path=SCRIPTDIR source=setup.sh disable=SC1091
+. "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 files=${FILES:-300}
 delay_ms=${DELAY_MS:-5}
 runs=${RUNS:-3}
-registry=${REGISTRY:-127.0.0.1:5000}
-
-./scripts/registry.sh start >/dev/null
-./scripts/base-images.sh >/dev/null
-./scripts/image.sh builder >/dev/null
-cargo build --quiet --release --locked -p stagecoach-operator
 
 work=$(mktemp -d)
 volume=bench-run-cache-$$
