@@ -1819,6 +1819,14 @@ fn an_ssh_mount_clones_through_the_agent_and_the_key_is_nowhere() {
     let leaks = if result.status.phase == Some(Phase::Succeeded) {
         found_in_build(&result.status, claim, "ssh-mount-", &needle)
     } else {
+        let agent = podman()
+            .args(["logs", "ssh-mount-stage-deps-g1-ssh-agent"])
+            .output()
+            .expect("podman logs");
+        eprintln!(
+            "the agent's log:\n{}",
+            String::from_utf8_lossy(&agent.stderr)
+        );
         Vec::new()
     };
     remove_kept(claim, "ssh-mount-");

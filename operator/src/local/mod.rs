@@ -403,10 +403,11 @@ impl<'a> Runner<'a> {
     }
 
     /// Writes a rendered pod's manifest for podman, with the local adjustments (Secrets
-    /// as host directories, the outcome file, a `file://` repository mounted read-only
+    /// and emptyDirs as host directories, the outcome file, a `file://` repository mounted read-only
     /// into the source pod); [`Runner::play_pending`] starts it.
     fn prepare(&mut self, mut pod: Pod) -> Result<()> {
         podman::mount_secrets(&mut pod, &self.opts.secrets, self.dir.path())?;
+        podman::empty_dirs_on_host(&mut pod, self.dir.path())?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let stage_names: Vec<String> = self

@@ -233,6 +233,36 @@ impl Podman {
     }
 }
 
+/// emptyDir volumes become host directories under `dir`, world-writable as a kubelet
+/// makes an emptyDir. Podman's own emptyDir is a volume it gives to the user of the
+/// first container that mounts it (0755), so a non-root container beside a root one
+/// (the ssh agent beside a stage) could not write into it, or only some of the time.
+pub(super) fn empty_dirs_on_host(pod: &mut Pod, dir: &Path) -> Result<()> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(spec) = pod.spec.as_mut() else {
+        return Ok(());
+    };
+    for volume in spec.volumes.iter_mut().flatten() {
+        if volume.empty_dir.take().is_none() {
+            continue;
+        }
+        let path = dir
+            .join("empty-dirs")
+            .join(format!("{pod_name}-{}", volume.name));
+        let made = std::fs::create_dir_all(&path)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)));
+        made.map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        volume.host_path = Some(HostPathVolumeSource {
+            path: path.display().to_string(),
+            type_: Some("Directory".into()),
+        });
+    }
+    Ok(())
+}
+
 /// Secret volumes become read-only host directories holding the Secret's keys (from
 /// `--secret NAME=DIR`, with the volume's key-to-path items applied), owned by the
 /// builder user as a kubelet would give them to the pod's fsGroup.
@@ -317,6 +347,26 @@ pub(super) fn mount_secrets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An emptyDir is a world-writable host directory of the pod's own, whichever of its
+    /// containers (root or not) comes first.
+    #[test]
+    fn empty_dirs_are_world_writable_host_directories() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b-stage-x-g1"},
+            "spec": {"containers": [], "volumes": [{"name": "ssh-sockets", "emptyDir": {}}]}
+        }))
+        .expect("pod");
+        let work = tempfile::tempdir().expect("dir");
+        empty_dirs_on_host(&mut pod, work.path()).expect("host dirs");
+        let volume = &pod.spec.expect("spec").volumes.expect("volumes")[0];
+        assert!(volume.empty_dir.is_none());
+        let path = volume.host_path.as_ref().expect("hostPath").path.clone();
+        assert!(path.ends_with("b-stage-x-g1-ssh-sockets"), "{path}");
+        let mode = std::fs::metadata(&path).expect("made").permissions().mode();
+        assert_eq!(mode & 0o777, 0o777);
+    }
 
     #[test]
     fn a_secret_directory_without_a_key_the_pod_needs_is_refused_by_name() {
