@@ -1320,7 +1320,7 @@ fn the_stage_cache_runs_only_what_changed_and_never_gives_a_wrong_image() {
 }
 
 /// Waits until the stage container of `pod` runs, then removes the pod from outside the
-/// runner, as a node drain removes a pod.
+/// runner at once, as a node that dies takes its pods.
 fn remove_running_stage_pod(pod: &str) {
     let container = format!("{pod}-stage");
     for _ in 0..600 {
@@ -1330,7 +1330,9 @@ fn remove_running_stage_pod(pod: &str) {
             .lines()
             .any(|n| n == container)
         {
-            check(podman().args(["pod", "rm", "--force", pod]));
+            // At once: with the default 10 s grace the RUN (5 s) could finish first,
+            // as the builder, the container's first process, ignores SIGTERM.
+            check(podman().args(["pod", "rm", "--force", "--time", "0", pod]));
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
