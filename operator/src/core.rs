@@ -775,10 +775,8 @@ impl<'a> Step<'a, '_> {
                 Progress::NotStarted if ready => {
                     // The operator's run cache claim, made when a pod first needs it.
                     if summary.run_cache
-                        && let Some((_, true)) = render::run_cache_claim(build, config)
-                        && let Some(run_cache) = &config.run_cache
+                        && let Some(claim) = render::operator_run_cache_claim(build, config)
                     {
-                        let claim = render::render_run_cache_claim(build, run_cache);
                         self.actions.push(Action::CreateClaim(Box::new(claim)));
                     }
                     let pod = render::render_stage_pod(build, config, &summary, epoch, 0);

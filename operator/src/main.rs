@@ -288,12 +288,9 @@ fn render(args: RenderArgs) -> anyhow::Result<String> {
         let summary = PodOutcome::from_message(message.trim())
             .and_then(|o| o.summary)
             .with_context(|| format!("{} holds no plan summary", path.display()))?;
-        let run_cache = config.run_cache.as_ref().filter(|_| {
-            summary.pods.iter().any(|p| p.run_cache)
-                && matches!(render::run_cache_claim(&build, &config), Some((_, true)))
-        });
-        if let Some(run_cache) = run_cache {
-            let claim = render::render_run_cache_claim(&build, run_cache);
+        if summary.pods.iter().any(|p| p.run_cache)
+            && let Some(claim) = render::operator_run_cache_claim(&build, &config)
+        {
             objects.push(serde_json::to_value(claim)?);
         }
         for pod in &summary.pods {

@@ -395,6 +395,17 @@ pub fn run_cache_claim(build: &ImageBuild, config: &OperatorConfig) -> Option<(S
     }
 }
 
+/// The run cache claim the operator makes for the build's pods, when it is the
+/// operator's (none when the build names its own or turns the cache off).
+pub fn operator_run_cache_claim(
+    build: &ImageBuild,
+    config: &OperatorConfig,
+) -> Option<PersistentVolumeClaim> {
+    let run_cache = config.run_cache.as_ref()?;
+    matches!(run_cache_claim(build, config), Some((_, true)))
+        .then(|| render_run_cache_claim(build, run_cache))
+}
+
 /// The operator's run cache claim in the build's namespace: no owner, so no build's
 /// deletion takes it; created when missing (a create that finds it is no error).
 pub fn render_run_cache_claim(
@@ -696,17 +707,14 @@ pub fn render_stage_pod(
         });
         extra_mounts.push(mount("run-cache", RUN_CACHE, false));
     }
-    let agent = ssh_agent_container(build, config, stage, &mut args, &mut volumes);
-    if agent.is_some() {
-        extra_mounts.push(mount("ssh-sockets", SSH_SOCKETS, false));
-        let known_hosts = volumes
-            .iter()
-            .filter(|v| v.name.starts_with("ssh-known-hosts-"));
-        for v in known_hosts {
-            let n = v.name.trim_start_matches("ssh-known-hosts-");
-            extra_mounts.push(mount(&v.name, &format!("{SSH_KNOWN_HOSTS}/{n}"), true));
-        }
-    }
+    let agent = ssh_agent_container(
+        build,
+        config,
+        stage,
+        &mut args,
+        &mut volumes,
+        &mut extra_mounts,
+    );
     let mut c = container("stage", &image, args);
     c.command = Some(vec![format!("{TOOLS}/stagecoach-builder")]);
     let mut mounts = vec![mount("workspace", WORKSPACE, true)];
@@ -753,14 +761,15 @@ fn secret_key_volume(name: &str, secret: &str, key: &str, path: &str, mode: i32)
 /// The ssh agent beside a stage container whose stages mount ssh ids the build gives
 /// keys for: the builder image, non-root, the only container with the keys' Secrets; it
 /// serves one socket per key on a volume the stage container shares, and stops when
-/// the stage container is done. Adds the sockets (and each Secret's optional, public
-/// `known_hosts`, for the stage container) to the stage's `args` and `volumes`.
+/// the stage container is done. Adds what the stage container gets (the sockets, and
+/// each Secret's optional, public `known_hosts`) to its `args`, `volumes` and mounts.
 fn ssh_agent_container(
     build: &ImageBuild,
     config: &OperatorConfig,
     stage: &PodSummary,
     args: &mut Vec<String>,
     volumes: &mut Vec<Volume>,
+    stage_mounts: &mut Vec<VolumeMount>,
 ) -> Option<Container> {
     let entries = &build.spec.ssh;
     let served: Vec<(usize, &BuildSsh)> = entries
@@ -791,13 +800,9 @@ fn ssh_agent_container(
             0o440,
         ));
         let hosts = "known_hosts";
-        let mut known = secret_key_volume(
-            &format!("ssh-known-hosts-{n}"),
-            &ssh.secret_ref.name,
-            hosts,
-            hosts,
-            0o444,
-        );
+        let known_name = format!("ssh-known-hosts-{n}");
+        stage_mounts.push(mount(&known_name, &format!("{SSH_KNOWN_HOSTS}/{n}"), true));
+        let mut known = secret_key_volume(&known_name, &ssh.secret_ref.name, hosts, hosts, 0o444);
         if let Some(secret) = known.secret.as_mut() {
             secret.optional = Some(true);
         }
@@ -809,6 +814,7 @@ fn ssh_agent_container(
         mounts.push(mount(&name, &dir, true));
     }
     volumes.push(empty_dir("ssh-sockets"));
+    stage_mounts.push(mount("ssh-sockets", SSH_SOCKETS, false));
     let mut agent = container("ssh-agent", &config.builder_image, agent_args);
     agent.volume_mounts = Some(mounts);
     agent.security_context = Some(restricted());

@@ -496,8 +496,15 @@ impl<'a> StagePod<'a> {
         let opened = self.opts.run_cache.as_ref().map(|c| c.open(cache));
         let dir = match opened {
             Some(Ok(h)) => {
+                // A new directory gets the seed: a file keeps its name in it.
                 let seeded = match (&seed, h.fresh) {
-                    (Some(seed), true) => seed_dir(seed, &h.dir),
+                    (Some(seed), true) => {
+                        let name = seed.file_name().filter(|_| !seed.is_dir());
+                        let on_disk = name.map_or(h.dir.clone(), |n| h.dir.join(n));
+                        let dest = format!("/{}", name.unwrap_or_default().to_string_lossy());
+                        let mut tree = DiskTree::new(&h.dir);
+                        mounts::copy_content(&mut tree, seed, &dest, &on_disk)
+                    }
                     _ => Ok(()),
                 };
                 match seeded {
@@ -726,33 +733,6 @@ fn wait_for_socket(socket: &Path) -> std::io::Result<()> {
 fn lend_socket(socket: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(socket, Some(uid), Some(gid))?;
     std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
-}
-
-/// Copies a cache mount's seed (`from`/`source`: a directory's contents, or a file) into
-/// a cache directory made for this use.
-fn seed_dir(seed: &Path, dir: &Path) -> Result<(), copy::Error> {
-    let mut tree = DiskTree::new(dir);
-    if !seed.is_dir() {
-        let name = seed.file_name().unwrap_or_default();
-        return std::fs::copy(seed, dir.join(name))
-            .map(|_| ())
-            .map_err(|source| {
-                copy::Error::Tree(filetree::Error::Io {
-                    path: seed.to_path_buf(),
-                    source,
-                })
-            });
-    }
-    let from = FileTree::from_dir(seed).map_err(copy::Error::Tree)?;
-    let source = Source {
-        tree: &from,
-        keep_owner: true,
-    };
-    let flags = copy::CopyFlags {
-        keyword: "RUN --mount",
-        ..copy::CopyFlags::default()
-    };
-    copy::copy(&mut tree, source, &["/".into()], "/", &flags, 0, None)
 }
 
 /// Everything the snapshot must not walk: the pod's mounts (workspace, tools, the files

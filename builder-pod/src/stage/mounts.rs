@@ -318,28 +318,8 @@ impl Mounted {
         };
         let mounted = Mounted { target: at, hidden };
         match content {
-            Content::Path(src) if src.is_dir() => {
-                let from =
-                    FileTree::from_dir(src).map_err(|e| content_err(copy::Error::Tree(e)))?;
-                let source = Source {
-                    tree: &from,
-                    keep_owner: true,
-                };
-                let dest = format!("{}/", target.trim_end_matches('/'));
-                let flags = CopyFlags {
-                    keyword: "RUN --mount",
-                    ..CopyFlags::default()
-                };
-                copy::copy(&mut tree, source, &["/".into()], &dest, &flags, 0, None)
-                    .map_err(content_err)?;
-            }
             Content::Path(src) => {
-                std::fs::copy(src, &mounted.target).map_err(|e| {
-                    content_err(copy::Error::Tree(filetree::Error::Io {
-                        path: src.to_path_buf(),
-                        source: e,
-                    }))
-                })?;
+                copy_content(&mut tree, src, target, &mounted.target).map_err(content_err)?
             }
             Content::EmptyDir => std::fs::create_dir(&mounted.target).map_err(failed)?,
             Content::Link(dir) => {
@@ -377,6 +357,35 @@ impl Mounted {
         }
         Ok(())
     }
+}
+
+/// Puts `src` (a directory's contents, or a file) at `dest` in `tree`, whose place on
+/// disk is `on_disk`: owners kept, as a mount shows them.
+pub fn copy_content(
+    tree: &mut DiskTree,
+    src: &Path,
+    dest: &str,
+    on_disk: &Path,
+) -> Result<(), copy::Error> {
+    if !src.is_dir() {
+        return std::fs::copy(src, on_disk).map(|_| ()).map_err(|source| {
+            copy::Error::Tree(filetree::Error::Io {
+                path: src.to_path_buf(),
+                source,
+            })
+        });
+    }
+    let from = FileTree::from_dir(src).map_err(copy::Error::Tree)?;
+    let source = Source {
+        tree: &from,
+        keep_owner: true,
+    };
+    let flags = CopyFlags {
+        keyword: "RUN --mount",
+        ..CopyFlags::default()
+    };
+    let dest = format!("{}/", dest.trim_end_matches('/'));
+    copy::copy(tree, source, &["/".into()], &dest, &flags, 0, None)
 }
 
 /// A declared volume saved before a RUN.
