@@ -1727,6 +1727,25 @@ fn run_caches_outlive_builds_and_share_as_buildkit_says() {
             .collect::<Vec<_>>()
     );
 
+    // A new cache is seeded from another stage's directory (`from`, `source`), or file.
+    let seeded = format!(
+        "FROM {r}/stagecoach/busybox:1 AS seed\n\
+         RUN mkdir -p /seed/sub && echo dir-seed > /seed/sub/a && echo file-seed > /seed/one\n\
+         FROM {r}/stagecoach/busybox:1\n\
+         RUN --mount=type=cache,id=seeded,target=/s,from=seed,source=/seed cat /s/sub/a > /from-dir\n\
+         RUN --mount=type=cache,id=seeded-file,target=/f,from=seed,source=/seed/one cat /f/one > /from-file\n"
+    );
+    let seeded = Build {
+        name: "run-cache-seeded",
+        files: &[("Dockerfile", seeded.as_str())],
+        options: Some(with_cache.clone()),
+        ..Build::default()
+    }
+    .run(&dir.path().join("seeded"));
+    let seeded = succeeded(&seeded.status);
+    assert_eq!(cat(&seeded, "/from-dir"), "dir-seed\n");
+    assert_eq!(cat(&seeded, "/from-file"), "file-seed\n");
+
     // Two builds at once: a private RUN each (own directory), then a locked RUN each.
     let concurrent = |n: &str| {
         format!(
