@@ -214,10 +214,15 @@ impl RegistryArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("origin").required(true).args(["url", "context_image"])))]
 struct SourceArgs {
     /// The repository: https://, ssh://, git@host:path, git://, file:// or a path.
     #[arg(long)]
-    url: String,
+    url: Option<String>,
+    /// A context artifact (`spec.source.oci.image`; best by digest), instead of a
+    /// repository: read with the pull secrets, every blob checked against its digest.
+    #[arg(long, value_name = "IMAGE")]
+    context_image: Option<String>,
     /// Branch, tag, full or short commit SHA (default: the default branch).
     #[arg(long, default_value = "")]
     revision: String,
@@ -457,13 +462,18 @@ fn run_stage(args: StageArgs) -> anyhow::Result<()> {
 }
 
 fn run_source(args: SourceArgs) -> anyhow::Result<()> {
-    use stagecoach_builder::source::{self, Dockerfile, SourceOptions};
+    use stagecoach_builder::source::{self, Dockerfile, Origin, SourceOptions};
     let opts = SourceOptions {
         workspace: Workspace::new(&args.workspace),
-        url: args.url,
-        revision: args.revision,
-        submodules: args.submodules,
-        git_secret: args.git_secret,
+        origin: match (args.url, args.context_image) {
+            (_, Some(image)) => Origin::Oci { image },
+            (url, None) => Origin::Git {
+                url: url.unwrap_or_default(),
+                revision: args.revision,
+                submodules: args.submodules,
+                secret: args.git_secret,
+            },
+        },
         context_dir: args.context_dir,
         dockerfile: match args.dockerfile_inline {
             Some(text) => Dockerfile::Inline(text),

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use stagecoach_builder::source::git::{self, Checkout, Credentials};
-use stagecoach_builder::source::{self, Dockerfile, SourceOptions};
+use stagecoach_builder::source::{self, Dockerfile, Origin, SourceOptions};
 use stagecoach_builder::workspace::Workspace;
 use stagecoach_e2e::git_server::{GitDaemon, HttpsGit, SshServer, commit, free_port, git};
 use stagecoach_e2e::podman::{Volume, builder_image, check, play, registry, tool};
@@ -333,10 +333,12 @@ fn ssh_with_a_key_from_the_secret() {
 fn options(ws: &Path, url: String, revision: &str) -> SourceOptions {
     SourceOptions {
         workspace: Workspace::new(ws),
-        url,
-        revision: revision.into(),
-        submodules: false,
-        git_secret: None,
+        origin: Origin::Git {
+            url,
+            revision: revision.into(),
+            submodules: false,
+            secret: None,
+        },
         context_dir: String::new(),
         dockerfile: Dockerfile::Path("Dockerfile".into()),
         target: None,

@@ -43,7 +43,7 @@ pub struct ApplyStats {
 /// Extracts a layer (gzip, zstd or plain tar) onto `root`, honouring whiteouts and opaque
 /// directories, and refusing any entry that would write outside `root`.
 pub fn apply_layer(layer: &Path, root: &Path) -> Result<ApplyStats> {
-    extract(layer, root, Whiteouts::Honoured)
+    extract(layer, root, Whiteouts::Honoured, Owners::Recorded, u64::MAX)
 }
 
 /// Extracts an archive (gzip, zstd or plain tar: a stage's export, ADD's local archive) into
@@ -54,17 +54,39 @@ pub fn extract_archive(archive: &Path, dir: &Path) -> Result<ApplyStats> {
         path: dir.to_path_buf(),
         source,
     })?;
-    extract(archive, dir, Whiteouts::Kept)
+    extract(archive, dir, Whiteouts::Kept, Owners::Recorded, u64::MAX)
 }
 
-fn extract(layer: &Path, root: &Path, whiteouts: Whiteouts) -> Result<ApplyStats> {
+/// Extracts a build context archive into `dir` (made if missing) with the same
+/// containment, as the extracting user: a non-root source pod cannot give files
+/// owners, and a context's owners mean nothing on another machine. More than
+/// `max_bytes` of tar stream is refused, so a small compressed blob cannot fill the
+/// volume.
+pub fn extract_context(archive: &Path, dir: &Path, max_bytes: u64) -> Result<ApplyStats> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Root {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    extract(archive, dir, Whiteouts::Kept, Owners::Extracting, max_bytes)
+}
+
+fn extract(
+    layer: &Path,
+    root: &Path,
+    whiteouts: Whiteouts,
+    owners: Owners,
+    max_bytes: u64,
+) -> Result<ApplyStats> {
     let read_err = |source| Error::ReadLayer {
         path: layer.to_path_buf(),
         source,
     };
     let input = BufReader::with_capacity(256 << 10, File::open(layer).map_err(read_err)?);
-    let stream = super::decompressed(input).map_err(read_err)?;
-    let mut applier = Applier::new(root, whiteouts)?;
+    let stream = Bounded {
+        inner: super::decompressed(input).map_err(read_err)?,
+        left: max_bytes,
+    };
+    let mut applier = Applier::new(root, whiteouts, owners)?;
     let mut archive = tar::Archive::new(stream);
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
@@ -217,9 +239,29 @@ fn components(raw: &[u8]) -> Result<Vec<OsString>, String> {
     Ok(out)
 }
 
+/// A reader that fails once more than its bound has been read.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "the archive is larger than its limit",
+            )
+        })?;
+        Ok(n)
+    }
+}
+
 struct Applier {
     dirs: Dirs,
     whiteouts: Whiteouts,
+    owners: Owners,
     /// Paths this layer made, so an opaque marker keeps them whatever the entry order.
     created: HashSet<PathBuf>,
     /// Directory mtimes, set last: creating their contents changes them.
@@ -229,7 +271,7 @@ struct Applier {
 }
 
 impl Applier {
-    fn new(root: &Path, whiteouts: Whiteouts) -> Result<Self> {
+    fn new(root: &Path, whiteouts: Whiteouts, owners: Owners) -> Result<Self> {
         let root_fd = rustix::fs::open(
             root,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -241,6 +283,7 @@ impl Applier {
         })?;
         Ok(Applier {
             whiteouts,
+            owners,
             dirs: Dirs {
                 root: root_fd,
                 names: Vec::new(),
@@ -274,7 +317,11 @@ impl Applier {
             return self.hide(parents, name, hidden, &shown);
         }
         let target = self.entry_target(entry, &comps, &shown)?;
-        let meta = read_meta(entry, &shown)?;
+        let mut meta = read_meta(entry, &shown)?;
+        if self.owners == Owners::Extracting {
+            meta.uid = rustix::process::geteuid().as_raw();
+            meta.gid = rustix::process::getegid().as_raw();
+        }
         let failed = |what: &str, e: io::Error| Error::Entry {
             entry: shown.clone(),
             what: what.to_string(),
@@ -748,6 +795,14 @@ enum Target {
 enum Whiteouts {
     Honoured,
     Kept,
+}
+
+/// Whether entries keep the owners the archive records (layers, as root in a stage
+/// pod) or belong to whoever extracts them (build contexts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    Recorded,
+    Extracting,
 }
 
 /// A failure writing a file's content: the layer's read side or the file's write side.

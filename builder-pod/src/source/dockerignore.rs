@@ -140,7 +140,7 @@ impl Matcher {
     }
 
     /// Whether a `!` pattern exists, so an excluded directory may still hold kept files.
-    fn has_exclusions(&self) -> bool {
+    pub fn has_exclusions(&self) -> bool {
         self.rules.iter().any(|r| r.exclusion)
     }
 

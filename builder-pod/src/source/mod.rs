@@ -9,6 +9,7 @@
 //! Git credentials are used by the checkout only: they never reach the checkout, the
 //! plan, the report, the termination message or the output.
 
+pub mod artifact;
 pub mod dockerignore;
 pub mod git;
 
@@ -37,6 +38,8 @@ pub const POD: &str = "source";
 pub enum SourceError {
     #[error(transparent)]
     Git(#[from] git::Error),
+    #[error(transparent)]
+    Artifact(#[from] artifact::Error),
     #[error("context directory {context_dir:?}: {message}")]
     ContextInvalid {
         context_dir: String,
@@ -91,6 +94,7 @@ impl SourceError {
     pub fn reason(&self) -> &'static str {
         match self {
             SourceError::Git(e) => e.reason(),
+            SourceError::Artifact(e) => e.reason(),
             SourceError::ContextInvalid { .. } => "ContextInvalid",
             SourceError::DockerfileNotFound { .. } => "DockerfileNotFound",
             SourceError::DockerfileUnreadable { .. } | SourceError::DockerfileInvalid(_) => {
@@ -128,16 +132,26 @@ pub enum Dockerfile {
     Inline(String),
 }
 
+/// Where the context comes from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Git {
+        url: String,
+        /// Branch, tag, full or short commit SHA; empty for the default branch.
+        revision: String,
+        submodules: bool,
+        /// A mounted `kubernetes.io/basic-auth` or `kubernetes.io/ssh-auth` Secret.
+        secret: Option<PathBuf>,
+    },
+    /// A context artifact ([`artifact`]), read with the pull secrets.
+    Oci { image: String },
+}
+
 /// Everything the source pod is told.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
     pub workspace: Workspace,
-    pub url: String,
-    /// Branch, tag, full or short commit SHA; empty for the default branch.
-    pub revision: String,
-    pub submodules: bool,
-    /// A mounted `kubernetes.io/basic-auth` or `kubernetes.io/ssh-auth` Secret.
-    pub git_secret: Option<PathBuf>,
+    pub origin: Origin,
     /// `spec.source.contextDir`, relative to the checkout.
     pub context_dir: String,
     pub dockerfile: Dockerfile,
@@ -225,10 +239,6 @@ pub fn run(opts: &SourceOptions) -> SourceReport {
 
 fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     let ws = &opts.workspace;
-    let credentials = match &opts.git_secret {
-        Some(dir) => Credentials::from_secret_dir(dir)?,
-        None => Credentials::None,
-    };
     let checkout_dir = ws.source();
     let scratch = ws.scratch(POD);
     for dir in [&checkout_dir, &scratch] {
@@ -244,22 +254,40 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
             }
         }
     }
-    let checkout = git::checkout(
-        &git::Request {
-            url: &opts.url,
-            revision: &opts.revision,
-            submodules: opts.submodules,
-            credentials: &credentials,
-            scratch: &scratch,
-            private_tmp: &opts.private_tmp,
-        },
-        &checkout_dir,
-    )?;
+    let pull = registry_settings(opts)?;
+    let checkout = match &opts.origin {
+        Origin::Git {
+            url,
+            revision,
+            submodules,
+            secret,
+        } => {
+            let credentials = match secret {
+                Some(dir) => Credentials::from_secret_dir(dir)?,
+                None => Credentials::None,
+            };
+            git::checkout(
+                &git::Request {
+                    url,
+                    revision,
+                    submodules: *submodules,
+                    credentials: &credentials,
+                    scratch: &scratch,
+                    private_tmp: &opts.private_tmp,
+                },
+                &checkout_dir,
+            )?
+        }
+        Origin::Oci { image } => fetch_context(image, &pull.settings, &checkout_dir, &scratch)?,
+    };
     let _ = fs::remove_dir_all(&scratch);
-    plain_directory_modes(&checkout_dir).map_err(|source| SourceError::Workspace {
-        path: checkout_dir.clone(),
-        source,
-    })?;
+    if matches!(opts.origin, Origin::Git { .. }) {
+        // An artifact's entries carry their modes, set explicitly as they are made.
+        plain_directory_modes(&checkout_dir).map_err(|source| SourceError::Workspace {
+            path: checkout_dir.clone(),
+            source,
+        })?;
+    }
     let commit = checkout.commit.clone();
     let commit_time = checkout.commit_time;
     report.source = Some(checkout);
@@ -294,7 +322,6 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
             platform: opts.platform.clone(),
         },
     )?;
-    let pull = registry_settings(opts)?;
     pin_base_images(&mut plan, ws, &pull.settings)?;
     ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), plan.pod_stages())
         .map_err(|source| SourceError::Workspace {
@@ -312,6 +339,36 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     })?;
     report.summary = Some(plan.summary(Some(commit), Some(commit_time)));
     Ok(())
+}
+
+/// Fetches a context artifact into `dest`. What the report and status call the checkout
+/// is the artifact: its repository as the URL, its manifest digest as the commit, its
+/// source date as the commit time.
+fn fetch_context(
+    image: &str,
+    settings: &oci::Settings,
+    dest: &Path,
+    scratch: &Path,
+) -> Result<Checkout> {
+    let runtime = oci::runtime().map_err(|e| SourceError::Registry(Box::new(e)))?;
+    let fetched = runtime.block_on(async {
+        let registry = Registry::new(settings).map_err(|e| SourceError::Registry(Box::new(e)))?;
+        Ok::<_, SourceError>(artifact::fetch(&registry, image, dest, scratch).await?)
+    })?;
+    let repository = fetched
+        .reference
+        .split_once('@')
+        .map_or(fetched.reference.as_str(), |(repository, _)| repository)
+        .to_string();
+    Ok(Checkout {
+        url: repository,
+        revision: fetched.reference,
+        commit: fetched.digest,
+        commit_time: fetched.source_date_epoch,
+        resolved_ref: None,
+        shallow: false,
+        submodules: Vec::new(),
+    })
 }
 
 /// Gives every directory of the checkout mode 0755. Git records no directory modes, but
@@ -763,10 +820,9 @@ mod tests {
         }
         let opts = SourceOptions {
             workspace: Workspace::new(dir.path()),
-            url: String::new(),
-            revision: String::new(),
-            submodules: false,
-            git_secret: None,
+            origin: Origin::Oci {
+                image: String::new(),
+            },
             context_dir: String::new(),
             dockerfile: Dockerfile::Path("Dockerfile".into()),
             target: None,
