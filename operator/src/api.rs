@@ -143,15 +143,45 @@ pub enum CacheMode {
     Disabled,
 }
 
-/// Where the build context comes from.
+/// Where the build context comes from: a git repository or a context artifact.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.git) != has(self.oci)").message("set exactly one of git and oci"))]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
-    pub git: GitSource,
-    /// The context directory inside the repository (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciSource>,
+    /// The context directory inside the repository or artifact (default: its root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.split('/').exists(p, p == '..')").message("a relative path inside the repository"))]
     pub context_dir: Option<String>,
+}
+
+impl Source {
+    /// What the context is named by: the repository URL or the artifact reference.
+    pub fn location(&self) -> &str {
+        match (&self.git, &self.oci) {
+            (Some(git), _) => &git.url,
+            (None, Some(oci)) => &oci.image,
+            (None, None) => "",
+        }
+    }
+}
+
+/// A build context packed as an OCI artifact: one tar layer (`stagecoach build
+/// --context-push` makes them; Shipwright's source bundles and `oras push` of a tar work
+/// too). The source pod checks every blob against its digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OciSource {
+    /// The artifact, best by digest (`registry.example.com/ctx@sha256:...`).
+    #[schemars(regex(pattern = IMAGE_REFERENCE))]
+    pub image: String,
+    /// A `kubernetes.io/dockerconfigjson` Secret to pull it with, mounted only into the
+    /// source pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret_ref: Option<LocalObjectReference>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -459,6 +489,7 @@ mod tests {
         for needle in [
             "shortNames:\n    - ib",
             "has(self.dockerfile) && has(self.dockerfileInline)",
+            "has(self.git) != has(self.oci)",
             "name: Phase",
             "name: Digest",
             "(@sha256:[a-f0-9]{64})?$",
@@ -476,7 +507,8 @@ mod tests {
              \x20 output: {image: 'registry.example.com/app:1'}\n",
         )
         .expect("parses");
-        assert_eq!(build.spec.source.git.revision.as_deref(), Some("main"));
+        let git = build.spec.source.git.as_ref().expect("a git source");
+        assert_eq!(git.revision.as_deref(), Some("main"));
         assert_eq!(build.spec.output.image, "registry.example.com/app:1");
         assert!(build.status.is_none());
     }

@@ -586,10 +586,15 @@ fn container(name: &str, image: &str, args: Vec<String>) -> Container {
 /// pull secrets (for digest resolution) are mounted here and nowhere else.
 pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u32) -> Pod {
     let spec = &build.spec;
-    let git = &spec.source.git;
-    let mut args = vec!["source".to_string(), "--url".into(), git.url.clone()];
-    if let Some(rev) = &git.revision {
-        args.extend(["--revision".into(), rev.clone()]);
+    let mut args = vec!["source".to_string()];
+    if let Some(git) = &spec.source.git {
+        args.extend(["--url".into(), git.url.clone()]);
+        if let Some(rev) = &git.revision {
+            args.extend(["--revision".into(), rev.clone()]);
+        }
+    }
+    if let Some(oci) = &spec.source.oci {
+        args.extend(["--context-image".into(), oci.image.clone()]);
     }
     if let Some(dir) = &spec.source.context_dir {
         args.extend(["--context-dir".into(), dir.clone()]);
@@ -623,12 +628,16 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
         mount("workspace", WORKSPACE, false),
         mount("tmp", "/tmp", false),
     ];
-    if let Some(secret) = git.secret_ref.as_ref().map(|s| s.name.clone()) {
-        volumes.push(secret_volume("git-credentials", &secret));
+    let git_secret = spec.source.git.as_ref().and_then(|g| g.secret_ref.as_ref());
+    if let Some(secret) = git_secret {
+        volumes.push(secret_volume("git-credentials", &secret.name));
         mounts.push(mount("git-credentials", GIT_SECRET, true));
         args.extend(["--git-secret".into(), GIT_SECRET.into()]);
     }
-    for (n, secret) in spec.image_pull_secrets.iter().flatten().enumerate() {
+    // The context artifact's pull secret joins the image pull secrets, in this pod only.
+    let context_secret = spec.source.oci.as_ref().and_then(|o| o.pull_secret_ref.as_ref());
+    let pull = spec.image_pull_secrets.iter().flatten().chain(context_secret);
+    for (n, secret) in pull.enumerate() {
         let name = format!("pull-{n}");
         volumes.push(secret_volume(&name, &secret.name));
         mounts.push(mount(&name, &format!("{PULL_SECRETS}/{n}"), true));
@@ -909,6 +918,16 @@ pub fn render_assemble_pod(
     )
 }
 
+/// The `org.opencontainers.image.source` of the image: the repository, or the context
+/// artifact's repository.
+fn source_url(build: &ImageBuild) -> String {
+    let location = build.spec.source.location();
+    match &build.spec.source.oci {
+        Some(_) => location.split_once('@').map_or(location, |(repo, _)| repo).to_string(),
+        None => location.to_string(),
+    }
+}
+
 /// The cache pod of a failed build: the assemble pod's image, rights and credentials,
 /// storing the stages that succeeded in the stage cache and pushing no image, so that
 /// the fixed build resumes from the failed stage.
@@ -937,7 +956,7 @@ fn assemble_pod(
         "--pod".into(),
         pod_name(build, &role, attempt),
         "--source-url".into(),
-        build.spec.source.git.url.clone(),
+        source_url(build),
     ];
     if let Some(dir) = &build.spec.source.context_dir {
         args.extend(["--context-dir".into(), dir.clone()]);
@@ -1068,14 +1087,16 @@ spec:
     }
 
     /// Layer compression reaches the pods that write layers, and only those.
+    /// The first container's arguments.
+    fn args(pod: &Pod) -> Vec<String> {
+        pod.spec.as_ref().expect("spec").containers[0]
+            .args
+            .clone()
+            .expect("args")
+    }
+
     #[test]
     fn zstd_goes_to_the_pods_that_write_layers() {
-        let args = |p: &Pod| {
-            p.spec.as_ref().expect("spec").containers[0]
-                .args
-                .clone()
-                .expect("args")
-        };
         let zstd = |p: &Pod| args(p).windows(2).any(|w| w == ["--compression", "zstd"]);
         let mut b = build(FULL);
         assert!(!zstd(&render_stage_pod(
@@ -1317,6 +1338,42 @@ spec:
                 "{names:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_context_artifact_is_pulled_by_the_source_pod_alone_with_its_secret() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let b = build(&format!(
+            r#"
+apiVersion: stagecoach.dev/v1alpha1
+kind: ImageBuild
+metadata: {{name: app, namespace: team}}
+spec:
+  source:
+    oci: {{image: "registry.example/ctx@{digest}", pullSecretRef: {{name: ctx-creds}}}}
+  imagePullSecrets: [{{name: pull-creds}}]
+  output: {{image: "registry.example/app:1"}}
+"#
+        ));
+        let source = render_source_pod(&b, &config(), 0);
+        let source_args = args(&source);
+        let at = source_args
+            .iter()
+            .position(|a| a == "--context-image")
+            .expect("--context-image");
+        assert_eq!(source_args[at + 1], format!("registry.example/ctx@{digest}"));
+        assert!(!source_args.contains(&"--url".to_string()), "{source_args:?}");
+        assert_eq!(secret_names(&source), ["pull-creds", "ctx-creds"]);
+        let stage = render_stage_pod(&b, &config(), &stage(), Some(1), 0);
+        let assemble = render_assemble_pod(&b, &config(), Some(&digest), Some(1), 0);
+        assert!(!secret_names(&stage).contains(&"ctx-creds".to_string()));
+        assert!(secret_names(&assemble).is_empty());
+        let assemble_args = args(&assemble);
+        let at = assemble_args
+            .iter()
+            .position(|a| a == "--source-url")
+            .expect("--source-url");
+        assert_eq!(assemble_args[at + 1], "registry.example/ctx");
     }
 
     #[test]

@@ -436,8 +436,9 @@ impl<'a> Runner<'a> {
             .collect();
         self.images.insert(name.clone(), images);
         let repository = (role == Role::Source)
-            .then(|| self.build.spec.source.git.url.strip_prefix("file://"))
-            .flatten();
+            .then(|| self.build.spec.source.git.as_ref())
+            .flatten()
+            .and_then(|git| git.url.strip_prefix("file://"));
         let claim = self.claim.clone().ok_or_else(|| Error::Podman {
             args: "kube play".into(),
             message: format!("pod {name} comes before the workspace volume"),
