@@ -239,7 +239,12 @@ pub fn decide(observed: &Observed<'_>, config: &OperatorConfig) -> Decision {
             start_time: Some(Time(observed.now)),
             source: Some(SourceStatus {
                 url: build.spec.source.location().to_string(),
-                revision: build.spec.source.git.as_ref().and_then(|g| g.revision.clone()),
+                revision: build
+                    .spec
+                    .source
+                    .git
+                    .as_ref()
+                    .and_then(|g| g.revision.clone()),
                 commit: None,
                 commit_time: None,
             }),
@@ -1181,11 +1186,23 @@ fn start_failure(
 /// The spec field that names a Secret.
 fn secret_field(build: &ImageBuild, secret: &str) -> Option<String> {
     let spec = &build.spec;
-    let named = |r: &Option<k8s_openapi::api::core::v1::LocalObjectReference>| r.as_ref().is_some_and(|s| s.name == secret);
-    if spec.source.git.as_ref().is_some_and(|g| named(&g.secret_ref)) {
+    let named = |r: &Option<k8s_openapi::api::core::v1::LocalObjectReference>| {
+        r.as_ref().is_some_and(|s| s.name == secret)
+    };
+    if spec
+        .source
+        .git
+        .as_ref()
+        .is_some_and(|g| named(&g.secret_ref))
+    {
         return Some("spec.source.git.secretRef".into());
     }
-    if spec.source.oci.as_ref().is_some_and(|o| named(&o.pull_secret_ref)) {
+    if spec
+        .source
+        .oci
+        .as_ref()
+        .is_some_and(|o| named(&o.pull_secret_ref))
+    {
         return Some("spec.source.oci.pullSecretRef".into());
     }
     if spec
@@ -2323,7 +2340,8 @@ spec:
         ];
         for (kubelet, key, expected) in cases {
             let mut sim = Sim::new();
-            sim.build.spec.source.git.as_mut().expect("git").secret_ref = Some(reference("git-creds"));
+            sim.build.spec.source.git.as_mut().expect("git").secret_ref =
+                Some(reference("git-creds"));
             sim.build.spec.image_pull_secrets = Some(vec![reference("pull")]);
             sim.step(0);
             let name = if key.is_some() { "pull" } else { "git-creds" };

@@ -2,6 +2,7 @@
 //! build state machine, the controller and the local runner.
 
 pub mod api;
+pub mod build_command;
 pub mod controller;
 pub mod core;
 pub mod leader;

@@ -28,6 +28,10 @@ enum Command {
     /// claim, the source pod, and with the source pod's outcome every stage pod and the
     /// assemble pod), as YAML, for review or `kubectl apply --dry-run=server`.
     Render(RenderArgs),
+    /// Builds an image from a directory or a git URL with `docker build`'s flags, through
+    /// the same pods as `local build`, on podman; pushes it and prints its reference.
+    /// Exit codes: 0 built and pushed, 1 the build failed, 2 a usage or environment error.
+    Build(Box<stagecoach_operator::build_command::BuildArgs>),
     /// Runs builds without a cluster: the same pods, on podman.
     Local {
         #[command(subcommand)]
@@ -178,6 +182,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Build(args) => ExitCode::from(stagecoach_operator::build_command::run(
+            &args,
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout().lock(),
+        )),
         Command::Crd => {
             print!("{}", stagecoach_operator::api::crd_yaml());
             ExitCode::SUCCESS
@@ -211,6 +220,8 @@ fn main() -> ExitCode {
                 builder_image,
                 keep,
                 logs,
+                progress: local::ProgressStyle::Auto,
+                progress_stream: local::ProgressStream::Stdout,
                 insecure_registries,
                 secrets: secrets.into_iter().collect(),
                 containers_conf: std::env::var_os("CONTAINERS_CONF").map(PathBuf::from),

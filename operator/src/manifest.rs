@@ -446,7 +446,15 @@ spec:
     #[test]
     fn a_valid_manifest_reads() {
         let build = read(VALID).expect("valid");
-        assert_eq!(build.spec.source.git.as_ref().and_then(|g| g.revision.as_deref()), Some("main"));
+        assert_eq!(
+            build
+                .spec
+                .source
+                .git
+                .as_ref()
+                .and_then(|g| g.revision.as_deref()),
+            Some("main")
+        );
         assert_eq!(build.metadata.labels.expect("labels").len(), 2);
     }
 

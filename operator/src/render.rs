@@ -635,8 +635,16 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
         args.extend(["--git-secret".into(), GIT_SECRET.into()]);
     }
     // The context artifact's pull secret joins the image pull secrets, in this pod only.
-    let context_secret = spec.source.oci.as_ref().and_then(|o| o.pull_secret_ref.as_ref());
-    let pull = spec.image_pull_secrets.iter().flatten().chain(context_secret);
+    let context_secret = spec
+        .source
+        .oci
+        .as_ref()
+        .and_then(|o| o.pull_secret_ref.as_ref());
+    let pull = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .chain(context_secret);
     for (n, secret) in pull.enumerate() {
         let name = format!("pull-{n}");
         volumes.push(secret_volume(&name, &secret.name));
@@ -882,7 +890,7 @@ fn cache_args(build: &ImageBuild, config: &OperatorConfig) -> Vec<String> {
 }
 
 /// `registry/team/app` of `registry/team/app:1` or `…@sha256:…`.
-fn repository_of(image: &str) -> &str {
+pub fn repository_of(image: &str) -> &str {
     let image = image.split('@').next().unwrap_or(image);
     match image.rsplit_once(':') {
         Some((repository, tag)) if !tag.contains('/') => repository,
@@ -892,7 +900,7 @@ fn repository_of(image: &str) -> &str {
 
 /// The registry part of an image reference (`host[:port]`), Docker Hub's for a
 /// reference without one.
-fn registry_host(image: &str) -> String {
+pub fn registry_host(image: &str) -> String {
     match image.split_once('/') {
         Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.into(),
         _ => "docker.io".into(),
@@ -923,7 +931,10 @@ pub fn render_assemble_pod(
 fn source_url(build: &ImageBuild) -> String {
     let location = build.spec.source.location();
     match &build.spec.source.oci {
-        Some(_) => location.split_once('@').map_or(location, |(repo, _)| repo).to_string(),
+        Some(_) => location
+            .split_once('@')
+            .map_or(location, |(repo, _)| repo)
+            .to_string(),
         None => location.to_string(),
     }
 }
@@ -1361,8 +1372,14 @@ spec:
             .iter()
             .position(|a| a == "--context-image")
             .expect("--context-image");
-        assert_eq!(source_args[at + 1], format!("registry.example/ctx@{digest}"));
-        assert!(!source_args.contains(&"--url".to_string()), "{source_args:?}");
+        assert_eq!(
+            source_args[at + 1],
+            format!("registry.example/ctx@{digest}")
+        );
+        assert!(
+            !source_args.contains(&"--url".to_string()),
+            "{source_args:?}"
+        );
         assert_eq!(secret_names(&source), ["pull-creds", "ctx-creds"]);
         let stage = render_stage_pod(&b, &config(), &stage(), Some(1), 0);
         let assemble = render_assemble_pod(&b, &config(), Some(&digest), Some(1), 0);

@@ -23,6 +23,8 @@ fn options() -> LocalOptions {
         builder_image: builder_image(),
         keep: false,
         logs: false,
+        progress: local::ProgressStyle::Plain,
+        progress_stream: local::ProgressStream::Stdout,
         insecure_registries: vec![registry()],
         secrets: BTreeMap::new(),
         containers_conf: Some(repo_root().join("containers/containers.conf")),

@@ -242,7 +242,10 @@ fn ignore_file(dir: &Path, dockerfile: Option<&str>) -> Result<Option<(String, M
                 path: path.clone(),
                 source,
             })?;
-        return Ok(Some((candidate.clone(), dockerignore::parse(&text, &candidate)?)));
+        return Ok(Some((
+            candidate.clone(),
+            dockerignore::parse(&text, &candidate)?,
+        )));
     }
     Ok(None)
 }
@@ -258,7 +261,8 @@ struct Walk {
 
 impl Walk {
     fn ignored(&self, rel: &str) -> bool {
-        self.matcher.as_ref().is_some_and(|m| m.is_ignored(rel)) && !self.always.iter().any(|a| a == rel)
+        self.matcher.as_ref().is_some_and(|m| m.is_ignored(rel))
+            && !self.always.iter().any(|a| a == rel)
     }
 
     /// Whether something under `rel` must be sent even if `rel` is ignored.
@@ -520,19 +524,46 @@ mod tests {
     fn the_same_directory_packs_to_the_same_digest_and_a_change_does_not() {
         let a = tempfile::tempdir().expect("tempdir");
         let out = tempfile::tempdir().expect("tempdir");
-        tree(a.path(), &[("Dockerfile", "FROM scratch\n"), ("src/main.c", "int main;")]);
-        let first = pack(a.path(), Some("Dockerfile"), Some(1_700_000_000), &out.path().join("1"))
-            .expect("pack");
+        tree(
+            a.path(),
+            &[
+                ("Dockerfile", "FROM scratch\n"),
+                ("src/main.c", "int main;"),
+            ],
+        );
+        let first = pack(
+            a.path(),
+            Some("Dockerfile"),
+            Some(1_700_000_000),
+            &out.path().join("1"),
+        )
+        .expect("pack");
         // Another directory with the same files, made at another time.
         let b = tempfile::tempdir().expect("tempdir");
-        tree(b.path(), &[("src/main.c", "int main;"), ("Dockerfile", "FROM scratch\n")]);
-        let second = pack(b.path(), Some("Dockerfile"), Some(1_700_000_000), &out.path().join("2"))
-            .expect("pack");
+        tree(
+            b.path(),
+            &[
+                ("src/main.c", "int main;"),
+                ("Dockerfile", "FROM scratch\n"),
+            ],
+        );
+        let second = pack(
+            b.path(),
+            Some("Dockerfile"),
+            Some(1_700_000_000),
+            &out.path().join("2"),
+        )
+        .expect("pack");
         assert_eq!(first.manifest_digest, second.manifest_digest);
         assert_eq!(first.layer_digest, second.layer_digest);
         tree(b.path(), &[("src/main.c", "int main = 1;")]);
-        let third = pack(b.path(), Some("Dockerfile"), Some(1_700_000_000), &out.path().join("3"))
-            .expect("pack");
+        let third = pack(
+            b.path(),
+            Some("Dockerfile"),
+            Some(1_700_000_000),
+            &out.path().join("3"),
+        )
+        .expect("pack");
         assert_ne!(first.layer_digest, third.layer_digest);
         for (_, uid, mtime) in names(&first.layer) {
             assert_eq!((uid, mtime), (0, 1_700_000_000));
@@ -554,11 +585,17 @@ mod tests {
                 ("src/a.o", "o"),
             ],
         );
-        let packed = pack(dir.path(), Some("Dockerfile"), None, &out.path().join("l"))
-            .expect("pack");
-        let got: Vec<String> = names(&packed.layer).into_iter().map(|(n, _, _)| n).collect();
+        let packed =
+            pack(dir.path(), Some("Dockerfile"), None, &out.path().join("l")).expect("pack");
+        let got: Vec<String> = names(&packed.layer)
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
         assert_eq!(got, [".dockerignore", "Dockerfile", "src/", "src/a.c"]);
-        assert_eq!(packed.ignored, 4, "secret.env, build/out.bin, build and src/a.o");
+        assert_eq!(
+            packed.ignored, 4,
+            "secret.env, build/out.bin, build and src/a.o"
+        );
         assert!(packed.source_date_epoch > 0, "the newest mtime by default");
     }
 
@@ -566,7 +603,10 @@ mod tests {
     fn a_context_extracts_as_the_extracting_user_and_refuses_more_than_its_bound() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = tempfile::tempdir().expect("tempdir");
-        tree(dir.path(), &[("Dockerfile", "FROM scratch\n"), ("big", &"x".repeat(8192))]);
+        tree(
+            dir.path(),
+            &[("Dockerfile", "FROM scratch\n"), ("big", &"x".repeat(8192))],
+        );
         let packed = pack(dir.path(), None, Some(5), &out.path().join("l")).expect("pack");
         let dest = out.path().join("ctx");
         layer::apply::extract_context(&packed.layer, &dest, 1 << 20).expect("extracts");
@@ -575,6 +615,9 @@ mod tests {
         assert_eq!(meta.mtime(), 5);
         let small = out.path().join("small");
         let err = layer::apply::extract_context(&packed.layer, &small, 4096).expect_err("bound");
-        assert!(format!("{:?}", err).contains("larger than its limit"), "{err:?}");
+        assert!(
+            format!("{:?}", err).contains("larger than its limit"),
+            "{err:?}"
+        );
     }
 }

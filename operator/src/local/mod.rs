@@ -29,6 +29,7 @@ use podman::{Podman, outcome_path};
 use progress::Progress;
 
 pub use podman::podman_manifest;
+pub use progress::{ProgressStream, ProgressStyle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,6 +66,8 @@ pub struct LocalOptions {
     pub keep: bool,
     /// Stream every pod's output with its stage as prefix.
     pub logs: bool,
+    pub progress: ProgressStyle,
+    pub progress_stream: ProgressStream,
     /// Registries (`host:port`) the pods reach over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Kubernetes Secrets the build names, each a directory holding one file per key
@@ -118,6 +121,11 @@ pub fn build(manifest: &Path, opts: &LocalOptions) -> Result<LocalResult> {
             ..build.spec.cache.unwrap_or_default()
         });
     }
+    run(build, opts)
+}
+
+/// Runs an ImageBuild (`stagecoach build` makes one from its flags) to the end.
+pub fn run(build: ImageBuild, opts: &LocalOptions) -> Result<LocalResult> {
     Runner::new(build, opts).run()
 }
 
@@ -172,7 +180,7 @@ impl<'a> Runner<'a> {
             killed_since: BTreeMap::new(),
             images: BTreeMap::new(),
             play_errors: BTreeMap::new(),
-            progress: Progress::new(opts.logs),
+            progress: Progress::new(opts.progress, opts.progress_stream, opts.logs),
         }
     }
 
@@ -436,7 +444,7 @@ impl<'a> Runner<'a> {
             .collect();
         self.images.insert(name.clone(), images);
         let repository = (role == Role::Source)
-            .then(|| self.build.spec.source.git.as_ref())
+            .then_some(self.build.spec.source.git.as_ref())
             .flatten()
             .and_then(|git| git.url.strip_prefix("file://"));
         let claim = self.claim.clone().ok_or_else(|| Error::Podman {

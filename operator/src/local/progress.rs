@@ -9,23 +9,67 @@ use super::podman::Podman;
 use crate::api::{ImageBuildStatus, Phase, StagePhase};
 use crate::render::Role;
 
+/// How the build's progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressStyle {
+    /// A live table on a terminal, one line per change otherwise.
+    #[default]
+    Auto,
+    /// A live table.
+    Tty,
+    /// One line per change.
+    Plain,
+    /// Nothing.
+    Quiet,
+}
+
+/// Where progress goes: `stagecoach build` keeps stdout for the image reference, as
+/// `docker build` does; `stagecoach local build` prints both to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
 /// What has been printed so far.
 #[derive(Debug)]
 pub(super) struct Progress {
-    /// Progress redrawn in place (a terminal, no `--logs`), and how many lines it took.
+    /// Progress redrawn in place, and how many lines it took.
     live: bool,
+    quiet: bool,
+    stream: ProgressStream,
     drawn: usize,
     printed: BTreeMap<String, String>,
     log_offsets: BTreeMap<String, usize>,
 }
 
 impl Progress {
-    pub(super) fn new(logs: bool) -> Progress {
+    /// With `logs`, an automatic style prints lines: pods' output cannot run through a
+    /// table redrawn in place.
+    pub(super) fn new(style: ProgressStyle, stream: ProgressStream, logs: bool) -> Progress {
+        let terminal = match stream {
+            ProgressStream::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            ProgressStream::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
         Progress {
-            live: std::io::IsTerminal::is_terminal(&std::io::stdout()) && !logs,
+            live: match style {
+                ProgressStyle::Auto => terminal && !logs,
+                ProgressStyle::Tty => true,
+                ProgressStyle::Plain | ProgressStyle::Quiet => false,
+            },
+            quiet: style == ProgressStyle::Quiet,
+            stream,
             drawn: 0,
             printed: BTreeMap::new(),
             log_offsets: BTreeMap::new(),
+        }
+    }
+
+    fn out(&self) -> Box<dyn std::io::Write> {
+        match self.stream {
+            ProgressStream::Stdout => Box::new(std::io::stdout().lock()),
+            ProgressStream::Stderr => Box::new(std::io::stderr().lock()),
         }
     }
 
@@ -72,6 +116,9 @@ impl Progress {
             };
             lines.push((format!("stage/{name}"), line));
         }
+        if self.quiet {
+            return;
+        }
         if self.live {
             self.redraw(lines.into_iter().map(|(_, line)| line).collect());
         } else {
@@ -83,7 +130,7 @@ impl Progress {
 
     /// Moves the cursor up over the table drawn last time and draws it again.
     fn redraw(&mut self, lines: Vec<String>) {
-        let mut out = std::io::stdout().lock();
+        let mut out = self.out();
         if self.drawn > 0 {
             let _ = write!(out, "\x1b[{}A", self.drawn);
         }
@@ -96,8 +143,9 @@ impl Progress {
 
     fn print_once(&mut self, key: &str, line: String) {
         if self.printed.get(key) != Some(&line) {
-            println!("{line}");
-            let _ = std::io::stdout().flush();
+            let mut out = self.out();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
             self.printed.insert(key.to_string(), line);
         }
     }
@@ -124,8 +172,9 @@ impl Progress {
                     Role::Stage(s) => s.clone(),
                     other => other.label().to_string(),
                 };
+                let mut out = self.out();
                 for line in text[seen..].lines() {
-                    println!("{label} | {line}");
+                    let _ = writeln!(out, "{label} | {line}");
                 }
                 self.log_offsets.insert(name.to_string(), text.len());
             }

@@ -1,0 +1,798 @@
+//! `stagecoach build`: the flags of `docker build` and `buildx build` over the local
+//! runner. The flags become the ImageBuild a manifest would hold: a git URL becomes
+//! `spec.source.git`, a directory is packed into a context artifact, pushed beside the
+//! image and named as `spec.source.oci`. From there on it is `stagecoach local build`:
+//! the same core, pods and push.
+//!
+//! Exit codes: 0 built and pushed, 1 the build failed, 2 a usage or environment error.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser as _;
+use k8s_openapi::api::core::v1::LocalObjectReference;
+use stagecoach_builder::oci;
+use stagecoach_builder::source::artifact;
+
+use crate::api::{
+    BuildArg, BuildSecret, BuildSsh, GitSource, ImageBuild, ImageBuildSpec, OciSource, Output,
+    Phase, SecretKeyRef, Source,
+};
+use crate::local::{self, LocalOptions, ProgressStream, ProgressStyle};
+
+/// Built and pushed.
+pub const EXIT_BUILT: u8 = 0;
+/// The build ran and failed (the reason and place are printed).
+pub const EXIT_FAILED: u8 = 1;
+/// Bad flags, a missing context, no podman, no registry: nothing was built.
+pub const EXIT_USAGE: u8 = 2;
+
+/// The most a Dockerfile read from stdin may be (the source pod's own limit).
+const STDIN_DOCKERFILE_BYTES: u64 = stagecoach_plan::limits::DOCKERFILE_BYTES as u64;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildArgs {
+    /// The context: a directory (default `.`; it needs no git) or a git URL, with
+    /// Docker's `URL#REF:SUBDIR` to pick a revision and a directory in it.
+    #[arg(default_value = ".", value_name = "PATH | GIT-URL")]
+    pub context: String,
+    /// The Dockerfile (default: `Dockerfile` in the context); `-` reads it from stdin.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+    /// The image to push, `REGISTRY/NAME[:TAG]` (repeatable: the others are more tags of
+    /// the same image).
+    #[arg(short = 't', long = "tag", value_name = "NAME:TAG", required = true)]
+    pub tags: Vec<String>,
+    /// The stage to build (default: the last one).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// `KEY=VALUE`, or `KEY` to take the value from the environment (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// The platform to build for; this version builds for linux/amd64 only.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// A label of the image (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Run every stage: take nothing from the stage cache and store nothing in it.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// A build secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`
+    /// (repeatable); only the stage pods whose RUN steps mount it get it.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    pub secrets: Vec<String>,
+    /// An ssh key for `RUN --mount=type=ssh`: `ID=KEYFILE`, an unencrypted OpenSSH private
+    /// key served by an agent beside the stage pods that mount the id (repeatable).
+    #[arg(long = "ssh", value_name = "ID=KEYFILE")]
+    pub ssh: Vec<String>,
+    /// `auto` (a live table on a terminal, lines otherwise), `tty`, or `plain` (one line
+    /// per change and every pod's output, prefixed with its stage).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain"])]
+    pub progress: String,
+    /// Writes the result as JSON with buildx's keys (`containerimage.digest`,
+    /// `containerimage.config.digest`, `containerimage.descriptor`, `image.name`).
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Writes the image id (the config's digest), as `docker build --iidfile` does.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Prints only the pushed image's digest reference.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The repository a directory context is pushed to (default: `<image
+    /// repository>/context`).
+    #[arg(long, value_name = "REPOSITORY")]
+    pub context_push: Option<String>,
+    /// The time file and history times are clamped to. Default: the newest file of a
+    /// directory context; a repository's commit time.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
+    /// The builder image the pods use.
+    #[arg(
+        long,
+        env = "STAGECOACH_BUILDER_IMAGE",
+        default_value = "127.0.0.1:5000/stagecoach/builder:dev"
+    )]
+    pub builder_image: String,
+    /// A registry (`host:port`) reached over plain HTTP (repeatable); the local registry
+    /// of `make demo` by default.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "STAGECOACH_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5000"
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Leave the pods and the workspace volume for inspection.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `stagecoach build` on its own, for callers that hold the whole command line.
+#[derive(Debug, clap::Parser)]
+#[command(name = "stagecoach build")]
+struct BuildCommand {
+    #[command(flatten)]
+    args: BuildArgs,
+}
+
+/// Parses `argv` (the program name first) and runs the build: what `stagecoach build`
+/// does with its arguments, stdin and stdout. Returns the exit code.
+pub fn run_command_line(
+    argv: impl IntoIterator<Item = String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+) -> u8 {
+    match BuildCommand::try_parse_from(argv) {
+        Ok(cmd) => run(&cmd.args, stdin, stdout),
+        Err(e) => {
+            let code = if e.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_BUILT
+            };
+            let _ = e.print();
+            code
+        }
+    }
+}
+
+/// A failure before the build could start, printed as one line.
+#[derive(Debug)]
+struct Usage(String);
+
+/// Runs a build from its flags and returns the exit code.
+pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8 {
+    let started = Instant::now();
+    let scratch = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("error: cannot make a temporary directory: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let (build, opts) = match prepare(args, stdin, scratch.path()) {
+        Ok(prepared) => prepared,
+        Err(Usage(message)) => {
+            eprintln!("error: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    let result = match local::run(build, &opts) {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let status = result.status;
+    if status.phase != Some(Phase::Succeeded) {
+        let failure = status.failure.unwrap_or_else(|| crate::api::Failure {
+            reason: "Unknown".into(),
+            message: "the build failed".into(),
+            stage: None,
+            pod: None,
+            line: None,
+            log_tail: vec![],
+        });
+        if !failure.log_tail.is_empty() {
+            let pod = failure.pod.as_deref().unwrap_or("the failed pod");
+            eprintln!("last lines of {pod}'s log:");
+            for line in &failure.log_tail {
+                eprintln!("  {line}");
+            }
+        }
+        eprintln!("build failed: {}: {}", failure.reason, failure.message);
+        return EXIT_FAILED;
+    }
+    let Some(image) = status.image else {
+        eprintln!("error: the build succeeded but reports no image");
+        return EXIT_FAILED;
+    };
+    let pushed = format!("{}@{}", image.reference, image.digest);
+    if args.metadata_file.is_some() || args.iidfile.is_some() {
+        let written = describe(&pushed, &opts.insecure_registries)
+            .and_then(|descriptor| write_results(args, &image.digest, &descriptor));
+        if let Err(message) = written {
+            eprintln!("error: {message}");
+            return EXIT_FAILED;
+        }
+    }
+    if !args.quiet {
+        let pods = status.stages.iter().filter(|s| !s.cached).count();
+        let cached = status.stages.len() - pods;
+        eprintln!(
+            "pushed {pushed}\n  {} stage pod(s) ran, {cached} stage(s) from the cache, {:.1}s in all",
+            pods,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let _ = writeln!(stdout, "{pushed}");
+    EXIT_BUILT
+}
+
+/// The flags as an ImageBuild and runner options; a directory context is pushed here.
+fn prepare(
+    args: &BuildArgs,
+    stdin: &mut dyn Read,
+    scratch: &Path,
+) -> Result<(ImageBuild, LocalOptions), Usage> {
+    if let Some(platform) = &args.platform
+        && platform != "linux/amd64"
+    {
+        return Err(Usage(format!(
+            "--platform {platform}: this version builds linux/amd64 images only"
+        )));
+    }
+    podman_present()?;
+    let image = args.tags[0].clone();
+    let repository = crate::render::repository_of(&image);
+    if let Some(other) = args.tags[1..]
+        .iter()
+        .find(|t| crate::render::repository_of(t) != repository)
+    {
+        return Err(Usage(format!(
+            "-t {other}: every tag must name the repository of the first, {repository}"
+        )));
+    }
+    let mut secrets = BTreeMap::new();
+    let auth = registry_auth_file();
+    let auth_secret = match &auth {
+        Some(file) => {
+            let dir = secret_dir(scratch, "registry-auth", &[(".dockerconfigjson", file)])?;
+            secrets.insert("stagecoach-registry-auth".to_string(), dir);
+            Some(LocalObjectReference {
+                name: "stagecoach-registry-auth".into(),
+            })
+        }
+        None => None,
+    };
+    let stdin_dockerfile = match args.file.as_deref() {
+        Some("-") => {
+            let mut text = String::new();
+            stdin
+                .take(STDIN_DOCKERFILE_BYTES + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| Usage(format!("-f -: cannot read the Dockerfile from stdin: {e}")))?;
+            if text.len() as u64 > STDIN_DOCKERFILE_BYTES {
+                return Err(Usage(format!(
+                    "-f -: the Dockerfile is larger than {STDIN_DOCKERFILE_BYTES} bytes"
+                )));
+            }
+            Some(text)
+        }
+        _ => None,
+    };
+    let mut spec_dockerfile = None;
+    let mut dockerfile_inline = stdin_dockerfile;
+    let source = match git_context(&args.context) {
+        Some((url, revision, subdir)) => {
+            if let Some(path) = args.file.as_deref().filter(|f| *f != "-") {
+                // In a repository, -f names a path inside the context, as in buildx.
+                spec_dockerfile = Some(path.to_string());
+            }
+            Source {
+                git: Some(GitSource {
+                    url,
+                    revision,
+                    secret_ref: None,
+                }),
+                oci: None,
+                context_dir: subdir,
+            }
+        }
+        None => {
+            let dir = Path::new(&args.context);
+            if !dir.is_dir() {
+                return Err(Usage(format!(
+                    "the context {:?} is neither a directory nor a git URL",
+                    args.context
+                )));
+            }
+            if let Some(path) = args.file.as_deref().filter(|f| *f != "-") {
+                match inside(dir, Path::new(path)) {
+                    Some(relative) => spec_dockerfile = Some(relative),
+                    None => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|e| Usage(format!("-f {path}: {e}")))?;
+                        dockerfile_inline = Some(text);
+                    }
+                }
+            }
+            let repository = args
+                .context_push
+                .clone()
+                .unwrap_or_else(|| format!("{}/context", crate::render::repository_of(&image)));
+            let reference = push_context(
+                dir,
+                spec_dockerfile
+                    .as_deref()
+                    .or(if dockerfile_inline.is_some() {
+                        None
+                    } else {
+                        Some("Dockerfile")
+                    }),
+                args,
+                &repository,
+                auth.as_deref(),
+                scratch,
+            )?;
+            Source {
+                git: None,
+                oci: Some(OciSource {
+                    image: reference,
+                    pull_secret_ref: auth_secret.clone(),
+                }),
+                context_dir: None,
+            }
+        }
+    };
+    let mut build_args = Vec::new();
+    for arg in &args.build_args {
+        match arg.split_once('=') {
+            Some((name, value)) => build_args.push(BuildArg {
+                name: name.into(),
+                value: value.into(),
+            }),
+            // As Docker: a bare name takes the environment's value, or is left out.
+            None => {
+                if let Ok(value) = std::env::var(arg) {
+                    build_args.push(BuildArg {
+                        name: arg.clone(),
+                        value,
+                    });
+                }
+            }
+        }
+    }
+    let mut build_secrets = Vec::new();
+    for (n, flag) in args.secrets.iter().enumerate() {
+        let (id, file) = secret_flag(flag, scratch, n)?;
+        let name = format!("stagecoach-build-secret-{n}");
+        secrets.insert(
+            name.clone(),
+            secret_dir(scratch, &name, &[("value", &file)])?,
+        );
+        build_secrets.push(BuildSecret {
+            id,
+            secret_ref: SecretKeyRef {
+                name,
+                key: "value".into(),
+            },
+        });
+    }
+    let mut ssh = Vec::new();
+    for (n, flag) in args.ssh.iter().enumerate() {
+        let Some((id, key)) = flag
+            .split_once('=')
+            .filter(|(id, key)| !id.is_empty() && !key.is_empty())
+        else {
+            return Err(Usage(format!(
+                "--ssh {flag}: give ID=KEYFILE (an agent's socket cannot reach the pods; the key is served by an agent beside them)"
+            )));
+        };
+        let name = format!("stagecoach-build-ssh-{n}");
+        let dir = secret_dir(scratch, &name, &[("ssh-privatekey", Path::new(key))])?;
+        secrets.insert(name.clone(), dir);
+        ssh.push(BuildSsh {
+            id: id.into(),
+            secret_ref: LocalObjectReference { name },
+        });
+    }
+    let insecure = args
+        .insecure_registries
+        .iter()
+        .any(|r| *r == crate::render::registry_host(&image));
+    let mut build = ImageBuild::new(
+        &build_name(&image),
+        ImageBuildSpec {
+            source,
+            dockerfile: spec_dockerfile,
+            dockerfile_inline,
+            target: args.target.clone(),
+            build_args,
+            secrets: build_secrets,
+            ssh,
+            output: Output {
+                image,
+                tags: args.tags[1..]
+                    .iter()
+                    .map(|t| {
+                        t.rsplit_once(':')
+                            .map_or("latest", |(_, tag)| tag)
+                            .to_string()
+                    })
+                    .collect(),
+                push_secret_ref: auth_secret.clone(),
+                insecure_registry: insecure,
+                labels: args.labels.iter().cloned().collect(),
+                annotations: BTreeMap::new(),
+                compression: None,
+            },
+            workspace: None,
+            resources: None,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            service_account_name: None,
+            image_pull_secrets: auth_secret.map(|s| vec![s]),
+            timeout: None,
+            retries: None,
+            retention: None,
+            cache: None,
+            run_cache: None,
+            cancel: false,
+        },
+    );
+    build.metadata.namespace = Some("default".into());
+    build.metadata.generation = Some(1);
+    build.metadata.uid = Some(format!("local-{}", std::process::id()));
+    if args.no_cache {
+        build.spec.cache = Some(crate::api::CacheSpec {
+            mode: Some(crate::api::CacheMode::Disabled),
+            repository: None,
+        });
+    }
+    let opts = LocalOptions {
+        builder_image: args.builder_image.clone(),
+        keep: args.keep,
+        logs: args.progress == "plain",
+        progress: match (args.quiet, args.progress.as_str()) {
+            (true, _) => ProgressStyle::Quiet,
+            (false, "tty") => ProgressStyle::Tty,
+            (false, "plain") => ProgressStyle::Plain,
+            _ => ProgressStyle::Auto,
+        },
+        progress_stream: ProgressStream::Stderr,
+        insecure_registries: args.insecure_registries.clone(),
+        secrets,
+        containers_conf: std::env::var_os("CONTAINERS_CONF").map(PathBuf::from),
+        registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
+        cache_repository: None,
+        run_cache_volume: Some("stagecoach-run-cache".into()),
+        no_cache: args.no_cache,
+    };
+    Ok((build, opts))
+}
+
+/// Whether `context` is a git URL (as `docker build` tells them apart), and its URL,
+/// revision and subdirectory from Docker's `URL#REF:SUBDIR`.
+fn git_context(context: &str) -> Option<(String, Option<String>, Option<String>)> {
+    let (url, fragment) = context.split_once('#').unwrap_or((context, ""));
+    let is_git = ["https://", "http://", "git://", "ssh://", "git@", "file://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+        && (url.ends_with(".git")
+            || !fragment.is_empty()
+            || url.starts_with("git@")
+            || url.starts_with("git://")
+            || url.starts_with("ssh://")
+            || url.starts_with("file://"))
+        || url.starts_with("github.com/");
+    if !is_git {
+        return None;
+    }
+    let url = match url.strip_prefix("github.com/") {
+        Some(rest) => format!("https://github.com/{rest}"),
+        None => url.to_string(),
+    };
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let some = |s: &str| (!s.is_empty()).then(|| s.trim_matches('/').to_string());
+    Some((url, some(reference), some(subdir)))
+}
+
+/// `path` (as given, relative to the working directory) relative to the context
+/// directory, when it is inside it.
+fn inside(context: &Path, path: &Path) -> Option<String> {
+    let context = context.canonicalize().ok()?;
+    let path = path.canonicalize().ok()?;
+    let relative = path.strip_prefix(&context).ok()?;
+    Some(relative.to_str()?.to_string())
+}
+
+/// Packs the directory and pushes it; returns the artifact's reference by digest.
+fn push_context(
+    dir: &Path,
+    dockerfile: Option<&str>,
+    args: &BuildArgs,
+    repository: &str,
+    auth: Option<&Path>,
+    scratch: &Path,
+) -> Result<String, Usage> {
+    let packed = artifact::pack(
+        dir,
+        dockerfile,
+        args.source_date_epoch,
+        &scratch.join("context.tar.gz"),
+    )
+    .map_err(|e| Usage(format!("the context {}: {}", dir.display(), chain(&e))))?;
+    if !args.quiet {
+        eprintln!(
+            "context {}: {} entries, {} ignored, {} bytes ({} packed)",
+            dir.display(),
+            packed.entries,
+            packed.ignored,
+            packed.content_bytes,
+            packed.layer_size
+        );
+    }
+    let settings = oci::Settings {
+        auth_file: auth.map(Path::to_path_buf),
+        insecure: args.insecure_registries.clone(),
+        ..oci::Settings::default()
+    };
+    let runtime = oci::runtime().map_err(|e| Usage(chain(&e)))?;
+    runtime
+        .block_on(async {
+            let registry = oci::Registry::new(&settings)?;
+            Ok::<_, oci::Error>(artifact::push(&registry, repository, &packed).await)
+        })
+        .map_err(|e| Usage(chain(&e)))?
+        .map_err(|e| {
+            let host = crate::render::registry_host(repository);
+            match &e {
+                artifact::Error::Registry { source, .. }
+                    if matches!(**source, oci::Error::Unavailable { .. }) =>
+                {
+                    Usage(format!(
+                        "no registry answers at {host}: start the project's local one with `./scripts/registry.sh start`, or name another with -t REGISTRY/NAME:TAG"
+                    ))
+                }
+                _ => Usage(format!("cannot push the context: {}", chain(&e))),
+            }
+        })
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn podman_present() -> Result<(), Usage> {
+    match std::process::Command::new("podman")
+        .arg("--version")
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err(Usage(
+            "podman is not installed or does not run: `./scripts/install-deps.sh` installs it"
+                .into(),
+        )),
+    }
+}
+
+/// The registry credentials a person already has: podman's, then Docker's.
+fn registry_auth_file() -> Option<PathBuf> {
+    let env = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    [
+        env("REGISTRY_AUTH_FILE"),
+        env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")),
+        env("DOCKER_CONFIG").map(|d| d.join("config.json")),
+        env("HOME").map(|d| d.join(".docker/config.json")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+}
+
+/// A Secret as the local runner reads one: a directory with one file per key.
+fn secret_dir(scratch: &Path, name: &str, keys: &[(&str, &Path)]) -> Result<PathBuf, Usage> {
+    let dir = scratch.join("secrets").join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| Usage(format!("{}: {e}", dir.display())))?;
+    for (key, file) in keys {
+        std::fs::copy(file, dir.join(key))
+            .map_err(|e| Usage(format!("cannot read {}: {e}", file.display())))?;
+    }
+    Ok(dir)
+}
+
+/// A `--secret` flag's id and the file that holds the value (an `env=` value is written
+/// to one in `scratch`).
+fn secret_flag(flag: &str, scratch: &Path, n: usize) -> Result<(String, PathBuf), Usage> {
+    let bad = |why: &str| {
+        Usage(format!(
+            "--secret {flag}: {why} (id=ID,src=FILE or id=ID,env=VAR)"
+        ))
+    };
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for field in flag.split(',') {
+        match field.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("env", v)) => env = Some(v.to_string()),
+            Some(("type", "file" | "env")) => {}
+            _ => return Err(bad(&format!("unknown field {field:?}"))),
+        }
+    }
+    let file = match (src, env) {
+        (Some(src), None) => src,
+        (None, Some(var)) => {
+            let value = std::env::var(&var).map_err(|_| bad(&format!("${var} is not set")))?;
+            let file = scratch.join(format!("secret-env-{n}"));
+            std::fs::write(&file, value).map_err(|e| bad(&e.to_string()))?;
+            file
+        }
+        _ => return Err(bad("give src= or env=")),
+    };
+    let id = match id {
+        Some(id) => id,
+        // As buildx: without an id, the file's name.
+        None => file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| bad("give id="))?,
+    };
+    Ok((id, file))
+}
+
+/// A name for the build's pods: the image's name and this process.
+fn build_name(image: &str) -> String {
+    let repository = crate::render::repository_of(image);
+    let last = repository.rsplit('/').next().unwrap_or("build");
+    let mut name: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(30)
+        .collect();
+    name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        name = "build".into();
+    }
+    format!("{name}-{}", std::process::id())
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// The pushed manifest's descriptor and its config's digest, read from the registry.
+fn describe(pushed: &str, insecure: &[String]) -> Result<serde_json::Value, String> {
+    let settings = oci::Settings {
+        auth_file: registry_auth_file(),
+        insecure: insecure.to_vec(),
+        ..oci::Settings::default()
+    };
+    let runtime = oci::runtime().map_err(|e| chain(&e))?;
+    runtime.block_on(async {
+        let registry = oci::Registry::new(&settings).map_err(|e| chain(&e))?;
+        let reference = oci::parse_reference(pushed).map_err(|e| chain(&e))?;
+        let (bytes, digest) = registry
+            .artifact(&reference)
+            .await
+            .map_err(|e| chain(&e))?
+            .ok_or_else(|| format!("{pushed} is not in the registry after the push"))?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{pushed}: {e}"))?;
+        Ok(serde_json::json!({
+            "mediaType": manifest["mediaType"],
+            "digest": digest,
+            "size": bytes.len(),
+            "config": manifest["config"]["digest"],
+        }))
+    })
+}
+
+/// `--metadata-file` and `--iidfile`.
+fn write_results(
+    args: &BuildArgs,
+    digest: &str,
+    descriptor: &serde_json::Value,
+) -> Result<(), String> {
+    let config = descriptor["config"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if let Some(path) = &args.metadata_file {
+        let metadata = serde_json::json!({
+            "containerimage.digest": digest,
+            "containerimage.config.digest": config,
+            "containerimage.descriptor": {
+                "mediaType": descriptor["mediaType"],
+                "digest": descriptor["digest"],
+                "size": descriptor["size"],
+            },
+            "image.name": args.tags.join(","),
+        });
+        let text = serde_json::to_string_pretty(&metadata).expect("JSON serialises");
+        std::fs::write(path, text)
+            .map_err(|e| format!("--metadata-file {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &config).map_err(|e| format!("--iidfile {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_urls_are_told_from_directories_with_dockers_fragment() {
+        assert_eq!(
+            git_context("https://example.com/app.git#v1:svc/api"),
+            Some((
+                "https://example.com/app.git".into(),
+                Some("v1".into()),
+                Some("svc/api".into())
+            ))
+        );
+        assert_eq!(
+            git_context("git@example.com:team/app#main"),
+            Some(("git@example.com:team/app".into(), Some("main".into()), None))
+        );
+        assert_eq!(
+            git_context("github.com/team/app#:docs"),
+            Some((
+                "https://github.com/team/app".into(),
+                None,
+                Some("docs".into())
+            ))
+        );
+        assert_eq!(git_context("."), None);
+        assert_eq!(
+            git_context("./app.git"),
+            None,
+            "a local path, even named .git"
+        );
+        assert_eq!(
+            git_context("https://example.com/tarball.tar.gz"),
+            None,
+            "an https URL that is no repository"
+        );
+    }
+
+    #[test]
+    fn secret_flags_read_as_buildx_reads_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (id, file) = secret_flag("id=npm,src=/run/npmrc", dir.path(), 0).expect("ok");
+        assert_eq!(
+            (id.as_str(), file.as_path()),
+            ("npm", Path::new("/run/npmrc"))
+        );
+        let (id, _) = secret_flag("src=/home/me/.netrc", dir.path(), 1).expect("ok");
+        assert_eq!(id, ".netrc", "no id: the file's name");
+        let home = std::env::var("HOME").expect("HOME is set");
+        let (id, file) = secret_flag("id=tok,env=HOME", dir.path(), 2).expect("ok");
+        assert_eq!(id, "tok");
+        assert_eq!(std::fs::read_to_string(file).expect("file"), home);
+        for bad in [
+            "id=x",
+            "id=x,src=a,env=B",
+            "id=x,mode=0400,src=a",
+            "id=x,env=STAGECOACH_UNSET_VAR",
+        ] {
+            assert!(secret_flag(bad, dir.path(), 3).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn build_names_are_dns_labels_from_the_image() {
+        let name = build_name("127.0.0.1:5000/Team/My_App:1");
+        assert!(name.starts_with("my-app-"), "{name}");
+        assert!(name.len() <= 63);
+    }
+}
