@@ -1905,3 +1905,102 @@ fn run_mounts_leave_the_files_buildah_leaves() {
         "localhost/e2e/mounts-vs-buildah:buildah",
     );
 }
+
+/// A build whose context is an OCI artifact (`spec.source.oci`): the source pod pulls it
+/// by digest and checks every blob; a tampered blob or a missing artifact fails the
+/// build with a reason of its own, and nothing is pushed.
+#[test]
+fn a_context_artifact_is_checked_and_a_tampered_or_missing_one_fails_the_build() {
+    use stagecoach_builder::oci;
+    use stagecoach_builder::source::artifact;
+
+    let store = RegistryServer::start(None);
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    std::fs::create_dir_all(&context).expect("ctx");
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM {}/stagecoach/runtime:1\nCOPY a.txt /a.txt\nCMD [\"cat\", \"/a.txt\"]\n",
+            registry()
+        ),
+    )
+    .expect("Dockerfile");
+    std::fs::write(context.join("a.txt"), "from the artifact\n").expect("a.txt");
+    let packed = artifact::pack(
+        &context,
+        Some("Dockerfile"),
+        Some(1_700_000_000),
+        &work.path().join("ctx.tar.gz"),
+    )
+    .expect("pack");
+    let settings = oci::Settings {
+        insecure: vec![store.addr.clone()],
+        ..oci::Settings::default()
+    };
+    let reference = oci::runtime()
+        .expect("runtime")
+        .block_on(async {
+            let registry = oci::Registry::new(&settings).expect("client");
+            artifact::push(&registry, &format!("{}/e2e/ctx", store.addr), &packed).await
+        })
+        .expect("push");
+    assert!(reference.ends_with(&packed.manifest_digest), "{reference}");
+
+    let build = |name: &str, image: &str, context: &str| {
+        let manifest = work.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: stagecoach.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: {name}}}\n\
+                 spec:\n  source: {{oci: {{image: '{context}'}}}}\n\
+                 \x20 output: {{image: '{image}', insecureRegistry: true}}\n",
+            ),
+        )
+        .expect("manifest");
+        let mut opts = options();
+        opts.insecure_registries.push(store.addr.clone());
+        local::build(&manifest, &opts).expect("runs")
+    };
+    let image = format!("{}/e2e/from-artifact:1", registry());
+    let result = build("from-artifact", &image, &reference);
+    let pushed = succeeded(&result.status);
+    let source = result.status.source.clone().expect("source");
+    assert_eq!(
+        source.commit.as_deref(),
+        Some(packed.manifest_digest.as_str())
+    );
+    assert_eq!(
+        source.commit_time,
+        Some(1_700_000_000),
+        "the artifact's date"
+    );
+    let out = check(podman().args(["run", "--rm", "--tls-verify=false", &pushed]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the artifact\n");
+
+    // The layer's bytes changed in the registry's storage behind its digest.
+    let blob = store.blob_path(&packed.layer_digest);
+    let mut bytes = std::fs::read(&blob).expect("the stored layer");
+    let last = bytes.len() - 9;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).expect("tampered");
+    let tampered = format!("{}/e2e/tampered:1", registry());
+    let result = build("tampered", &tampered, &reference);
+    let (reason, message, _) = failure(&result.status);
+    assert_eq!(reason, "ContextArtifactInvalid", "{message}");
+    assert!(message.contains(&packed.layer_digest), "{message}");
+
+    let missing = format!("{}/e2e/ctx@sha256:{}", store.addr, "0".repeat(64));
+    let result = build("missing", &tampered, &missing);
+    let (reason, message, _) = failure(&result.status);
+    assert_eq!(reason, "ContextNotFound", "{message}");
+    let tags = tool("skopeo")
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{}/e2e/tampered", registry()))
+        .output()
+        .expect("skopeo");
+    assert!(
+        !String::from_utf8_lossy(&tags.stdout).contains("\"1\""),
+        "nothing is pushed from a bad context"
+    );
+}
