@@ -10,5 +10,6 @@ pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod observe;
+pub mod progress;
 pub mod render;
 pub mod serve;

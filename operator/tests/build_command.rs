@@ -341,6 +341,16 @@ fn stdin_dockerfiles_secrets_and_exit_codes() {
         assert_eq!(code(&out), 2, "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // --cluster without a cluster: 2, before anything is pushed or created.
+    let out = run(
+        stagecoach(&["build", "--cluster", "-t", &image, ctx])
+            .env("KUBECONFIG", work.path().join("no-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST"),
+        "",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 2, "{stderr}");
+    assert!(stderr.contains("no cluster to build on"), "{stderr}");
 }
 
 #[test]

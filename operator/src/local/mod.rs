@@ -7,10 +7,9 @@
 //! workspace (`STAGECOACH_OUTCOME_FILE`), where the runner reads it.
 //!
 //! This module is the runner loop; `podman` is what it asks podman and how a pod is
-//! adapted for it, `progress` what it prints.
+//! adapted for it; [`crate::progress`] prints.
 
 mod podman;
-mod progress;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,12 +23,12 @@ use stagecoach_plan::contract::PodOutcome;
 
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::core::{self, Action, ObservedPod, PodState};
+use crate::progress::Progress;
 use crate::render::{self, OperatorConfig, Role, RunCacheConfig};
 use podman::{Podman, outcome_path};
-use progress::Progress;
 
+pub use crate::progress::{ProgressStream, ProgressStyle};
 pub use podman::podman_manifest;
-pub use progress::{ProgressStream, ProgressStyle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -184,6 +183,26 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Every pod's new output, prefixed with its stage.
+    fn stream_logs(&mut self) {
+        for (name, (role, ..)) in &self.pods {
+            let container = format!("{name}-{}", role.label());
+            let Ok(out) = self.podman.command().args(["logs", &container]).output() else {
+                continue;
+            };
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let label = match role {
+                Role::Stage(s) => s.as_str(),
+                other => other.label(),
+            };
+            self.progress.log_since(name, label, &text);
+        }
+    }
+
     fn run(mut self) -> Result<LocalResult> {
         let result = self.drive().map(|mut status| {
             // As the operator does: the failed pod's last log lines go into the status.
@@ -237,8 +256,7 @@ impl<'a> Runner<'a> {
             self.progress
                 .show(&name, &decision.status, &self.timings, self.started);
             if self.opts.logs {
-                let pods = self.pods.iter().map(|(n, (r, ..))| (n.as_str(), r));
-                self.progress.stream_logs(&self.podman, pods);
+                self.stream_logs();
             }
             if matches!(
                 decision.status.phase,

@@ -4,7 +4,11 @@
 //! image and named as `spec.source.oci`. From there on it is `stagecoach local build`:
 //! the same core, pods and push.
 //!
+//! With `--cluster` the same ImageBuild is created in a cluster instead ([`cluster`]).
+//!
 //! Exit codes: 0 built and pushed, 1 the build failed, 2 a usage or environment error.
+
+pub mod cluster;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -17,10 +21,11 @@ use stagecoach_builder::oci;
 use stagecoach_builder::source::artifact;
 
 use crate::api::{
-    BuildArg, BuildSecret, BuildSsh, GitSource, ImageBuild, ImageBuildSpec, OciSource, Output,
-    Phase, SecretKeyRef, Source,
+    BuildArg, BuildSecret, BuildSsh, GitSource, ImageBuild, ImageBuildSpec, ImageBuildStatus,
+    OciSource, Output, Phase, SecretKeyRef, Source,
 };
 use crate::local::{self, LocalOptions, ProgressStream, ProgressStyle};
+use crate::progress::Progress;
 
 /// Built and pushed.
 pub const EXIT_BUILT: u8 = 0;
@@ -110,6 +115,21 @@ pub struct BuildArgs {
     /// Leave the pods and the workspace volume for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Build on the cluster of the kubeconfig's current context instead of podman: the
+    /// ImageBuild is created there under a generated name and followed to its end.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: the namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, requires = "cluster")]
+    pub namespace: Option<String>,
+    /// With --cluster: a `kubernetes.io/dockerconfigjson` Secret of the namespace that
+    /// the assemble pod pushes with.
+    #[arg(long, value_name = "SECRET", requires = "cluster")]
+    pub push_secret: Option<String>,
+    /// With --cluster: a Secret of the namespace to pull base images and the context
+    /// artifact with.
+    #[arg(long, value_name = "SECRET", requires = "cluster")]
+    pub pull_secret: Option<String>,
 }
 
 /// `stagecoach build` on its own, for callers that hold the whole command line.
@@ -155,6 +175,14 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
             return EXIT_USAGE;
         }
     };
+    // The cluster is found before anything is pushed for it.
+    let cluster = match args.cluster.then(kube_config).transpose() {
+        Ok(config) => config,
+        Err(Usage(message)) => {
+            eprintln!("error: {message}");
+            return EXIT_USAGE;
+        }
+    };
     let (build, opts) = match prepare(args, stdin, scratch.path()) {
         Ok(prepared) => prepared,
         Err(Usage(message)) => {
@@ -162,14 +190,23 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
             return EXIT_USAGE;
         }
     };
-    let result = match local::run(build, &opts) {
-        Ok(result) => result,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
+    let status = if let Some(config) = cluster {
+        match in_cluster(args, config, &build, &opts) {
+            Ok(status) => status,
+            Err(Usage(message)) => {
+                eprintln!("error: {message}");
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        match local::run(build, &opts) {
+            Ok(result) => result.status,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
         }
     };
-    let status = result.status;
     if status.phase != Some(Phase::Succeeded) {
         let failure = status.failure.unwrap_or_else(|| crate::api::Failure {
             reason: "Unknown".into(),
@@ -228,7 +265,13 @@ fn prepare(
             "--platform {platform}: this version builds linux/amd64 images only"
         )));
     }
-    podman_present()?;
+    if !args.cluster {
+        podman_present()?;
+    } else if !args.secrets.is_empty() || !args.ssh.is_empty() {
+        return Err(Usage(
+            "--secret and --ssh read local files, which a cluster cannot: with --cluster, create the Secrets and name them in an ImageBuild manifest (spec.secrets, spec.ssh)".into(),
+        ));
+    }
     let image = args.tags[0].clone();
     let repository = crate::render::repository_of(&image);
     if let Some(other) = args.tags[1..]
@@ -241,15 +284,14 @@ fn prepare(
     }
     let mut secrets = BTreeMap::new();
     let auth = registry_auth_file();
-    let auth_secret = match &auth {
-        Some(file) => {
-            let dir = secret_dir(scratch, "registry-auth", &[(".dockerconfigjson", file)])?;
-            secrets.insert("stagecoach-registry-auth".to_string(), dir);
-            Some(LocalObjectReference {
-                name: "stagecoach-registry-auth".into(),
-            })
-        }
-        None => None,
+    let local_auth = auth.as_ref().filter(|_| !args.cluster);
+    let named = |secret: &Option<String>| secret.clone().map(|name| LocalObjectReference { name });
+    // A cluster gets no credentials from this machine, only the Secrets it names.
+    let (push_secret, pull_secret) = if args.cluster {
+        (named(&args.push_secret), named(&args.pull_secret))
+    } else {
+        let secret = local_auth_secret(local_auth, scratch, &mut secrets)?;
+        (secret.clone(), secret)
     };
     let stdin_dockerfile = match args.file.as_deref() {
         Some("-") => {
@@ -325,7 +367,7 @@ fn prepare(
                 git: None,
                 oci: Some(OciSource {
                     image: reference,
-                    pull_secret_ref: auth_secret.clone(),
+                    pull_secret_ref: pull_secret.clone(),
                 }),
                 context_dir: None,
             }
@@ -387,8 +429,9 @@ fn prepare(
         .insecure_registries
         .iter()
         .any(|r| *r == crate::render::registry_host(&image));
+    let stem = name_stem(&image);
     let mut build = ImageBuild::new(
-        &build_name(&image),
+        &format!("{stem}-{}", std::process::id()),
         ImageBuildSpec {
             source,
             dockerfile: spec_dockerfile,
@@ -407,7 +450,7 @@ fn prepare(
                             .to_string()
                     })
                     .collect(),
-                push_secret_ref: auth_secret.clone(),
+                push_secret_ref: push_secret,
                 insecure_registry: insecure,
                 labels: args.labels.iter().cloned().collect(),
                 annotations: BTreeMap::new(),
@@ -419,7 +462,7 @@ fn prepare(
             tolerations: None,
             affinity: None,
             service_account_name: None,
-            image_pull_secrets: auth_secret.map(|s| vec![s]),
+            image_pull_secrets: pull_secret.map(|s| vec![s]),
             timeout: None,
             retries: None,
             retention: None,
@@ -428,9 +471,15 @@ fn prepare(
             cancel: false,
         },
     );
-    build.metadata.namespace = Some("default".into());
-    build.metadata.generation = Some(1);
-    build.metadata.uid = Some(format!("local-{}", std::process::id()));
+    if args.cluster {
+        // The API server names it, fills in the rest and counts generations.
+        build.metadata.name = None;
+        build.metadata.generate_name = Some(format!("{stem}-"));
+    } else {
+        build.metadata.namespace = Some("default".into());
+        build.metadata.generation = Some(1);
+        build.metadata.uid = Some(format!("local-{}", std::process::id()));
+    }
     if args.no_cache {
         build.spec.cache = Some(crate::api::CacheSpec {
             mode: Some(crate::api::CacheMode::Disabled),
@@ -457,6 +506,21 @@ fn prepare(
         no_cache: args.no_cache,
     };
     Ok((build, opts))
+}
+
+/// The local registry credentials as the Secret the pods push and pull with.
+fn local_auth_secret(
+    auth: Option<&PathBuf>,
+    scratch: &Path,
+    secrets: &mut BTreeMap<String, PathBuf>,
+) -> Result<Option<LocalObjectReference>, Usage> {
+    let Some(file) = auth else {
+        return Ok(None);
+    };
+    let name = "stagecoach-registry-auth";
+    let dir = secret_dir(scratch, name, &[(".dockerconfigjson", file)])?;
+    secrets.insert(name.to_string(), dir);
+    Ok(Some(LocalObjectReference { name: name.into() }))
 }
 
 /// Whether `context` is a git URL (as `docker build` tells them apart), and its URL,
@@ -639,11 +703,11 @@ fn secret_flag(flag: &str, scratch: &Path, n: usize) -> Result<(String, PathBuf)
     Ok((id, file))
 }
 
-/// A name for the build's pods: the image's name and this process.
-fn build_name(image: &str) -> String {
+/// The start of the build's name, from the image's: a DNS label part.
+fn name_stem(image: &str) -> String {
     let repository = crate::render::repository_of(image);
     let last = repository.rsplit('/').next().unwrap_or("build");
-    let mut name: String = last
+    let stem: String = last
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -654,11 +718,93 @@ fn build_name(image: &str) -> String {
         })
         .take(30)
         .collect();
-    name = name.trim_matches('-').to_string();
-    if name.is_empty() {
-        name = "build".into();
+    let stem = stem.trim_matches('-');
+    if stem.is_empty() {
+        "build".into()
+    } else {
+        stem.to_string()
     }
-    format!("{name}-{}", std::process::id())
+}
+
+/// Creates the build in the kubeconfig's cluster and follows it; its last status.
+fn in_cluster(
+    args: &BuildArgs,
+    config: kube::Config,
+    build: &ImageBuild,
+    opts: &LocalOptions,
+) -> Result<ImageBuildStatus, Usage> {
+    runtime()?.block_on(async {
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = kube::Client::try_from(config)
+            .map_err(|e| Usage(format!("--cluster: {}", chain(&e))))?;
+        let mut progress = Progress::new(opts.progress, opts.progress_stream, opts.logs);
+        let mut name = String::new();
+        let mut report = |update: cluster::Update| match update {
+            cluster::Update::Created(created) => {
+                if !args.quiet {
+                    eprintln!("imagebuild {namespace}/{created} created");
+                }
+                name = created;
+            }
+            cluster::Update::Status(status) => {
+                let (timings, started) = cluster_timings(&status);
+                progress.show(&name, &status, &timings, started);
+            }
+            cluster::Update::Log { stage, line } => progress.log_line(&stage, &line),
+        };
+        cluster::follow(client, &namespace, build, opts.logs, &mut report)
+            .await
+            .map_err(|e| Usage(chain(&e)))
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Usage> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Usage(format!("cannot start a runtime: {e}")))
+}
+
+/// The kubeconfig's cluster (or the pod's own, inside one).
+fn kube_config() -> Result<kube::Config, Usage> {
+    runtime()?.block_on(kube::Config::infer()).map_err(|e| {
+        Usage(format!(
+            "--cluster: no cluster to build on ({}); set KUBECONFIG or the current context",
+            chain(&e)
+        ))
+    })
+}
+
+/// Each stage pod's start and end since the build started, from the status, and the
+/// build's start as an instant of this process, for [`Progress::show`].
+fn cluster_timings(
+    status: &ImageBuildStatus,
+) -> (
+    BTreeMap<String, (std::time::Duration, Option<std::time::Duration>)>,
+    Instant,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let since = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time, from| {
+        std::time::Duration::try_from(t.0.duration_since(from)).unwrap_or_default()
+    };
+    let begun = status.start_time.as_ref().map_or(now, |t| t.0);
+    let started = Instant::now()
+        .checked_sub(std::time::Duration::try_from(now.duration_since(begun)).unwrap_or_default())
+        .unwrap_or_else(Instant::now);
+    let timings = status
+        .stages
+        .iter()
+        .filter_map(|stage| {
+            let pod = stage.pod.clone()?;
+            let start = since(stage.start_time.as_ref()?, begun);
+            let end = stage.finish_time.as_ref().map(|t| since(t, begun));
+            Some((pod, (start, end)))
+        })
+        .collect();
+    (timings, started)
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -791,8 +937,7 @@ mod tests {
 
     #[test]
     fn build_names_are_dns_labels_from_the_image() {
-        let name = build_name("127.0.0.1:5000/Team/My_App:1");
-        assert!(name.starts_with("my-app-"), "{name}");
-        assert!(name.len() <= 63);
+        assert_eq!(name_stem("127.0.0.1:5000/Team/My_App:1"), "my-app");
+        assert_eq!(name_stem("registry.example/__:1"), "build");
     }
 }

@@ -1,13 +1,12 @@
-//! What the local runner prints: the build's progress (a table redrawn in place on a
-//! terminal, one line per change otherwise) and, with `--logs`, every pod's output.
+//! What `stagecoach local build` and `stagecoach build` print, locally or following a
+//! cluster: the build's progress (a table redrawn in place on a terminal, one line per
+//! change otherwise) and, when asked, every pod's output with its stage as prefix.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use super::podman::Podman;
 use crate::api::{ImageBuildStatus, Phase, StagePhase};
-use crate::render::Role;
 
 /// How the build's progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,7 +33,7 @@ pub enum ProgressStream {
 
 /// What has been printed so far.
 #[derive(Debug)]
-pub(super) struct Progress {
+pub struct Progress {
     /// Progress redrawn in place, and how many lines it took.
     live: bool,
     quiet: bool,
@@ -47,7 +46,7 @@ pub(super) struct Progress {
 impl Progress {
     /// With `logs`, an automatic style prints lines: pods' output cannot run through a
     /// table redrawn in place.
-    pub(super) fn new(style: ProgressStyle, stream: ProgressStream, logs: bool) -> Progress {
+    pub fn new(style: ProgressStyle, stream: ProgressStream, logs: bool) -> Progress {
         let terminal = match stream {
             ProgressStream::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
             ProgressStream::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -76,7 +75,7 @@ impl Progress {
     /// The build's progress: on a terminal, a table of the stages redrawn in place with
     /// running times; otherwise (or with `--logs`) one line per change. `timings` holds
     /// each pod's start and end since `started`.
-    pub(super) fn show(
+    pub fn show(
         &mut self,
         build: &str,
         status: &ImageBuildStatus,
@@ -150,34 +149,21 @@ impl Progress {
         }
     }
 
-    /// New output of every pod since the last call, prefixed with the pod's role/stage.
-    pub(super) fn stream_logs<'a>(
-        &mut self,
-        podman: &Podman,
-        pods: impl IntoIterator<Item = (&'a str, &'a Role)>,
-    ) {
-        for (name, role) in pods {
-            let container = format!("{name}-{}", role.label());
-            let Ok(out) = podman.command().args(["logs", &container]).output() else {
-                continue;
-            };
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let seen = self.log_offsets.get(name).copied().unwrap_or(0);
-            if text.len() > seen {
-                let label = match role {
-                    Role::Stage(s) => s.clone(),
-                    other => other.label().to_string(),
-                };
-                let mut out = self.out();
-                for line in text[seen..].lines() {
-                    let _ = writeln!(out, "{label} | {line}");
-                }
-                self.log_offsets.insert(name.to_string(), text.len());
+    /// The output of a pod so far (`key` names it): what is new since the last call,
+    /// one line at a time with `label` as prefix.
+    pub fn log_since(&mut self, key: &str, label: &str, text: &str) {
+        let seen = self.log_offsets.get(key).copied().unwrap_or(0);
+        if text.len() > seen {
+            let mut out = self.out();
+            for line in text[seen..].lines() {
+                let _ = writeln!(out, "{label} | {line}");
             }
+            self.log_offsets.insert(key.to_string(), text.len());
         }
+    }
+
+    /// One line of a pod's output, as it comes.
+    pub fn log_line(&mut self, label: &str, line: &str) {
+        let _ = writeln!(self.out(), "{label} | {line}");
     }
 }
