@@ -48,6 +48,14 @@ builder-image:
 operator-image:
 	./scripts/image.sh operator
 
+## install: `stagecoach` into $(PREFIX)/bin (default ~/.local), and `kubectl-stagecoach`
+## beside it so that `kubectl stagecoach build ...` works
+PREFIX ?= $(HOME)/.local
+.PHONY: install
+install:
+	$(CARGO) install --locked --path operator --root $(PREFIX)
+	ln -sf stagecoach $(PREFIX)/bin/kubectl-stagecoach
+
 ## images: both images
 images: builder-image operator-image
 

