@@ -341,6 +341,15 @@ fn stdin_dockerfiles_secrets_and_exit_codes() {
         assert_eq!(code(&out), 2, "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // No podman: 2, in one line.
+    let out = run(
+        stagecoach(&["build", "-t", &image, ctx]).env("PATH", work.path()),
+        "",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("podman is not installed"), "{stderr}");
     // --cluster without a cluster: 2, before anything is pushed or created.
     let out = run(
         stagecoach(&["build", "--cluster", "-t", &image, ctx])

@@ -190,6 +190,7 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
             return EXIT_USAGE;
         }
     };
+    let mut stage_layers = BTreeMap::new();
     let status = if let Some(config) = cluster {
         match in_cluster(args, config, &build, &opts) {
             Ok(status) => status,
@@ -200,7 +201,10 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
         }
     } else {
         match local::run(build, &opts) {
-            Ok(result) => result.status,
+            Ok(result) => {
+                stage_layers = result.stage_layers;
+                result.status
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return EXIT_USAGE;
@@ -226,25 +230,30 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
         eprintln!("build failed: {}: {}", failure.reason, failure.message);
         return EXIT_FAILED;
     }
-    let Some(image) = status.image else {
+    let Some(image) = status.image.clone() else {
         eprintln!("error: the build succeeded but reports no image");
         return EXIT_FAILED;
     };
     let pushed = format!("{}@{}", image.reference, image.digest);
-    if args.metadata_file.is_some() || args.iidfile.is_some() {
-        let written = describe(&pushed, &opts.insecure_registries)
-            .and_then(|descriptor| write_results(args, &image.digest, &descriptor));
-        if let Err(message) = written {
-            eprintln!("error: {message}");
+    let described = Manifests::new(&opts.insecure_registries)
+        .and_then(|manifests| Ok((manifests.describe(&pushed)?, manifests)));
+    let (descriptor, manifests) = match described {
+        Ok(described) => described,
+        Err(message) => {
+            eprintln!("error: {pushed}: {message}");
             return EXIT_FAILED;
         }
+    };
+    if let Err(message) = write_results(args, &image.digest, &descriptor) {
+        eprintln!("error: {message}");
+        return EXIT_FAILED;
     }
     if !args.quiet {
         let pods = status.stages.iter().filter(|s| !s.cached).count();
         let cached = status.stages.len() - pods;
         eprintln!(
-            "pushed {pushed}\n  {} stage pod(s) ran, {cached} stage(s) from the cache, {:.1}s in all",
-            pods,
+            "pushed {pushed}\n  {}\n  {pods} stage pod(s) ran, {cached} stage(s) from the cache, {:.1}s in all",
+            sizes(&manifests, &descriptor, &status, &stage_layers),
             started.elapsed().as_secs_f64()
         );
     }
@@ -814,31 +823,99 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The pushed manifest's descriptor and its config's digest, read from the registry.
-fn describe(pushed: &str, insecure: &[String]) -> Result<serde_json::Value, String> {
-    let settings = oci::Settings {
-        auth_file: registry_auth_file(),
-        insecure: insecure.to_vec(),
-        ..oci::Settings::default()
-    };
-    let runtime = oci::runtime().map_err(|e| chain(&e))?;
-    runtime.block_on(async {
-        let registry = oci::Registry::new(&settings).map_err(|e| chain(&e))?;
-        let reference = oci::parse_reference(pushed).map_err(|e| chain(&e))?;
-        let (bytes, digest) = registry
-            .artifact(&reference)
-            .await
-            .map_err(|e| chain(&e))?
-            .ok_or_else(|| format!("{pushed} is not in the registry after the push"))?;
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| format!("{pushed}: {e}"))?;
-        Ok(serde_json::json!({
-            "mediaType": manifest["mediaType"],
-            "digest": digest,
-            "size": bytes.len(),
-            "config": manifest["config"]["digest"],
-        }))
-    })
+/// Manifests of the registry, read with this machine's credentials.
+struct Manifests {
+    runtime: tokio::runtime::Runtime,
+    registry: oci::Registry,
+}
+
+impl Manifests {
+    fn new(insecure: &[String]) -> Result<Manifests, String> {
+        let settings = oci::Settings {
+            auth_file: registry_auth_file(),
+            insecure: insecure.to_vec(),
+            ..oci::Settings::default()
+        };
+        let runtime = oci::runtime().map_err(|e| chain(&e))?;
+        let registry = runtime
+            .block_on(async { oci::Registry::new(&settings) })
+            .map_err(|e| chain(&e))?;
+        Ok(Manifests { runtime, registry })
+    }
+
+    /// An image's manifest descriptor (`mediaType`, `digest`, `size`), its config's
+    /// digest (`config`), the compressed size of its layers (`layers`) and their digests
+    /// (`layerDigests`).
+    fn describe(&self, reference: &str) -> Result<serde_json::Value, String> {
+        self.runtime.block_on(async {
+            let parsed = oci::parse_reference(reference).map_err(|e| chain(&e))?;
+            let (bytes, digest) = self
+                .registry
+                .artifact(&parsed)
+                .await
+                .map_err(|e| chain(&e))?
+                .ok_or_else(|| format!("{reference} is not in the registry"))?;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| format!("{reference}: {e}"))?;
+            let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+            let size: u64 = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
+            let digests: Vec<serde_json::Value> =
+                layers.iter().map(|l| l["digest"].clone()).collect();
+            Ok(serde_json::json!({
+                "mediaType": manifest["mediaType"],
+                "digest": digest,
+                "size": bytes.len(),
+                "config": manifest["config"]["digest"],
+                "layers": size,
+                "layerDigests": digests,
+            }))
+        })
+    }
+}
+
+/// What multi-stage saved: the runtime image's compressed size beside the largest stage
+/// left behind (one whose layers the image does not ship: its base image and the layers
+/// it made), when this run made its layers.
+fn sizes(
+    manifests: &Manifests,
+    runtime: &serde_json::Value,
+    status: &ImageBuildStatus,
+    stage_layers: &BTreeMap<String, Vec<(String, u64)>>,
+) -> String {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let shipped: Vec<&str> = runtime["layerDigests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str())
+        .collect();
+    let largest = status
+        .stages
+        .iter()
+        .filter_map(|stage| {
+            let made = stage_layers.get(&stage.name)?;
+            if made
+                .iter()
+                .all(|(digest, _)| shipped.contains(&digest.as_str()))
+            {
+                return None;
+            }
+            let base = match &stage.image {
+                Some(image) => manifests.describe(image).ok()?["layers"].as_u64()?,
+                None => 0,
+            };
+            let made: u64 = made.iter().map(|(_, size)| size).sum();
+            Some((base + made, stage.name.as_str()))
+        })
+        .max();
+    let runtime = mb(runtime["layers"].as_u64().unwrap_or(0));
+    match largest {
+        Some((bytes, name)) => format!(
+            "runtime image {runtime:.1} MB; the largest stage left behind ({name}) {:.1} MB",
+            mb(bytes)
+        ),
+        None => format!("runtime image {runtime:.1} MB"),
+    }
 }
 
 /// `--metadata-file` and `--iidfile`.

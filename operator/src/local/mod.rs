@@ -90,6 +90,9 @@ pub struct LocalResult {
     pub status: ImageBuildStatus,
     /// Each stage pod's (name, start, end) as seen by the runner, for reports.
     pub timings: Vec<(String, Duration, Duration)>,
+    /// The layers each stage made (by stage name: digest and compressed size), read
+    /// from the workspace before it goes: with its base, what a stage's image weighs.
+    pub stage_layers: BTreeMap<String, Vec<(String, u64)>>,
 }
 
 /// Reads an ImageBuild manifest and runs it to the end.
@@ -183,6 +186,23 @@ impl<'a> Runner<'a> {
         }
     }
 
+    fn stage_layers(&self) -> BTreeMap<String, Vec<(String, u64)>> {
+        let Some(claim) = &self.claim else {
+            return BTreeMap::new();
+        };
+        let workspace = stagecoach_builder::workspace::Workspace::new(claim);
+        let stages = self.build.status.iter().flat_map(|s| &s.stages);
+        stages
+            .filter_map(|stage| {
+                let index = std::fs::read(workspace.layer_index(&stage.name)).ok()?;
+                let layers: Vec<stagecoach_builder::workspace::LayerRecord> =
+                    serde_json::from_slice(&index).ok()?;
+                let layers = layers.into_iter().map(|l| (l.digest, l.size)).collect();
+                Some((stage.name.clone(), layers))
+            })
+            .collect()
+    }
+
     /// Every pod's new output, prefixed with its stage.
     fn stream_logs(&mut self) {
         for (name, (role, ..)) in &self.pods {
@@ -222,6 +242,7 @@ impl<'a> Runner<'a> {
             }
             status
         });
+        let stage_layers = self.stage_layers();
         if !self.opts.keep {
             self.clean_up();
         }
@@ -231,7 +252,11 @@ impl<'a> Runner<'a> {
             .iter()
             .map(|(name, (start, end))| (name.clone(), *start, end.unwrap_or(*start)))
             .collect();
-        Ok(LocalResult { status, timings })
+        Ok(LocalResult {
+            status,
+            timings,
+            stage_layers,
+        })
     }
 
     fn drive(&mut self) -> Result<ImageBuildStatus> {
