@@ -565,7 +565,7 @@ import os, sys, yaml
 for path in sys.argv[1:]:
     for doc in yaml.safe_load_all(open(path)):
         spec = doc["spec"]
-        if "stagecoach-dev/stagecoach" not in spec["source"]["git"]["url"]:
+        if "stagecoach-dev/stagecoach" not in spec["source"].get("git", {}).get("url", ""):
             continue
         dockerfile = os.path.normpath(os.path.join(spec["source"].get("contextDir", "."), spec.get("dockerfile", "Dockerfile")))
         args = ["-f", dockerfile] + (["--target", spec["target"]] if spec.get("target") else [])
