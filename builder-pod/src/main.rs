@@ -344,18 +344,35 @@ struct PlanningArgs {
     /// A build argument, `NAME=value` (repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_key_value)]
     build_args: Vec<(String, String)>,
-    /// The platform of the image, `os/arch[/variant]`.
-    #[arg(long, default_value = "linux/amd64")]
-    platform: Platform,
+    /// The platform of the image, `os/arch[/variant]`; `plan` takes several, separated
+    /// by commas, and shows which pods they share.
+    #[arg(
+        long = "platform",
+        default_value = "linux/amd64",
+        value_delimiter = ','
+    )]
+    platforms: Vec<Platform>,
+    /// The platform the build runs on (`BUILDPLATFORM`; default: the first platform).
+    #[arg(long)]
+    build_platform: Option<Platform>,
 }
 
 impl PlanningArgs {
-    fn options(self, dockerfile_name: String) -> PlanOptions {
+    fn options(&self, dockerfile_name: String) -> PlanOptions {
         PlanOptions {
             dockerfile_name,
-            target: self.target,
-            build_args: self.build_args.into_iter().collect(),
-            platform: self.platform,
+            target: self.target.clone(),
+            build_args: self.build_args.iter().cloned().collect(),
+            platform: self.platforms[0].clone(),
+            build_platform: self.build_platform.clone(),
+        }
+    }
+
+    /// The one platform a pod builds for.
+    fn platform(&self) -> anyhow::Result<Platform> {
+        match self.platforms.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => anyhow::bail!("--platform: a build pod takes one platform; `plan` takes several"),
         }
     }
 }
@@ -479,9 +496,9 @@ fn run_source(args: SourceArgs) -> anyhow::Result<()> {
             Some(text) => Dockerfile::Inline(text),
             None => Dockerfile::Path(args.dockerfile),
         },
+        platform: args.planning.platform()?,
         target: args.planning.target,
         build_args: args.planning.build_args.into_iter().collect(),
-        platform: args.planning.platform,
         private_tmp: args.tmp,
         registry: args.registry.settings(),
         pull_secrets: args.pull_secrets,
@@ -613,6 +630,14 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
         (args.file.display().to_string(), text)
     };
     let options = args.planning.options(name);
+    if args.planning.platforms.len() > 1 {
+        let plans = stagecoach_plan::plan_platforms(&text, &options, &args.planning.platforms)?;
+        match args.format {
+            Format::Json => println!("{}", plans.to_json()),
+            Format::Text => print!("{}", plans.to_text()),
+        }
+        return Ok(());
+    }
     let plan = stagecoach_plan::plan(&text, &options)?;
     match args.format {
         Format::Json => println!("{}", plan.to_json()),

@@ -24,8 +24,11 @@ pub struct PlanOptions {
     /// The stage to build; the last stage when none.
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,
-    /// The platform of the image being built (and of the builder's nodes).
+    /// The platform of the image being built: `TARGETPLATFORM` and its parts.
     pub platform: Platform,
+    /// The platform the build stages run on: `BUILDPLATFORM` and its parts (none: the
+    /// target platform, as for a single-platform build on its own nodes).
+    pub build_platform: Option<Platform>,
 }
 
 impl Default for PlanOptions {
@@ -35,6 +38,7 @@ impl Default for PlanOptions {
             target: None,
             build_args: BTreeMap::new(),
             platform: Platform::default(),
+            build_platform: None,
         }
     }
 }
@@ -283,7 +287,7 @@ impl Planner<'_> {
         global_part: &[Instruction],
         target_name: Option<&str>,
     ) -> Result<Vec<Variable>> {
-        let mut globals = automatic_args(&self.options.platform, target_name.unwrap_or("default"));
+        let mut globals = automatic_args(self.options, target_name.unwrap_or("default"));
         for inst in global_part {
             if let Kind::Arg { args } = &inst.kind {
                 let at = |message: String| self.error(Some(inst.line), message);
@@ -676,10 +680,11 @@ fn push_unique(list: &mut Vec<String>, item: String) {
 }
 
 /// `TARGETPLATFORM`, `BUILDPLATFORM` and friends, and `TARGETSTAGE`.
-fn automatic_args(platform: &Platform, target_stage: &str) -> Vec<Variable> {
+fn automatic_args(options: &PlanOptions, target_stage: &str) -> Vec<Variable> {
     let var = |name: String, value: String| Variable { name, value };
     let mut vars = Vec::new();
-    for prefix in ["BUILD", "TARGET"] {
+    let build = options.build_platform.as_ref().unwrap_or(&options.platform);
+    for (prefix, platform) in [("BUILD", build), ("TARGET", &options.platform)] {
         vars.push(var(format!("{prefix}PLATFORM"), platform.to_string()));
         vars.push(var(format!("{prefix}OS"), platform.os.clone()));
         vars.push(var(format!("{prefix}ARCH"), platform.architecture.clone()));
@@ -1000,7 +1005,7 @@ fn unused_build_args<'i>(
     parts: impl IntoIterator<Item = &'i [Instruction]>,
     options: &PlanOptions,
 ) -> Option<Warning> {
-    let mut declared: BTreeSet<String> = automatic_args(&options.platform, "")
+    let mut declared: BTreeSet<String> = automatic_args(options, "")
         .into_iter()
         .map(|v| v.name)
         .collect();

@@ -481,3 +481,75 @@ fn a_missing_corpus_skips_the_test_but_fails_it_under_ci() {
     );
     assert!(!output.contains("skipped:"), "no skip under CI: {output}");
 }
+
+/// Every real-world Dockerfile plans for two platforms; a shared pod runs no stage that
+/// declares a TARGET value, and none that starts from an image without `--platform`.
+/// Two are pinned: which pods run once and which per platform, by BuildKit's rules.
+#[test]
+fn realworld_dockerfiles_share_only_platform_independent_pods() {
+    use stagecoach_plan::instruction::Kind;
+    let Some(corpora) = corpora::root() else {
+        return;
+    };
+    let platforms: Vec<stagecoach_plan::Platform> = ["linux/amd64", "linux/arm64"]
+        .iter()
+        .map(|p| p.parse().expect("platform"))
+        .collect();
+    let mut planned = 0;
+    for entry in std::fs::read_dir(corpora.join("realworld")).expect("realworld") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("Dockerfile") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let plans = stagecoach_plan::plan_platforms(&text, &PlanOptions::default(), &platforms)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        planned += 1;
+        let plan = &plans.plans[0];
+        for pod in &plans.shared_pods {
+            let Some(Execution::Pod { runs }) = plan.stage(pod).map(|s| &s.execution) else {
+                panic!("{}: shared {pod} is no pod", path.display());
+            };
+            for id in runs {
+                let stage = plan.stage(id).expect("stage");
+                if let Base::Image { reference, .. } = &stage.base {
+                    assert!(
+                        stage.platform.is_some(),
+                        "{}: {id} runs once on {reference} without --platform",
+                        path.display()
+                    );
+                }
+                for inst in &stage.instructions {
+                    if let Kind::Arg { args } = &inst.kind {
+                        assert!(
+                            args.iter().all(|a| !a.name.starts_with("TARGET")),
+                            "{}: {id} declares a TARGET value and runs once",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(planned, 37);
+    let shared = |name: &str| {
+        let text = std::fs::read_to_string(corpora.join(format!("realworld/{name}.Dockerfile")))
+            .expect("read");
+        stagecoach_plan::plan_platforms(&text, &PlanOptions::default(), &platforms)
+            .expect("plans")
+            .shared_pods
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    // FROM --platform=$BUILDPLATFORM node/python stages and their children run once; the
+    // nginx stage is `--platform=$TARGETPLATFORM` and assembled per platform.
+    assert_eq!(
+        shared("docker__getting-started__Dockerfile"),
+        ["app-base", "app-zip-creator", "build", "test"]
+    );
+    // buildx: xx, gobase and the version stage once; the build reads TARGETPLATFORM.
+    assert_eq!(
+        shared("docker__buildx__Dockerfile"),
+        ["buildx-version", "gobase", "xx"]
+    );
+}

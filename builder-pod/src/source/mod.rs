@@ -320,6 +320,7 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
             target: opts.target.clone(),
             build_args: opts.build_args.clone(),
             platform: opts.platform.clone(),
+            build_platform: None,
         },
     )?;
     pin_base_images(&mut plan, ws, &pull.settings)?;
