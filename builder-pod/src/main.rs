@@ -390,8 +390,32 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Exits on SIGTERM (a pod being deleted), stopping the RUN in progress first. As a
+/// container's first process the builder gets no default action for it, and the pod
+/// would wait out its whole grace period.
+fn exit_on_sigterm() {
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                term.recv().await;
+                stage::run::stop_running();
+                eprintln!("stopped by SIGTERM");
+                std::process::exit(143);
+            }
+        });
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    exit_on_sigterm();
     let result = match cli.command {
         Command::Plan(args) => run_plan(args),
         Command::Install { dir } => install(&dir),

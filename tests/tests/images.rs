@@ -142,3 +142,56 @@ fn the_builder_image_resolves_a_base_image_as_the_source_pod_does() {
     let digest = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
     assert_eq!(printed.trim(), format!("{base} {digest}"));
 }
+
+/// The builder is a container's first process, which the kernel gives no default action
+/// for SIGTERM: it must exit on it itself (code 143), or a deleted pod waits out its
+/// whole grace period and is killed (137). The ssh agent waits for its stage to end, so
+/// it is still running when the signal comes.
+#[test]
+fn the_builder_as_first_process_exits_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("id_ed25519");
+    check(std::process::Command::new("ssh-keygen").args([
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        key.to_str().expect("utf-8"),
+    ]));
+    // The image's user (65532) reads it through the mount.
+    for (path, mode) in [(dir.path(), 0o755), (key.as_path(), 0o644)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod");
+    }
+    let name = format!("stagecoach-sigterm-{}", std::process::id());
+    check(podman().args([
+        "run",
+        "-d",
+        "--quiet",
+        "--name",
+        &name,
+        "--tls-verify=false",
+        "-v",
+        &format!("{}:/keys:ro", dir.path().display()),
+        &builder_image(),
+        "ssh-agent",
+        "--key",
+        "default=/keys/id_ed25519",
+        "--dir",
+        "/tmp/agent",
+    ]));
+    // Up to a minute for SIGTERM to work before podman sends SIGKILL.
+    let stopped = podman().args(["stop", "--time", "60", &name]).output();
+    let code = check(podman().args(["inspect", "--format", "{{.State.ExitCode}}", &name]));
+    let logs = podman().args(["logs", &name]).output().expect("logs");
+    let _ = podman().args(["rm", "--force", &name]).output();
+    stopped.expect("podman stop");
+    assert_eq!(
+        String::from_utf8_lossy(&code.stdout).trim(),
+        "143",
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+}

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use stagecoach_plan::instruction::{Command, Run};
 
@@ -105,8 +106,21 @@ fn is_only_heredoc(line: &str, name: &str) -> bool {
     rest.trim_start_matches('-').trim_matches(['"', '\'']) == name
 }
 
+/// The process group of the RUN in progress (0: none), for [`stop_running`].
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Sends SIGTERM to the RUN in progress and everything it started (its process group),
+/// as a pod being deleted asks: the builder is the container's first process, which the
+/// kernel gives no default action for SIGTERM, so it passes the signal on itself.
+pub fn stop_running() {
+    let group = RUNNING_GROUP.load(Ordering::SeqCst);
+    if let Some(pid) = rustix::process::Pid::from_raw(group) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+    }
+}
+
 /// Runs the process to completion, streaming its output prefixed; a non-zero exit or a
-/// signal is an error.
+/// signal is an error. It leads a process group of its own, which [`stop_running`] stops.
 pub fn run(spec: &RunSpec) -> Result<(), Error> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let mut child = Process::new(&program)
@@ -119,8 +133,10 @@ pub fn run(spec: &RunSpec) -> Result<(), Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|source| Error::Spawn { program, source })?;
+    RUNNING_GROUP.store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     std::thread::scope(|threads| -> Result<(), Error> {
@@ -131,7 +147,9 @@ pub fn run(spec: &RunSpec) -> Result<(), Error> {
         err.join().expect("output thread").map_err(Error::Output)?;
         Ok(())
     })?;
-    let status = child.wait().map_err(Error::Output)?;
+    let status = child.wait();
+    RUNNING_GROUP.store(0, Ordering::SeqCst);
+    let status = status.map_err(Error::Output)?;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => Err(Error::Exit(code)),
@@ -221,8 +239,37 @@ mod tests {
         );
     }
 
+    /// Tests that run processes, one at a time: `stop_running` stops whichever runs.
+    static RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn sigterm_stops_the_run_and_everything_it_started() {
+        let _one = RUNS.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = RunSpec {
+            // A grandchild holding the output pipe: run() returns only once it is gone.
+            argv: vec!["/bin/sh".into(), "-c".into(), "sleep 300 & wait".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: dir.path().to_path_buf(),
+            ids: Ids { uid: 0, gid: 0 },
+            prefix: "[test 1/1]".into(),
+        };
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(run(&spec)));
+        while RUNNING_GROUP.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        stop_running();
+        let outcome = result
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the RUN and its sleep ended");
+        assert!(matches!(outcome, Err(Error::Signal(15))), "{outcome:?}");
+        assert_eq!(RUNNING_GROUP.load(Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn runs_as_user_in_dir_with_env_and_reports_exit() {
+        let _one = RUNS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = |script: &str| RunSpec {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
