@@ -149,17 +149,22 @@ impl Progress {
         }
     }
 
-    /// The output of a pod so far (`key` names it): what is new since the last call,
-    /// one line at a time with `label` as prefix.
+    /// The output of a pod's stream so far (`key` names it; the text only ever grows at
+    /// its end): the complete lines that are new since the last call, with `label` as
+    /// prefix. A line still being written waits for its end.
     pub fn log_since(&mut self, key: &str, label: &str, text: &str) {
         let seen = self.log_offsets.get(key).copied().unwrap_or(0);
-        if text.len() > seen {
-            let mut out = self.out();
-            for line in text[seen..].lines() {
-                let _ = writeln!(out, "{label} | {line}");
-            }
-            self.log_offsets.insert(key.to_string(), text.len());
+        let Some(new) = text.get(seen..) else {
+            return;
+        };
+        let Some(end) = new.rfind('\n') else {
+            return;
+        };
+        let mut out = self.out();
+        for line in new[..end].lines() {
+            let _ = writeln!(out, "{label} | {line}");
         }
+        self.log_offsets.insert(key.to_string(), seen + end + 1);
     }
 
     /// One line of a pod's output, as it comes.

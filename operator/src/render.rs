@@ -1097,7 +1097,6 @@ spec:
             .collect()
     }
 
-    /// Layer compression reaches the pods that write layers, and only those.
     /// The first container's arguments.
     fn args(pod: &Pod) -> Vec<String> {
         pod.spec.as_ref().expect("spec").containers[0]
@@ -1106,6 +1105,7 @@ spec:
             .expect("args")
     }
 
+    /// Layer compression reaches the pods that write layers, and only those.
     #[test]
     fn zstd_goes_to_the_pods_that_write_layers() {
         let zstd = |p: &Pod| args(p).windows(2).any(|w| w == ["--compression", "zstd"]);

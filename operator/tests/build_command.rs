@@ -193,8 +193,8 @@ fn a_directory_builds_as_its_repository_does_and_reports_like_buildx() {
     assert_eq!(ours, theirs);
     assert_eq!(
         our_source.and_then(|s| s.as_str().map(String::from)),
-        Some(format!("{image}/context")),
-        "the source label names the context artifact's repository"
+        Some(image.clone()),
+        "the source label names the context artifact's repository, the image's own"
     );
     let run_out = check(podman().args(["run", "--rm", "--tls-verify=false", &dir_image]));
     assert_eq!(text(&run_out.stdout), "hello from a directory\n");
@@ -275,6 +275,7 @@ fn stdin_dockerfiles_secrets_and_exit_codes() {
         &good,
     );
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "-q prints nothing else");
     let pushed = text(&out.stdout);
     assert!(
         pushed.starts_with(&format!("{image}@sha256:")),

@@ -1994,13 +1994,15 @@ fn a_context_artifact_is_checked_and_a_tampered_or_missing_one_fails_the_build()
     let result = build("missing", &tampered, &missing);
     let (reason, message, _) = failure(&result.status);
     assert_eq!(reason, "ContextNotFound", "{message}");
-    let tags = tool("skopeo")
-        .args(["list-tags", "--tls-verify=false"])
-        .arg(format!("docker://{}/e2e/tampered", registry()))
+    let manifest = tool("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{tampered}"))
         .output()
-        .expect("skopeo");
+        .expect("skopeo runs");
     assert!(
-        !String::from_utf8_lossy(&tags.stdout).contains("\"1\""),
-        "nothing is pushed from a bad context"
+        !manifest.status.success()
+            && String::from_utf8_lossy(&manifest.stderr).contains("manifest unknown"),
+        "nothing is pushed from a bad context: {}",
+        String::from_utf8_lossy(&manifest.stderr)
     );
 }

@@ -14,12 +14,10 @@ use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use stagecoach_plan::limits::DOCKERIGNORE_BYTES;
-
 use super::dockerignore::{self, Matcher};
 use crate::layer::{self, GZIP_MEDIA_TYPE, ZSTD_MEDIA_TYPE};
 use crate::oci::{self, Blob, BlobSource, Reference, Registry};
+use bytes::Bytes;
 
 /// The `artifactType` of a packed context.
 pub const ARTIFACT_TYPE: &str = "application/vnd.stagecoach.context.v1";
@@ -82,14 +80,24 @@ impl Error {
         match self {
             Error::NotFound { .. } => "ContextNotFound",
             Error::Invalid { .. } | Error::Extract { .. } => "ContextArtifactInvalid",
-            // A blob whose bytes are not its digest: tampered with, or a broken store.
-            Error::Registry { source, .. } if matches!(**source, oci::Error::Blob { .. }) => {
+            // Bytes that are not their digest: tampered with, or a broken store.
+            Error::Registry { source, .. } if is_digest_mismatch(source) => {
                 "ContextArtifactInvalid"
             }
             Error::Registry { source, .. } => source.reason(),
             Error::Read { .. } | Error::Write { .. } => "WorkspaceFailed",
             Error::Dockerignore(_) => "DockerignoreInvalid",
         }
+    }
+}
+
+/// Whether the registry sent a manifest or blob whose digest is not the one asked for
+/// (not a transfer or disk failure).
+fn is_digest_mismatch(error: &oci::Error) -> bool {
+    match error {
+        oci::Error::Invalid { .. } => true,
+        oci::Error::Blob { source, .. } => source.kind() == io::ErrorKind::InvalidData,
+        _ => false,
     }
 }
 
@@ -120,14 +128,19 @@ enum Item {
 
 /// Packs `dir` into `out` (a file path). `dockerfile` is the Dockerfile's path relative
 /// to `dir` when it is inside; `source_date_epoch` defaults to the newest modification
-/// time among the packed entries, so an unchanged directory packs the same.
+/// time of the packed files, so an unchanged directory packs the same. `.git` is never
+/// packed.
 pub fn pack(
     dir: &Path,
     dockerfile: Option<&str>,
     source_date_epoch: Option<i64>,
     out: &Path,
 ) -> Result<Packed> {
-    let ignore = ignore_file(dir, dockerfile)?;
+    let root = fs::canonicalize(dir).map_err(|source| Error::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let ignore = dockerignore::read_ignore_file(&root, &root, dockerfile)?;
     let always: Vec<String> = dockerfile
         .into_iter()
         .map(dockerignore::clean)
@@ -229,27 +242,6 @@ fn manifest(layer_digest: &str, layer_size: u64, epoch: i64) -> Bytes {
     Bytes::from(serde_json::to_vec(&manifest).expect("a manifest serialises"))
 }
 
-/// The ignore file that applies, as the source pod picks it.
-fn ignore_file(dir: &Path, dockerfile: Option<&str>) -> Result<Option<(String, Matcher)>> {
-    for candidate in dockerignore::ignore_file_candidates(dockerfile) {
-        let path = dir.join(&candidate);
-        if !path.is_file() {
-            continue;
-        }
-        let text = fs::File::open(&path)
-            .and_then(|file| crate::fs::read_text_bounded(file, DOCKERIGNORE_BYTES))
-            .map_err(|source| dockerignore::Error::Read {
-                path: path.clone(),
-                source,
-            })?;
-        return Ok(Some((
-            candidate.clone(),
-            dockerignore::parse(&text, &candidate)?,
-        )));
-    }
-    Ok(None)
-}
-
 struct Walk {
     matcher: Option<Matcher>,
     /// Paths sent whatever the patterns say (the Dockerfile, the ignore file).
@@ -304,6 +296,12 @@ impl Walk {
             })?;
             let ignored = self.ignored(&child);
             let mode = meta.permissions().mode() & 0o7777;
+            if name == ".git" {
+                // A repository's metadata (and a CI job's token in .git/config) is never
+                // published; a git source's checkout has no .git either.
+                self.ignored += 1;
+                continue;
+            }
             if meta.is_dir() {
                 if ignored && !self.may_keep_below(&child) {
                     self.ignored += 1;
@@ -323,6 +321,8 @@ impl Walk {
             } else if meta.is_file() {
                 self.items
                     .push(Item::File(child.clone(), path.clone(), mode, meta.len()));
+                // Files only: a directory's time moves when an ignored file appears in it.
+                self.newest = self.newest.max(meta.mtime());
             } else if meta.file_type().is_symlink() {
                 let target = fs::read_link(&path).map_err(|source| Error::Read {
                     path: path.clone(),
@@ -333,7 +333,6 @@ impl Walk {
                 // Sockets, fifos and devices: Docker's context carries no such thing.
                 continue;
             }
-            self.newest = self.newest.max(meta.mtime());
         }
         Ok(self.items.len() > before)
     }
@@ -583,6 +582,10 @@ mod tests {
                 ("build/out.bin", "x"),
                 ("src/a.c", "a"),
                 ("src/a.o", "o"),
+                (
+                    ".git/config",
+                    "[http] extraheader = AUTHORIZATION: basic dG9rZW4=",
+                ),
             ],
         );
         let packed =
@@ -593,8 +596,8 @@ mod tests {
             .collect();
         assert_eq!(got, [".dockerignore", "Dockerfile", "src/", "src/a.c"]);
         assert_eq!(
-            packed.ignored, 4,
-            "secret.env, build/out.bin, build and src/a.o"
+            packed.ignored, 5,
+            "secret.env, build/out.bin, build, src/a.o and .git"
         );
         assert!(packed.source_date_epoch > 0, "the newest mtime by default");
     }

@@ -61,6 +61,33 @@ pub fn ignore_file_candidates(dockerfile: Option<&str>) -> Vec<String> {
     out
 }
 
+/// The ignore file Docker would use and its patterns: `<Dockerfile>.dockerignore` beside
+/// the Dockerfile, else `.dockerignore` at the context root. A candidate that is a
+/// symlink leading out of `root` is not read.
+pub fn read_ignore_file(
+    root: &Path,
+    context: &Path,
+    dockerfile: Option<&str>,
+) -> Result<Option<(String, Matcher)>> {
+    for candidate in ignore_file_candidates(dockerfile) {
+        let Ok(path) = fs::canonicalize(context.join(&candidate)) else {
+            continue;
+        };
+        if !path.starts_with(root) || !path.is_file() {
+            continue;
+        }
+        let text = fs::File::open(&path)
+            .and_then(|file| crate::fs::read_text_bounded(file, DOCKERIGNORE_BYTES))
+            .map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+        let matcher = parse(&text, &candidate)?;
+        return Ok(Some((candidate, matcher)));
+    }
+    Ok(None)
+}
+
 /// The patterns of an ignore file, normalised the way moby's `ignorefile.ReadAll` does:
 /// a UTF-8 BOM is dropped, lines that *start* with `#` are comments, surrounding
 /// whitespace is trimmed, blank lines are skipped, each pattern is cleaned like Go's

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use stagecoach_plan::contract::{Base, PlanSummary, PodOutcome};
-use stagecoach_plan::limits::{DOCKERFILE_BYTES, DOCKERIGNORE_BYTES};
+use stagecoach_plan::limits::DOCKERFILE_BYTES;
 use stagecoach_plan::{Plan, PlanError, PlanOptions, Platform};
 
 use crate::oci::{self, Registry};
@@ -305,7 +305,7 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     };
     // Both files are read by now: like BuildKit and buildah, a `COPY .` leaves them out
     // when the patterns exclude them.
-    let ignore = read_ignore_file(&root, &context, dockerfile_path)?;
+    let ignore = dockerignore::read_ignore_file(&root, &context, dockerfile_path)?;
     if let Some((file, matcher)) = ignore {
         let removed = dockerignore::apply(&context, &matcher)?;
         report.ignore_file = Some(file);
@@ -652,32 +652,6 @@ fn dockerfiles_in(context: &Path) -> Option<String> {
 /// A path with symlinks resolved, if it exists and stays inside `root`.
 fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
     canonical(path).ok().filter(|p| p.starts_with(root))
-}
-
-/// The ignore file Docker would use and its patterns: `<Dockerfile>.dockerignore` beside
-/// the Dockerfile, else `.dockerignore` at the context root.
-fn read_ignore_file(
-    root: &Path,
-    context: &Path,
-    dockerfile: Option<&str>,
-) -> Result<Option<(String, dockerignore::Matcher)>> {
-    for candidate in dockerignore::ignore_file_candidates(dockerfile) {
-        let Some(path) = inside(root, &context.join(&candidate)) else {
-            continue;
-        };
-        if !path.is_file() {
-            continue;
-        }
-        let text = fs::File::open(&path)
-            .and_then(|file| crate::fs::read_text_bounded(file, DOCKERIGNORE_BYTES))
-            .map_err(|source| dockerignore::Error::Read {
-                path: path.clone(),
-                source,
-            })?;
-        let matcher = dockerignore::parse(&text, &candidate)?;
-        return Ok(Some((candidate, matcher)));
-    }
-    Ok(None)
 }
 
 /// The termination message's content: success with the plan summary, or the reason.

@@ -17,6 +17,9 @@ use crate::api::{ImageBuild, ImageBuildStatus, Phase, StagePhase};
 /// How long the end of a build waits for the rest of its stage pods' logs.
 const LOG_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How many times a stage pod's log is asked for before its container is up.
+const LOG_ATTEMPTS: u32 = 60;
+
 /// What following a build reports, as it happens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
@@ -42,6 +45,19 @@ pub enum Error {
     Deleted { namespace: String, name: String },
     #[error("the watch of ImageBuild {namespace}/{name} ended")]
     WatchEnded { namespace: String, name: String },
+    #[error("cannot watch ImageBuild {namespace}/{name}")]
+    Watch {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Whether the API server refuses the request itself (unauthenticated, forbidden, no
+/// such resource), which no retry mends.
+fn refused(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if [401, 403, 404].contains(&status.code))
 }
 
 /// Creates `build` (its `generateName` set) in `namespace` and follows it to the end;
@@ -85,7 +101,13 @@ pub async fn follow(
                     Some(Ok(watcher::Event::Delete(_))) => {
                         return Err(Error::Deleted { namespace: namespace.into(), name });
                     }
-                    // A failed watch is retried with backoff: the stream goes on.
+                    // Refused for good: no point watching again.
+                    Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
+                        if refused(&e) =>
+                    {
+                        return Err(Error::Watch { namespace: namespace.into(), name, source: e });
+                    }
+                    // Anything else is retried with backoff: the stream goes on.
                     Some(Ok(_)) | Some(Err(_)) => vec![],
                     None => return Err(Error::WatchEnded { namespace: namespace.into(), name }),
                 };
@@ -140,8 +162,17 @@ async fn follow_log(
         container: Some("stage".into()),
         ..LogParams::default()
     };
-    let Ok(stream) = pods.log_stream(&pod, &params).await else {
-        return;
+    // The container may still be starting: its log opens a little later.
+    let mut attempts = 0;
+    let stream = loop {
+        match pods.log_stream(&pod, &params).await {
+            Ok(stream) => break stream,
+            Err(e) if refused(&e) || attempts >= LOG_ATTEMPTS => return,
+            Err(_) => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     };
     let mut stream = std::pin::pin!(stream.lines());
     while let Some(Ok(line)) = stream.next().await {
@@ -269,6 +300,30 @@ mod tests {
             }
         }
         seen
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_watch_ends_the_follow_instead_of_retrying_forever() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.expect("the create");
+            send.send_response(json(201, &stored("1", serde_json::Value::Null)));
+            let (request, send) = handle.next_request().await.expect("the list");
+            assert_eq!(request.method(), "GET");
+            let forbidden = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": "Forbidden", "code": 403,
+                "message": "imagebuilds.stagecoach.dev is forbidden: User \"dev\" cannot list"});
+            send.send_response(json(403, &forbidden));
+        });
+        let client = Client::new(service, "team");
+        let err = follow(client, "team", &build(), false, &mut |_| {})
+            .await
+            .expect_err("forbidden");
+        assert!(
+            matches!(&err, Error::Watch { name, .. } if name == "app-x7k2p"),
+            "{err:?}"
+        );
+        server.await.expect("server");
     }
 
     #[tokio::test]

@@ -15,8 +15,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Parser as _;
 use k8s_openapi::api::core::v1::LocalObjectReference;
+use stagecoach_builder::error::chain;
 use stagecoach_builder::oci;
 use stagecoach_builder::source::artifact;
 
@@ -34,8 +34,8 @@ pub const EXIT_FAILED: u8 = 1;
 /// Bad flags, a missing context, no podman, no registry: nothing was built.
 pub const EXIT_USAGE: u8 = 2;
 
-/// The most a Dockerfile read from stdin may be (the source pod's own limit).
-const STDIN_DOCKERFILE_BYTES: u64 = stagecoach_plan::limits::DOCKERFILE_BYTES as u64;
+/// The most a Dockerfile sent inline may be (the source pod's own limit).
+const DOCKERFILE_BYTES: usize = stagecoach_plan::limits::DOCKERFILE_BYTES;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
@@ -87,8 +87,8 @@ pub struct BuildArgs {
     /// Prints only the pushed image's digest reference.
     #[arg(short, long)]
     pub quiet: bool,
-    /// The repository a directory context is pushed to (default: `<image
-    /// repository>/context`).
+    /// The repository a directory context is pushed to, under the tag
+    /// `context-<digest prefix>` (default: the image's own repository).
     #[arg(long, value_name = "REPOSITORY")]
     pub context_push: Option<String>,
     /// The time file and history times are clamped to. Default: the newest file of a
@@ -130,35 +130,6 @@ pub struct BuildArgs {
     /// artifact with.
     #[arg(long, value_name = "SECRET", requires = "cluster")]
     pub pull_secret: Option<String>,
-}
-
-/// `stagecoach build` on its own, for callers that hold the whole command line.
-#[derive(Debug, clap::Parser)]
-#[command(name = "stagecoach build")]
-struct BuildCommand {
-    #[command(flatten)]
-    args: BuildArgs,
-}
-
-/// Parses `argv` (the program name first) and runs the build: what `stagecoach build`
-/// does with its arguments, stdin and stdout. Returns the exit code.
-pub fn run_command_line(
-    argv: impl IntoIterator<Item = String>,
-    stdin: &mut dyn Read,
-    stdout: &mut dyn Write,
-) -> u8 {
-    match BuildCommand::try_parse_from(argv) {
-        Ok(cmd) => run(&cmd.args, stdin, stdout),
-        Err(e) => {
-            let code = if e.use_stderr() {
-                EXIT_USAGE
-            } else {
-                EXIT_BUILT
-            };
-            let _ = e.print();
-            code
-        }
-    }
 }
 
 /// A failure before the build could start, printed as one line.
@@ -205,8 +176,9 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
                 stage_layers = result.stage_layers;
                 result.status
             }
+            // podman failing under the build: the environment's fault, not the build's.
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", chain(&e));
                 return EXIT_USAGE;
             }
         }
@@ -235,25 +207,26 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
         return EXIT_FAILED;
     };
     let pushed = format!("{}@{}", image.reference, image.digest);
+    // The pushed manifest as this machine reads it back (a cluster's registry may not
+    // let it): needed for --metadata-file and --iidfile, else only for the summary.
     let described = Manifests::new(&opts.insecure_registries)
         .and_then(|manifests| Ok((manifests.describe(&pushed)?, manifests)));
-    let (descriptor, manifests) = match described {
-        Ok(described) => described,
-        Err(message) => {
-            eprintln!("error: {pushed}: {message}");
-            return EXIT_FAILED;
-        }
+    let wants_files = args.metadata_file.is_some() || args.iidfile.is_some();
+    let written = match &described {
+        Ok((descriptor, _)) => write_results(args, &image.digest, descriptor),
+        Err(message) => Err(format!("cannot read {pushed} back: {message}")),
     };
-    if let Err(message) = write_results(args, &image.digest, &descriptor) {
+    if let (true, Err(message)) = (wants_files, &written) {
         eprintln!("error: {message}");
+        let _ = writeln!(stdout, "{pushed}");
         return EXIT_FAILED;
     }
-    if !args.quiet {
+    if let (false, Ok((descriptor, manifests))) = (args.quiet, &described) {
         let pods = status.stages.iter().filter(|s| !s.cached).count();
         let cached = status.stages.len() - pods;
         eprintln!(
             "pushed {pushed}\n  {}\n  {pods} stage pod(s) ran, {cached} stage(s) from the cache, {:.1}s in all",
-            sizes(&manifests, &descriptor, &status, &stage_layers),
+            sizes(manifests, descriptor, &status, &stage_layers),
             started.elapsed().as_secs_f64()
         );
     }
@@ -281,16 +254,7 @@ fn prepare(
             "--secret and --ssh read local files, which a cluster cannot: with --cluster, create the Secrets and name them in an ImageBuild manifest (spec.secrets, spec.ssh)".into(),
         ));
     }
-    let image = args.tags[0].clone();
-    let repository = crate::render::repository_of(&image);
-    if let Some(other) = args.tags[1..]
-        .iter()
-        .find(|t| crate::render::repository_of(t) != repository)
-    {
-        return Err(Usage(format!(
-            "-t {other}: every tag must name the repository of the first, {repository}"
-        )));
-    }
+    let (image, tags) = tags(&args.tags)?;
     let mut secrets = BTreeMap::new();
     let auth = registry_auth_file();
     let local_auth = auth.as_ref().filter(|_| !args.cluster);
@@ -303,19 +267,7 @@ fn prepare(
         (secret.clone(), secret)
     };
     let stdin_dockerfile = match args.file.as_deref() {
-        Some("-") => {
-            let mut text = String::new();
-            stdin
-                .take(STDIN_DOCKERFILE_BYTES + 1)
-                .read_to_string(&mut text)
-                .map_err(|e| Usage(format!("-f -: cannot read the Dockerfile from stdin: {e}")))?;
-            if text.len() as u64 > STDIN_DOCKERFILE_BYTES {
-                return Err(Usage(format!(
-                    "-f -: the Dockerfile is larger than {STDIN_DOCKERFILE_BYTES} bytes"
-                )));
-            }
-            Some(text)
-        }
+        Some("-") => Some(read_dockerfile(stdin, "-f -")?),
         _ => None,
     };
     let mut spec_dockerfile = None;
@@ -348,16 +300,16 @@ fn prepare(
                 match inside(dir, Path::new(path)) {
                     Some(relative) => spec_dockerfile = Some(relative),
                     None => {
-                        let text = std::fs::read_to_string(path)
+                        let file = std::fs::File::open(path)
                             .map_err(|e| Usage(format!("-f {path}: {e}")))?;
-                        dockerfile_inline = Some(text);
+                        dockerfile_inline = Some(read_dockerfile(file, &format!("-f {path}"))?);
                     }
                 }
             }
             let repository = args
                 .context_push
                 .clone()
-                .unwrap_or_else(|| format!("{}/context", crate::render::repository_of(&image)));
+                .unwrap_or_else(|| crate::render::repository_of(&image).to_string());
             let reference = push_context(
                 dir,
                 spec_dockerfile
@@ -384,6 +336,11 @@ fn prepare(
     };
     let mut build_args = Vec::new();
     for arg in &args.build_args {
+        if arg.is_empty() || arg.starts_with('=') {
+            return Err(Usage(format!(
+                "--build-arg {arg:?}: a name first (KEY=VALUE)"
+            )));
+        }
         match arg.split_once('=') {
             Some((name, value)) => build_args.push(BuildArg {
                 name: name.into(),
@@ -451,14 +408,7 @@ fn prepare(
             ssh,
             output: Output {
                 image,
-                tags: args.tags[1..]
-                    .iter()
-                    .map(|t| {
-                        t.rsplit_once(':')
-                            .map_or("latest", |(_, tag)| tag)
-                            .to_string()
-                    })
-                    .collect(),
+                tags,
                 push_secret_ref: push_secret,
                 insecure_registry: insecure,
                 labels: args.labels.iter().cloned().collect(),
@@ -498,7 +448,7 @@ fn prepare(
     let opts = LocalOptions {
         builder_image: args.builder_image.clone(),
         keep: args.keep,
-        logs: args.progress == "plain",
+        logs: args.progress == "plain" && !args.quiet,
         progress: match (args.quiet, args.progress.as_str()) {
             (true, _) => ProgressStyle::Quiet,
             (false, "tty") => ProgressStyle::Tty,
@@ -517,6 +467,33 @@ fn prepare(
     Ok((build, opts))
 }
 
+/// The image (the first `-t`) and the tags of the others, which must name its repository.
+fn tags(flags: &[String]) -> Result<(String, Vec<String>), Usage> {
+    let parse = |flag: &String| {
+        let reference =
+            oci::parse_reference(flag).map_err(|e| Usage(format!("-t {flag}: {}", chain(&e))))?;
+        if reference.digest().is_some() {
+            return Err(Usage(format!("-t {flag}: a tag, not a digest")));
+        }
+        Ok(reference)
+    };
+    let first = parse(&flags[0])?;
+    let mut tags = Vec::new();
+    for flag in &flags[1..] {
+        let reference = parse(flag)?;
+        if (reference.resolve_registry(), reference.repository())
+            != (first.resolve_registry(), first.repository())
+        {
+            return Err(Usage(format!(
+                "-t {flag}: every tag must name the repository of the first, {}",
+                crate::render::repository_of(&flags[0])
+            )));
+        }
+        tags.push(reference.tag().unwrap_or("latest").to_string());
+    }
+    Ok((flags[0].clone(), tags))
+}
+
 /// The local registry credentials as the Secret the pods push and pull with.
 fn local_auth_secret(
     auth: Option<&PathBuf>,
@@ -530,6 +507,12 @@ fn local_auth_secret(
     let dir = secret_dir(scratch, name, &[(".dockerconfigjson", file)])?;
     secrets.insert(name.to_string(), dir);
     Ok(Some(LocalObjectReference { name: name.into() }))
+}
+
+/// A Dockerfile sent inline (from stdin, or from outside the context), bounded.
+fn read_dockerfile(reader: impl Read, flag: &str) -> Result<String, Usage> {
+    stagecoach_builder::fs::read_text_bounded(reader, DOCKERFILE_BYTES)
+        .map_err(|e| Usage(format!("{flag}: the Dockerfile: {e}")))
 }
 
 /// Whether `context` is a git URL (as `docker build` tells them apart), and its URL,
@@ -620,18 +603,6 @@ fn push_context(
         })
 }
 
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn podman_present() -> Result<(), Usage> {
     match std::process::Command::new("podman")
         .arg("--version")
@@ -651,6 +622,7 @@ fn registry_auth_file() -> Option<PathBuf> {
     [
         env("REGISTRY_AUTH_FILE"),
         env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")),
+        env("HOME").map(|d| d.join(".config/containers/auth.json")),
         env("DOCKER_CONFIG").map(|d| d.join("config.json")),
         env("HOME").map(|d| d.join(".docker/config.json")),
     ]
@@ -670,8 +642,9 @@ fn secret_dir(scratch: &Path, name: &str, keys: &[(&str, &Path)]) -> Result<Path
     Ok(dir)
 }
 
-/// A `--secret` flag's id and the file that holds the value (an `env=` value is written
-/// to one in `scratch`).
+/// A `--secret` flag's id and the file that holds the value (an environment value is
+/// written to one in `scratch`). As buildx: `src=` a file, `env=` a variable, and with
+/// neither the variable named like the id if it is set, else the file of that name.
 fn secret_flag(flag: &str, scratch: &Path, n: usize) -> Result<(String, PathBuf), Usage> {
     let bad = |why: &str| {
         Usage(format!(
@@ -683,31 +656,26 @@ fn secret_flag(flag: &str, scratch: &Path, n: usize) -> Result<(String, PathBuf)
     let mut env = None;
     for field in flag.split(',') {
         match field.split_once('=') {
-            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("id", v)) if !v.is_empty() => id = Some(v.to_string()),
             Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
             Some(("env", v)) => env = Some(v.to_string()),
             Some(("type", "file" | "env")) => {}
             _ => return Err(bad(&format!("unknown field {field:?}"))),
         }
     }
+    let id = id.ok_or_else(|| bad("give id="))?;
+    let from_env = |var: &str| -> Result<PathBuf, Usage> {
+        let value = std::env::var(var).map_err(|_| bad(&format!("${var} is not set")))?;
+        let file = scratch.join(format!("secret-env-{n}"));
+        std::fs::write(&file, value).map_err(|e| bad(&e.to_string()))?;
+        Ok(file)
+    };
     let file = match (src, env) {
         (Some(src), None) => src,
-        (None, Some(var)) => {
-            let value = std::env::var(&var).map_err(|_| bad(&format!("${var} is not set")))?;
-            let file = scratch.join(format!("secret-env-{n}"));
-            std::fs::write(&file, value).map_err(|e| bad(&e.to_string()))?;
-            file
-        }
-        _ => return Err(bad("give src= or env=")),
-    };
-    let id = match id {
-        Some(id) => id,
-        // As buildx: without an id, the file's name.
-        None => file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-            .ok_or_else(|| bad("give id="))?,
+        (None, Some(var)) => from_env(&var)?,
+        (None, None) if std::env::var_os(&id).is_some() => from_env(&id)?,
+        (None, None) => PathBuf::from(&id),
+        (Some(_), Some(_)) => return Err(bad("src= and env= both")),
     };
     Ok((id, file))
 }
@@ -996,19 +964,45 @@ mod tests {
             (id.as_str(), file.as_path()),
             ("npm", Path::new("/run/npmrc"))
         );
-        let (id, _) = secret_flag("src=/home/me/.netrc", dir.path(), 1).expect("ok");
-        assert_eq!(id, ".netrc", "no id: the file's name");
         let home = std::env::var("HOME").expect("HOME is set");
         let (id, file) = secret_flag("id=tok,env=HOME", dir.path(), 2).expect("ok");
         assert_eq!(id, "tok");
         assert_eq!(std::fs::read_to_string(file).expect("file"), home);
+        // The id alone: the variable of that name, else the file of that name.
+        let (_, file) = secret_flag("id=HOME", dir.path(), 3).expect("ok");
+        assert_eq!(std::fs::read_to_string(file).expect("file"), home);
+        let (_, file) = secret_flag("id=STAGECOACH_NO_SUCH_VAR", dir.path(), 4).expect("ok");
+        assert_eq!(file, Path::new("STAGECOACH_NO_SUCH_VAR"));
         for bad in [
-            "id=x",
+            "src=a",
             "id=x,src=a,env=B",
             "id=x,mode=0400,src=a",
             "id=x,env=STAGECOACH_UNSET_VAR",
+            "id=,src=a",
         ] {
-            assert!(secret_flag(bad, dir.path(), 3).is_err(), "{bad}");
+            assert!(secret_flag(bad, dir.path(), 5).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tags_name_one_repository_and_no_digest() {
+        let (image, more) = tags(&[
+            "127.0.0.1:5000/app".into(),
+            "127.0.0.1:5000/app:1".into(),
+            "127.0.0.1:5000/app:latest".into(),
+        ])
+        .expect("tags");
+        assert_eq!(image, "127.0.0.1:5000/app");
+        assert_eq!(more, ["1", "latest"]);
+        for bad in [
+            vec![
+                "reg.example/app:1".to_string(),
+                "reg.example/other:1".into(),
+            ],
+            vec![format!("reg.example/app@sha256:{}", "a".repeat(64))],
+            vec!["Not A Reference".into()],
+        ] {
+            assert!(tags(&bad).is_err(), "{bad:?}");
         }
     }
 

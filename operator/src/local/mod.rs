@@ -210,16 +210,16 @@ impl<'a> Runner<'a> {
             let Ok(out) = self.podman.command().args(["logs", &container]).output() else {
                 continue;
             };
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
             let label = match role {
                 Role::Stage(s) => s.as_str(),
                 other => other.label(),
             };
-            self.progress.log_since(name, label, &text);
+            // Each stream grows on its own: read apart, they never shift each other.
+            for (stream, bytes) in [("out", &out.stdout), ("err", &out.stderr)] {
+                let text = String::from_utf8_lossy(bytes);
+                self.progress
+                    .log_since(&format!("{name}/{stream}"), label, &text);
+            }
         }
     }
 
