@@ -323,8 +323,8 @@ fn stdin_dockerfiles_secrets_and_exit_codes() {
             "no registry answers at 127.0.0.1:9",
         ),
         (
-            vec!["build", "-t", &image, "--secret", "id=x", ctx],
-            "src= or env=",
+            vec!["build", "-t", &image, "--secret", "id=no-such-file", ctx],
+            "cannot read no-such-file",
         ),
         (
             vec!["build", "-t", &image, "--ssh", "default", ctx],

@@ -175,12 +175,14 @@ fn the_builder_as_first_process_exits_on_sigterm() {
         "--tls-verify=false",
         "-v",
         &format!("{}:/keys:ro", dir.path().display()),
+        "--tmpfs",
+        "/agent:mode=1777",
         &builder_image(),
         "ssh-agent",
         "--key",
         "default=/keys/id_ed25519",
         "--dir",
-        "/tmp/agent",
+        "/agent",
     ]));
     // Up to a minute for SIGTERM to work before podman sends SIGKILL.
     let stopped = podman().args(["stop", "--time", "60", &name]).output();

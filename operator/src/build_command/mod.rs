@@ -270,6 +270,41 @@ fn prepare(
         Some("-") => Some(read_dockerfile(stdin, "-f -")?),
         _ => None,
     };
+    // Secrets first: a bad one must stop the build before the context is pushed.
+    let mut build_secrets = Vec::new();
+    for (n, flag) in args.secrets.iter().enumerate() {
+        let (id, file) = secret_flag(flag, scratch, n)?;
+        let name = format!("stagecoach-build-secret-{n}");
+        secrets.insert(
+            name.clone(),
+            secret_dir(scratch, &name, &[("value", &file)])?,
+        );
+        build_secrets.push(BuildSecret {
+            id,
+            secret_ref: SecretKeyRef {
+                name,
+                key: "value".into(),
+            },
+        });
+    }
+    let mut ssh = Vec::new();
+    for (n, flag) in args.ssh.iter().enumerate() {
+        let Some((id, key)) = flag
+            .split_once('=')
+            .filter(|(id, key)| !id.is_empty() && !key.is_empty())
+        else {
+            return Err(Usage(format!(
+                "--ssh {flag}: give ID=KEYFILE (an agent's socket cannot reach the pods; the key is served by an agent beside them)"
+            )));
+        };
+        let name = format!("stagecoach-build-ssh-{n}");
+        let dir = secret_dir(scratch, &name, &[("ssh-privatekey", Path::new(key))])?;
+        secrets.insert(name.clone(), dir);
+        ssh.push(BuildSsh {
+            id: id.into(),
+            secret_ref: LocalObjectReference { name },
+        });
+    }
     let mut spec_dockerfile = None;
     let mut dockerfile_inline = stdin_dockerfile;
     let source = match git_context(&args.context) {
@@ -356,40 +391,6 @@ fn prepare(
                 }
             }
         }
-    }
-    let mut build_secrets = Vec::new();
-    for (n, flag) in args.secrets.iter().enumerate() {
-        let (id, file) = secret_flag(flag, scratch, n)?;
-        let name = format!("stagecoach-build-secret-{n}");
-        secrets.insert(
-            name.clone(),
-            secret_dir(scratch, &name, &[("value", &file)])?,
-        );
-        build_secrets.push(BuildSecret {
-            id,
-            secret_ref: SecretKeyRef {
-                name,
-                key: "value".into(),
-            },
-        });
-    }
-    let mut ssh = Vec::new();
-    for (n, flag) in args.ssh.iter().enumerate() {
-        let Some((id, key)) = flag
-            .split_once('=')
-            .filter(|(id, key)| !id.is_empty() && !key.is_empty())
-        else {
-            return Err(Usage(format!(
-                "--ssh {flag}: give ID=KEYFILE (an agent's socket cannot reach the pods; the key is served by an agent beside them)"
-            )));
-        };
-        let name = format!("stagecoach-build-ssh-{n}");
-        let dir = secret_dir(scratch, &name, &[("ssh-privatekey", Path::new(key))])?;
-        secrets.insert(name.clone(), dir);
-        ssh.push(BuildSsh {
-            id: id.into(),
-            secret_ref: LocalObjectReference { name },
-        });
     }
     let insecure = args
         .insecure_registries
