@@ -2006,3 +2006,23 @@ fn a_context_artifact_is_checked_and_a_tampered_or_missing_one_fails_the_build()
         String::from_utf8_lossy(&manifest.stderr)
     );
 }
+
+/// A file over gix's 16 MiB reduced-trust limit, committed and not packed (a loose
+/// object), in a repository the source pod reads from a mount owned by another user.
+#[test]
+fn a_large_loose_object_of_a_mounted_repository_is_checked_out() {
+    let big = "x".repeat(20 << 20);
+    let dockerfile = format!(
+        "FROM {}/stagecoach/busybox:1\nCOPY big /big\nRUN test \"$(wc -c < /big)\" = {}\n",
+        registry(),
+        big.len()
+    );
+    let files = [("Dockerfile", dockerfile.as_str()), ("big", big.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Build {
+        name: "large-object",
+        files: &files,
+        ..Build::default()
+    };
+    succeeded(&b.run(dir.path()).status);
+}

@@ -309,10 +309,18 @@ struct Job<'a> {
 }
 
 /// Opens a repository without reading any user or system git configuration: nothing on
-/// the node or in the image may change what is fetched or run.
+/// the node or in the image may change what is fetched or run. A repository mounted from
+/// elsewhere is owned by another user, so gix trusts it less and reads no object over
+/// 16 MiB into memory; a loose object (a large file committed and not yet packed) is
+/// read whole, so files up to [`OBJECT_BYTES`] are allowed.
 fn open_options() -> gix::open::Options {
-    gix::open::Options::isolated()
+    gix::open::Options::isolated().config_overrides([format!(
+        "gitoxide.objects.allocLimitIfReducedTrust={OBJECT_BYTES}"
+    )])
 }
+
+/// The largest object a checkout reads into memory.
+const OBJECT_BYTES: u64 = 1 << 30;
 
 impl Job<'_> {
     /// A repository on a path: opened directly (gix would run `git upload-pack`).
