@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use futures::{AsyncBufReadExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, LogParams, PostParams};
+use kube::api::{Api, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
 use tokio::sync::mpsc;
@@ -31,6 +31,8 @@ pub enum Update {
         stage: String,
         line: String,
     },
+    /// Interrupted: the build is asked to stop (`spec.cancel`) and followed to its end.
+    Canceling,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,15 @@ pub enum Error {
     Deleted { namespace: String, name: String },
     #[error("the watch of ImageBuild {namespace}/{name} ended")]
     WatchEnded { namespace: String, name: String },
+    #[error("cannot cancel ImageBuild {namespace}/{name}")]
+    Cancel {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("interrupted again: ImageBuild {namespace}/{name} is left to end on its own")]
+    Interrupted { namespace: String, name: String },
     #[error("cannot watch ImageBuild {namespace}/{name}")]
     Watch {
         namespace: String,
@@ -62,12 +73,14 @@ fn refused(error: &kube::Error) -> bool {
 
 /// Creates `build` (its `generateName` set) in `namespace` and follows it to the end;
 /// returns its last status. With `logs`, each stage pod's log is followed once the pod
-/// runs.
+/// runs. The first of `interrupts` (Ctrl-C) cancels the build, as `docker build` stops
+/// on it, and the build is followed until it has stopped; the second leaves.
 pub async fn follow(
     client: Client,
     namespace: &str,
     build: &ImageBuild,
     logs: bool,
+    interrupts: impl futures::Stream<Item = ()>,
     report: &mut (dyn FnMut(Update) + Send),
 ) -> Result<ImageBuildStatus, Error> {
     let builds: Api<ImageBuild> = Api::namespaced(client.clone(), namespace);
@@ -91,7 +104,9 @@ pub async fn follow(
     let mut followed = BTreeSet::new();
     let mut log_tasks = Vec::new();
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = std::pin::pin!(watcher(builds, config).default_backoff());
+    let mut events = std::pin::pin!(watcher(builds.clone(), config).default_backoff());
+    let mut interrupts = std::pin::pin!(interrupts);
+    let mut canceled = false;
     let mut last = None;
     loop {
         tokio::select! {
@@ -146,6 +161,21 @@ pub async fn follow(
                 }
             }
             Some(update) = received.recv() => report(update),
+            Some(()) = interrupts.next() => {
+                if canceled {
+                    return Err(Error::Interrupted { namespace: namespace.into(), name });
+                }
+                canceled = true;
+                report(Update::Canceling);
+                let cancel = Patch::Merge(serde_json::json!({"spec": {"cancel": true}}));
+                let params = PatchParams {
+                    field_manager: Some("stagecoach-build".into()),
+                    ..PatchParams::default()
+                };
+                if let Err(source) = builds.patch(&name, &params, &cancel).await {
+                    return Err(Error::Cancel { namespace: namespace.into(), name, source });
+                }
+            }
         }
     }
 }
@@ -303,6 +333,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_interrupt_cancels_the_build_and_follows_it_until_it_stopped() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut patched = None;
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let query = request.uri().query().unwrap_or_default().to_string();
+                let bytes = request.into_body().collect_bytes().await.expect("body");
+                match method.as_str() {
+                    "POST" => send.send_response(json(201, &stored("1", serde_json::Value::Null))),
+                    "PATCH" => {
+                        patched = Some(
+                            serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"),
+                        );
+                        send.send_response(json(200, &stored("2", running())));
+                    }
+                    _ if query.contains("watch=true") => {
+                        // The operator ends the build only once spec.cancel is set.
+                        let status = match patched {
+                            Some(_) => {
+                                serde_json::json!({"observedGeneration": 2, "phase": "Failed",
+                                "failure": {"reason": "Canceled", "message": "canceled"}})
+                            }
+                            None => running(),
+                        };
+                        let event =
+                            serde_json::json!({"type": "MODIFIED", "object": stored("3", status)});
+                        send.send_response(respond(200, serde_json::to_vec(&event).expect("json")));
+                    }
+                    _ => {
+                        let list = serde_json::json!({"apiVersion": "stagecoach.dev/v1alpha1",
+                            "kind": "ImageBuildList", "metadata": {"resourceVersion": "2"},
+                            "items": [stored("2", running())]});
+                        send.send_response(json(200, &list));
+                    }
+                }
+            }
+            patched
+        });
+        let client = Client::new(service, "team");
+        let mut updates = Vec::new();
+        let status = follow(
+            client,
+            "team",
+            &build(),
+            false,
+            futures::stream::iter([()]),
+            &mut |u| updates.push(u),
+        )
+        .await
+        .expect("followed to the end");
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(
+            status.failure.map(|f| f.reason).as_deref(),
+            Some("Canceled")
+        );
+        assert!(updates.contains(&Update::Canceling), "{updates:?}");
+        drop(updates);
+        let patched = server.await.expect("server");
+        assert_eq!(patched, Some(serde_json::json!({"spec": {"cancel": true}})));
+    }
+
+    #[tokio::test]
     async fn a_forbidden_watch_ends_the_follow_instead_of_retrying_forever() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let server = tokio::spawn(async move {
@@ -316,9 +409,16 @@ mod tests {
             send.send_response(json(403, &forbidden));
         });
         let client = Client::new(service, "team");
-        let err = follow(client, "team", &build(), false, &mut |_| {})
-            .await
-            .expect_err("forbidden");
+        let err = follow(
+            client,
+            "team",
+            &build(),
+            false,
+            futures::stream::pending(),
+            &mut |_| {},
+        )
+        .await
+        .expect_err("forbidden");
         assert!(
             matches!(&err, Error::Watch { name, .. } if name == "app-x7k2p"),
             "{err:?}"
@@ -332,9 +432,16 @@ mod tests {
         let server = tokio::spawn(api_server(handle));
         let client = Client::new(service, "team");
         let mut updates = Vec::new();
-        let status = follow(client, "team", &build(), true, &mut |u| updates.push(u))
-            .await
-            .expect("followed");
+        let status = follow(
+            client,
+            "team",
+            &build(),
+            true,
+            futures::stream::pending(),
+            &mut |u| updates.push(u),
+        )
+        .await
+        .expect("followed");
         assert_eq!(status.phase, Some(Phase::Succeeded));
         assert_eq!(
             status.image.map(|i| i.digest),

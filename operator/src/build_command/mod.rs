@@ -732,10 +732,23 @@ fn in_cluster(
                 progress.show(&name, &status, &timings, started);
             }
             cluster::Update::Log { stage, line } => progress.log_line(&stage, &line),
+            cluster::Update::Canceling => eprintln!(
+                "canceling {namespace}/{name}: it is asked to stop (Ctrl-C again leaves it running)"
+            ),
         };
-        cluster::follow(client, &namespace, build, opts.logs, &mut report)
-            .await
-            .map_err(|e| Usage(chain(&e)))
+        let interrupts = futures::stream::unfold((), |()| async {
+            tokio::signal::ctrl_c().await.ok().map(|()| ((), ()))
+        });
+        cluster::follow(
+            client,
+            &namespace,
+            build,
+            opts.logs,
+            interrupts,
+            &mut report,
+        )
+        .await
+        .map_err(|e| Usage(chain(&e)))
     })
 }
 
