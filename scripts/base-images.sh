@@ -8,8 +8,12 @@
 #   stagecoach/git-ssh:1  busybox + git and the OpenSSH client with their libraries (the
 #                         RUN --mount=type=ssh test clones through the agent with it)
 #
-# tcc and runtime are the busybox layer plus one layer each. An image whose tag already
-# exists in the registry is skipped (BASE_IMAGES_FORCE=1 rebuilds all).
+# busybox, tcc and runtime are image indexes of linux/amd64 and linux/arm64, made from
+# each architecture's Debian packages (arm64 programs run under qemu-user-static, which
+# scripts/install-deps.sh registers); git-ssh is linux/amd64 only, made of this host's
+# programs. tcc and runtime are the busybox layer plus one layer each. An image whose
+# tag already exists in the registry (as an index with arm64, where it should be one) is
+# skipped (BASE_IMAGES_FORCE=1 rebuilds all).
 #
 # REGISTRY  where to push (default 127.0.0.1:5000; start it with scripts/registry.sh)
 set -euo pipefail
@@ -46,7 +50,7 @@ die() {
   exit 1
 }
 
-for tool in buildah skopeo podman dpkg-deb apt-get git ssh; do
+for tool in buildah skopeo podman dpkg-deb apt-get git ssh jq; do
   command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-deps.sh"
 done
 curl -fsS --noproxy '*' --max-time 5 -o /dev/null "http://$registry/v2/" ||
@@ -56,37 +60,54 @@ in_registry() {
   skopeo inspect --tls-verify=false --raw "docker://$1" >/dev/null 2>&1
 }
 
-wanted() {
-  if [[ $force != 1 ]] && in_registry "$1"; then
+# Whether the registry has the tag as an index with an arm64 image.
+has_arm64() {
+  skopeo inspect --tls-verify=false --raw "docker://$1" 2>/dev/null |
+    jq -e '.manifests[]? | select(.platform.architecture == "arm64")' >/dev/null
+}
+
+wanted() { # REF [multi]
+  if [[ $force != 1 ]] && in_registry "$1" && { [[ ${2:-} != multi ]] || has_arm64 "$1"; }; then
     log "$1 exists, skipped"
     return 1
   fi
 }
 
-# The candidate .deb of each package, downloaded once into .work/debs; prints its path.
-deb() {
-  local pkg=$1 version file
-  version=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
-  [[ -n $version && $version != "(none)" ]] || die "no candidate version for $pkg (apt-get update?)"
-  # apt-get download names files pkg_version_arch.deb with the epoch's colon as %3a.
-  file=$(compgen -G "$debs/${pkg}_${version/:/%3a}_*.deb" | head -n 1 || true)
+# The local name of an image's variant for an architecture: amd64 keeps the tag.
+local_ref() { # REF ARCH
+  if [[ $2 == amd64 ]]; then echo "$1"; else echo "$1-linux-$2"; fi
+}
+
+# The candidate .deb of a package for an architecture, downloaded once into .work/debs;
+# prints its path.
+deb() { # PKG ARCH
+  local pkg=$1 arch=$2 version file
+  version=$(apt-cache policy "$pkg:$arch" | awk '/Candidate:/ {print $2}')
+  [[ -n $version && $version != "(none)" ]] ||
+    die "no candidate version for $pkg:$arch (apt-get update? scripts/install-deps.sh adds arm64)"
+  # apt-get download names files pkg_version_arch.deb with the epoch's colon as %3a;
+  # architecture-independent packages are _all.
+  file=$(compgen -G "$debs/${pkg}_${version/:/%3a}_${arch}.deb" ||
+    compgen -G "$debs/${pkg}_${version/:/%3a}_all.deb" || true)
   if [[ -z $file ]]; then
     mkdir -p "$debs"
     # Sandbox user root: _apt cannot write into .work/debs, and apt warns about it.
-    (cd "$debs" && apt-get -qq -o APT::Sandbox::User=root download "$pkg=$version") >&2
-    file=$(compgen -G "$debs/${pkg}_${version/:/%3a}_*.deb" | head -n 1) ||
-      die "apt-get download $pkg gave no file"
+    (cd "$debs" && apt-get -qq -o APT::Sandbox::User=root download "$pkg:$arch=$version") >&2
+    file=$(compgen -G "$debs/${pkg}_${version/:/%3a}_${arch}.deb" ||
+      compgen -G "$debs/${pkg}_${version/:/%3a}_all.deb") ||
+      die "apt-get download $pkg:$arch gave no file"
   fi
-  echo "$file"
+  echo "${file%%$'\n'*}"
 }
 
-# Extracts packages into a root directory, without their documentation (copyright kept).
-extract() {
-  local dir=$1 pkg
-  shift
+# Extracts packages of an architecture into a root directory, without their
+# documentation (copyright kept).
+extract() { # DIR ARCH PKG...
+  local dir=$1 arch=$2 pkg
+  shift 2
   mkdir -p "$dir"
   for pkg in "$@"; do
-    dpkg-deb -x "$(deb "$pkg")" "$dir"
+    dpkg-deb -x "$(deb "$pkg" "$arch")" "$dir"
   done
   rm -rf "$dir"/usr/share/{man,info,lintian,doc-base}
   if [[ -d $dir/usr/share/doc ]]; then
@@ -95,12 +116,16 @@ extract() {
   fi
 }
 
-# glibc binaries name /lib64/ld-linux-x86-64.so.2 as their interpreter. bookworm's libc6
-# ships that link (to /lib/x86_64-linux-gnu/...); with a merged-/usr libc6 the loader is in
-# usr/lib only, so make the link resolve inside the root either way.
-ensure_loader() {
-  local dir=$1 loader=ld-linux-x86-64.so.2 target=""
-  for candidate in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu usr/lib64; do
+# glibc binaries name /lib64/ld-linux-x86-64.so.2 (arm64: /lib/ld-linux-aarch64.so.1) as
+# their interpreter. bookworm's libc6 ships that link (to /lib/<triplet>/...); with a
+# merged-/usr libc6 the loader is in usr/lib only, so make the link resolve inside the
+# root either way.
+ensure_loader() { # DIR ARCH
+  local dir=$1 loader=ld-linux-x86-64.so.2 triplet=x86_64-linux-gnu libdir=lib64 target=""
+  if [[ $2 == arm64 ]]; then
+    loader=ld-linux-aarch64.so.1 triplet=aarch64-linux-gnu libdir=lib
+  fi
+  for candidate in lib/$triplet usr/lib/$triplet usr/lib64; do
     if [[ -f $dir/$candidate/$loader && ! -L $dir/$candidate/$loader ]]; then
       target=/$candidate/$loader
       break
@@ -108,16 +133,19 @@ ensure_loader() {
   done
   [[ -n $target ]] || die "no $loader in $dir"
   # Resolve the link as the container would, relative to the root, not the host's /.
-  local link=$dir/lib64/$loader dest
+  local link=$dir/$libdir/$loader dest
   if [[ -L $link ]]; then
     dest=$(readlink "$link")
-    [[ $dest == /* ]] || dest=/lib64/$dest
+    [[ $dest == /* ]] || dest=/$libdir/$dest
     [[ -f $dir$dest ]] && return 0
   fi
-  if [[ -L $dir/lib64 || -e $link ]]; then
-    die "$dir/lib64/$loader exists but does not resolve inside the root"
+  if [[ -f $link && ! -L $link ]]; then
+    return 0
   fi
-  mkdir -p "$dir/lib64"
+  if [[ -L $dir/$libdir || -e $link ]]; then
+    die "$dir/$libdir/$loader exists but does not resolve inside the root"
+  fi
+  mkdir -p "$dir/$libdir"
   ln -sfn "$target" "$link"
 }
 
@@ -140,11 +168,31 @@ push() {
   log "pushed $1"
 }
 
-build_busybox() {
-  local dir=$work/busybox bb applet
-  local unpacked=$work/busybox-static
+# Pushes the amd64 and arm64 variants of REF (local_ref names) as one image index.
+push_index() { # REF
+  local list=localhost/stagecoach-base-index
+  buildah manifest rm "$list" >/dev/null 2>&1 || true
+  buildah manifest create "$list" >/dev/null
+  buildah manifest add "$list" "$(local_ref "$1" amd64)" >/dev/null
+  buildah manifest add "$list" "$(local_ref "$1" arm64)" >/dev/null
+  buildah manifest push --quiet --all --tls-verify=false "$list" "docker://$1"
+  buildah manifest rm "$list" >/dev/null
+  log "pushed $1 (linux/amd64, linux/arm64)"
+}
+
+# Runs a command in a local image of an architecture (arm64 under qemu).
+run_in() { # ARCH REF ARGS...
+  local arch=$1 ref=$2
+  shift 2
+  podman run --rm --network none --pull never --platform "linux/$arch" "$ref" "$@"
+}
+
+build_busybox() { # ARCH
+  local arch=$1 dir=$work/busybox-$1 bb applet ref
+  local unpacked=$work/busybox-static-$1
+  ref=$(local_ref "$busybox_ref" "$arch")
   mkdir -p "$unpacked"
-  dpkg-deb -x "$(deb busybox-static)" "$unpacked"
+  dpkg-deb -x "$(deb busybox-static "$arch")" "$unpacked"
   bb=$unpacked/bin/busybox
 
   mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,etc,root,home/app,tmp}
@@ -169,47 +217,53 @@ app:x:1000:
 nobody:x:65534:
 TXT
 
-  commit_layer scratch "$dir" "$busybox_ref" \
-    --os linux --arch amd64 \
+  commit_layer scratch "$dir" "$ref" \
+    --os linux --arch "$arch" \
     --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --cmd '["sh"]' \
     --created-by "stagecoach scripts/base-images.sh: busybox-static" \
     --label org.opencontainers.image.description="busybox-static from Debian"
-  podman run --rm --network none --pull never "$busybox_ref" \
-    sh -c 'id -un && ls / >/dev/null' >/dev/null ||
-    die "$busybox_ref does not run sh"
+  run_in "$arch" "$ref" sh -c 'id -un && ls / >/dev/null' >/dev/null ||
+    die "$ref does not run sh"
+  [[ $(run_in "$arch" "$ref" uname -m) == "$(uname_m "$arch")" ]] ||
+    die "$ref does not run as $arch"
 }
 
-build_tcc() {
-  local dir=$work/tcc
-  extract "$dir" "${tcc_pkgs[@]}"
-  ensure_loader "$dir"
-  commit_layer "$busybox_ref" "$dir" "$tcc_ref" \
+uname_m() { if [[ $1 == arm64 ]]; then echo aarch64; else echo x86_64; fi; }
+
+build_tcc() { # ARCH
+  local arch=$1 dir=$work/tcc-$1 ref
+  ref=$(local_ref "$tcc_ref" "$arch")
+  extract "$dir" "$arch" "${tcc_pkgs[@]}"
+  ensure_loader "$dir" "$arch"
+  commit_layer "$(local_ref "$busybox_ref" "$arch")" "$dir" "$ref" \
     --created-by "stagecoach scripts/base-images.sh: ${tcc_pkgs[*]}" \
     --label org.opencontainers.image.description="busybox + tcc and glibc from Debian"
   local out
-  out=$(podman run --rm --network none --pull never "$tcc_ref" sh -c \
+  out=$(run_in "$arch" "$ref" sh -c \
     'printf "#include <stdio.h>\nint main(){puts(\"hi\");}" >/tmp/h.c && tcc -o /tmp/h /tmp/h.c && /tmp/h') ||
-    die "$tcc_ref cannot compile and run a C program"
-  [[ $out == hi ]] || die "$tcc_ref: hello world printed '$out'"
+    die "$ref cannot compile and run a C program"
+  [[ $out == hi ]] || die "$ref: hello world printed '$out'"
 }
 
-build_runtime() {
-  local dir=$work/runtime
-  extract "$dir" "${runtime_pkgs[@]}"
-  ensure_loader "$dir"
-  commit_layer "$busybox_ref" "$dir" "$runtime_ref" \
+build_runtime() { # ARCH
+  local arch=$1 dir=$work/runtime-$1 ref tcc
+  ref=$(local_ref "$runtime_ref" "$arch")
+  tcc=$(local_ref "$tcc_ref" "$arch")
+  extract "$dir" "$arch" "${runtime_pkgs[@]}"
+  ensure_loader "$dir" "$arch"
+  commit_layer "$(local_ref "$busybox_ref" "$arch")" "$dir" "$ref" \
     --created-by "stagecoach scripts/base-images.sh: ${runtime_pkgs[*]}" \
     --label org.opencontainers.image.description="busybox + glibc from Debian (distroless/base shape)"
 
   # A program built by tcc in the tcc image must run here (it links glibc dynamically).
-  local out=$work/out
+  local out=$work/out-$arch
   mkdir -p "$out"
-  podman run --rm --network none --pull missing --tls-verify=false -v "$out:/out" "$tcc_ref" sh -c \
+  podman run --rm --network none --pull never --platform "linux/$arch" -v "$out:/out" "$tcc" sh -c \
     'printf "#include <stdio.h>\nint main(){puts(\"hi\");}" >/tmp/h.c && tcc -o /out/h /tmp/h.c' ||
-    die "cannot compile the runtime test program in $tcc_ref"
-  [[ $(podman run --rm --network none --pull never -v "$out:/out" "$runtime_ref" /out/h) == hi ]] ||
-    die "$runtime_ref cannot run a program built by tcc"
+    die "cannot compile the runtime test program in $tcc"
+  [[ $(podman run --rm --network none --pull never --platform "linux/$arch" -v "$out:/out" "$ref" /out/h) == hi ]] ||
+    die "$ref cannot run a program built by tcc"
 }
 
 # The installed git and ssh with the libraries they load (as scripts/image.sh gives the
@@ -232,21 +286,27 @@ build_git_ssh() {
     die "$git_ssh_ref does not run git and ssh"
 }
 
-# busybox first: the other are built on top of it (pulled back if only the registry
-# has it).
-if wanted "$busybox_ref"; then
-  build_busybox
-  push "$busybox_ref"
+# busybox first, for both architectures: the others are built on top of it (in local
+# storage: made again here whenever any of them is wanted, pushed only when wanted).
+want_busybox=0 want_tcc=0 want_runtime=0 want_git_ssh=0
+wanted "$busybox_ref" multi && want_busybox=1
+wanted "$tcc_ref" multi && want_tcc=1
+wanted "$runtime_ref" multi && want_runtime=1
+wanted "$git_ssh_ref" && want_git_ssh=1
+if ((want_busybox + want_tcc + want_runtime + want_git_ssh)); then
+  for arch in amd64 arm64; do build_busybox "$arch"; done
 fi
-if wanted "$tcc_ref"; then
-  build_tcc
-  push "$tcc_ref"
+((want_busybox)) && push_index "$busybox_ref"
+# The runtime check compiles with tcc: tcc is made locally whenever runtime is wanted.
+if ((want_tcc + want_runtime)); then
+  for arch in amd64 arm64; do build_tcc "$arch"; done
 fi
-if wanted "$runtime_ref"; then
-  build_runtime
-  push "$runtime_ref"
+((want_tcc)) && push_index "$tcc_ref"
+if ((want_runtime)); then
+  for arch in amd64 arm64; do build_runtime "$arch"; done
+  push_index "$runtime_ref"
 fi
-if wanted "$git_ssh_ref"; then
+if ((want_git_ssh)); then
   build_git_ssh
   push "$git_ssh_ref"
 fi

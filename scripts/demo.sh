@@ -45,8 +45,14 @@ echo
 echo "== podman run $image"
 podman run --rm --quiet --tls-verify=false "$image"
 
-size() { # compressed size of an image's layers, in bytes
-  skopeo inspect --raw --tls-verify=false "docker://$1" | python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))'
+size() { # compressed size of an image's layers (of its linux/amd64 image), in bytes
+  local raw digest
+  raw=$(skopeo inspect --raw --tls-verify=false "docker://$1")
+  digest=$(jq -r '.manifests[]? | select(.platform.architecture == "amd64") | .digest' <<<"$raw")
+  if [[ -n $digest ]]; then
+    raw=$(skopeo inspect --raw --tls-verify=false "docker://${1%:*}@$digest")
+  fi
+  jq '[.layers[].size] | add' <<<"$raw"
 }
 workspace=$(podman volume inspect hello-workspace --format '{{.Mountpoint}}')
 stage_layers=$(python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(open(sys.argv[1]))))' "$workspace/stages/build/layers/index.json")

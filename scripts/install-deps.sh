@@ -75,6 +75,36 @@ if ((${#chart_missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${chart_missing[@]}"
 fi
 
+# --- Other platforms under emulation (the arm64 base images) ---------------------------
+# qemu-user-static registers its interpreters with binfmt_misc with the F flag, so arm64
+# programs run inside containers too (the static x86-64 builder runs natively beside
+# them). binfmt_misc is mounted where it is not; arm64 .debs make the arm64 images.
+emu_missing=()
+for pkg in qemu-user-static binfmt-support; do
+  if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) != "ii " ]]; then
+    emu_missing+=("$pkg")
+  fi
+done
+if ((${#emu_missing[@]})); then
+  echo "install-deps: installing ${emu_missing[*]}"
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${emu_missing[@]}"
+fi
+if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+  echo "install-deps: mounting binfmt_misc"
+  "${sudo[@]}" mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+  echo "install-deps: enabling qemu-aarch64 in binfmt_misc"
+  "${sudo[@]}" update-binfmts --enable qemu-aarch64
+fi
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "install-deps: adding the arm64 architecture for the arm64 base images' packages"
+  "${sudo[@]}" dpkg --add-architecture arm64
+  "${sudo[@]}" apt-get update -qq
+fi
+
 # helm and kubernetes-validate go into the project's own .work/tools (git-ignored), never
 # into the system: .work/tools/bin/helm and the virtualenv .work/tools/venv.
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.work/tools

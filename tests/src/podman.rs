@@ -36,6 +36,28 @@ pub fn tool(name: &str) -> Command {
     cmd
 }
 
+/// The digest of the manifest a reference names for an architecture (linux): the
+/// index's entry for it, or the manifest itself when the reference names no index.
+pub fn platform_digest(reference: &str, arch: &str) -> String {
+    use sha2::Digest as _;
+    let out = check(tool("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]));
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a manifest");
+    match raw["manifests"].as_array() {
+        Some(entries) => entries
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch && m["platform"]["os"] == "linux")
+            .and_then(|m| m["digest"].as_str())
+            .unwrap_or_else(|| panic!("{reference} has no linux/{arch} image"))
+            .to_string(),
+        None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out.stdout))),
+    }
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn check(cmd: &mut Command) -> Output {
     let out = cmd

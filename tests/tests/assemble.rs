@@ -14,7 +14,7 @@ use stagecoach_builder::assemble::{self, AssembleOptions, AssembleReport, MediaT
 use stagecoach_builder::exec::export;
 use stagecoach_builder::oci::{self as builder_registry, RetryPolicy, Settings};
 use stagecoach_builder::workspace::{LayerRecord, Workspace, read_json, write_json};
-use stagecoach_e2e::podman::{check, podman, registry, tool};
+use stagecoach_e2e::podman::{check, platform_digest, podman, registry, tool};
 use stagecoach_e2e::registry::{Fault, Proxy, RegistryServer, auth_file};
 use stagecoach_e2e::rootfs::{Layout, buildah_bud, differences};
 use stagecoach_plan::contract::{Execution, Plan};
@@ -185,7 +185,12 @@ fn copy_only_stage_is_pushed_inspected_run_and_unpacked() {
 
     // Base layers are mounted from the base's repository; the two new layers (COPY and
     // WORKDIR) and the config are uploaded.
-    let base = raw_manifest(&image("runtime:1"));
+    let runtime = image("runtime:1");
+    let base = raw_manifest(&format!(
+        "{}@{}",
+        runtime.trim_end_matches(":1"),
+        platform_digest(&runtime, "amd64")
+    ));
     let base_layers = base["layers"].as_array().expect("layers").len();
     assert_eq!(report.layers, base_layers + 2);
     assert_eq!(report.blobs.mounted, base_layers, "{report:?}");
@@ -737,7 +742,11 @@ fn resolve_reads_docker_and_oci_indexes_and_manifests() {
             .to_string()
     };
     expected.push((v2s2.clone(), digest_of(&v2s2)));
-    expected.push((image("runtime:1"), digest_of(&image("runtime:1"))));
+    // An index of linux/amd64 and linux/arm64 (the base images are).
+    expected.push((
+        image("runtime:1"),
+        platform_digest(&image("runtime:1"), "amd64"),
+    ));
     let references: Vec<String> = expected.iter().map(|(r, _)| r.clone()).collect();
     let resolved = builder_registry::resolve(&settings, &platform, &references).expect("resolves");
     for ((reference, digest), got) in expected.iter().zip(&resolved) {

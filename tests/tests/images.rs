@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use stagecoach_e2e::podman::{builder_image, check, podman, registry, tool};
+use stagecoach_e2e::podman::{builder_image, check, platform_digest, podman, registry, tool};
 use stagecoach_e2e::rootfs::Layout;
 
 fn operator_image() -> String {
@@ -118,29 +118,46 @@ fn the_operator_image_runs_and_prints_the_crd() {
 #[test]
 fn the_builder_image_resolves_a_base_image_as_the_source_pod_does() {
     let base = format!("{}/stagecoach/busybox:1", registry());
-    let out = check(podman().args([
-        "run",
-        "--rm",
-        "--quiet",
-        "--network",
-        "host",
-        "--tls-verify=false",
-        &builder_image(),
-        "resolve",
-        "--insecure-registry",
-        &registry(),
-        &base,
-    ]));
-    let printed = String::from_utf8_lossy(&out.stdout);
-    let inspect = check(tool("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--format",
-        "{{.Digest}}",
-        &format!("docker://{base}"),
-    ]));
-    let digest = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
-    assert_eq!(printed.trim(), format!("{base} {digest}"));
+    // The base images are indexes of linux/amd64 and linux/arm64: each platform is
+    // resolved to its own image, and the arm64 one runs here under qemu.
+    for (platform, arch, machine) in [
+        ("linux/amd64", "amd64", "x86_64"),
+        ("linux/arm64", "arm64", "aarch64"),
+    ] {
+        let out = check(podman().args([
+            "run",
+            "--rm",
+            "--quiet",
+            "--network",
+            "host",
+            "--tls-verify=false",
+            &builder_image(),
+            "resolve",
+            "--platform",
+            platform,
+            "--insecure-registry",
+            &registry(),
+            &base,
+        ]));
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let digest = platform_digest(&base, arch);
+        assert_eq!(printed.trim(), format!("{base} {digest}"));
+        let pinned = format!("{}@{digest}", base.trim_end_matches(":1"));
+        let ran = check(podman().args([
+            "run",
+            "--rm",
+            "--quiet",
+            "--tls-verify=false",
+            &pinned,
+            "uname",
+            "-m",
+        ]));
+        assert_eq!(
+            String::from_utf8_lossy(&ran.stdout).trim(),
+            machine,
+            "{pinned}"
+        );
+    }
 }
 
 /// The builder is a container's first process, which the kernel gives no default action

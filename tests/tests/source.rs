@@ -497,8 +497,9 @@ fn plan_pins_digests_the_local_registry_serves() {
             );
             String::from_utf8(out.stdout).expect("utf-8")
         };
-        let served = inspect(&["--format", "{{.Digest}}"]);
-        assert_eq!(digest.as_deref(), Some(served.trim()), "{reference}");
+        // The base images are indexes: pinned to their linux/amd64 entry.
+        let served = stagecoach_e2e::podman::platform_digest(reference, "amd64");
+        assert_eq!(digest.as_deref(), Some(served.as_str()), "{reference}");
         let config = inspect(&["--config", "--raw"]);
         assert_eq!(
             read(&Workspace::new(&ws).base_config(&stage.id)),
