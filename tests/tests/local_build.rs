@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use stagecoach_e2e::git_server::{SshServer, commit, git};
-use stagecoach_e2e::podman::{builder_image, check, podman, registry, tool};
+use stagecoach_e2e::podman::{builder_image, check, platform_digest, podman, registry, tool};
 use stagecoach_e2e::registry::{RegistryServer, auth_file};
 use stagecoach_e2e::rootfs::{Layout, buildah_bud_with, differences};
 use stagecoach_operator::api::{ImageBuildStatus, Phase};
@@ -963,7 +963,11 @@ fn zstd_layers_are_pushed_and_the_image_runs() {
             .collect()
     };
     let types = layer_types(&image);
-    let base_types = layer_types(&format!("{r}/stagecoach/busybox:1"));
+    let busybox = format!("{r}/stagecoach/busybox:1");
+    let base_types = layer_types(&format!(
+        "{r}/stagecoach/busybox@{}",
+        platform_digest(&busybox, "amd64")
+    ));
     let (base, built) = types.split_at(base_types.len().min(types.len()));
     assert_eq!(base, base_types, "the base's layers as they are");
     assert!(
