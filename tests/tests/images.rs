@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use stagecoach_e2e::podman::{builder_image, check, platform_digest, podman, registry, tool};
+use stagecoach_e2e::podman::{builder_image, check, platform_digest, podman, registry};
 use stagecoach_e2e::rootfs::Layout;
 
 fn operator_image() -> String {
