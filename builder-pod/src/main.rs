@@ -521,6 +521,7 @@ fn run_source(args: SourceArgs) -> anyhow::Result<()> {
             None => Dockerfile::Path(args.dockerfile),
         },
         platform: args.planning.platform()?,
+        build_platform: args.planning.build_platform,
         target: args.planning.target,
         build_args: args.planning.build_args.into_iter().collect(),
         private_tmp: args.tmp,

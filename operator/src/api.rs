@@ -68,6 +68,15 @@ pub struct ImageBuildSpec {
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.id == s.id))").message("each ssh id at most once"))]
     pub ssh: Vec<BuildSsh>,
     pub output: Output,
+    /// The platform to build the image for, `os/arch[/variant]` (default: the build
+    /// platform, linux/amd64, the builder's). TARGETPLATFORM and its parts are its,
+    /// BUILDPLATFORM stays linux/amd64, and base images are pinned to its manifests: a
+    /// foreign platform's RUN steps need nodes that run its programs (qemu-user-static
+    /// registered with binfmt_misc). One platform per build in this version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1))]
+    #[x_kube(validation = Rule::new("self.all(p, p.matches('^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$'))").message("os/arch or os/arch/variant, such as linux/arm64"))]
+    pub platforms: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -608,6 +608,10 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
     if let Some(target) = &spec.target {
         args.extend(["--target".into(), target.clone()]);
     }
+    if let Some(platform) = spec.platforms.first() {
+        args.extend(["--platform".into(), platform.clone()]);
+        args.extend(["--build-platform".into(), BUILD_PLATFORM.into()]);
+    }
     for arg in &spec.build_args {
         args.extend(["--build-arg".into(), format!("{}={}", arg.name, arg.value)]);
     }
@@ -871,6 +875,9 @@ fn compression_args(build: &ImageBuild) -> Vec<String> {
         Some(crate::api::LayerCompression::Gzip) | None => Vec::new(),
     }
 }
+
+/// The platform build pods run on (BUILDPLATFORM): the builder image's.
+pub const BUILD_PLATFORM: &str = "linux/amd64";
 
 /// The builder's arguments for the stage cache.
 fn cache_args(build: &ImageBuild, config: &OperatorConfig) -> Vec<String> {
@@ -1349,6 +1356,24 @@ spec:
                 "{names:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_target_platform_reaches_the_source_pod_with_the_build_platform() {
+        let mut b = build(FULL);
+        assert!(!args(&render_source_pod(&b, &config(), 0)).contains(&"--platform".to_string()));
+        b.spec.platforms = vec!["linux/arm64".into()];
+        let source = args(&render_source_pod(&b, &config(), 0));
+        assert!(
+            source.windows(4).any(|w| w
+                == [
+                    "--platform",
+                    "linux/arm64",
+                    "--build-platform",
+                    "linux/amd64"
+                ]),
+            "{source:?}"
+        );
     }
 
     #[test]

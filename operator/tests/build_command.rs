@@ -315,8 +315,15 @@ fn stdin_dockerfiles_secrets_and_exit_codes() {
             "neither a directory",
         ),
         (
-            vec!["build", "-t", &image, "--platform", "linux/s390x", ctx],
-            "linux/amd64",
+            vec![
+                "build",
+                "-t",
+                &image,
+                "--platform",
+                "linux/amd64,linux/arm64",
+                ctx,
+            ],
+            "one platform per build",
         ),
         (
             vec!["build", "-t", "127.0.0.1:9/e2e/x:1", ctx],

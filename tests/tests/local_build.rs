@@ -2030,3 +2030,66 @@ fn a_large_loose_object_of_a_mounted_repository_is_checked_out() {
     };
     succeeded(&b.run(dir.path()).status);
 }
+
+/// A build for linux/arm64 on this amd64 machine: TARGET* are arm64's, BUILDPLATFORM
+/// stays amd64 and a `FROM --platform=$BUILDPLATFORM` stage runs natively (BuildKit's
+/// rule), the runtime stage's base is pinned to its arm64 image and its RUN runs under
+/// qemu. The image is an arm64 image, and equals `buildah bud --platform linux/arm64`
+/// file by file, on a Dockerfile whose build stage does not print where it ran:
+/// buildah 1.28 runs such a stage on the target platform's image instead.
+#[test]
+fn a_build_for_arm64_runs_its_target_stages_under_emulation_as_buildah_does() {
+    let r = registry();
+    let dockerfile = |build_run: &str| {
+        format!(
+            "FROM --platform=$BUILDPLATFORM {r}/stagecoach/busybox:1 AS gen\n\
+             ARG TARGETARCH BUILDARCH\n\
+             RUN {build_run} > /arch\n\
+             FROM {r}/stagecoach/busybox:1\n\
+             COPY --from=gen /arch /arch\n\
+             RUN uname -m > /machine\n\
+             CMD [\"cat\", \"/arch\", \"/machine\"]\n"
+        )
+    };
+    let build = |name: &str, dockerfile: &str| {
+        let files = [("Dockerfile", dockerfile)];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = Build {
+            name,
+            files: &files,
+            extra: "  platforms: [linux/arm64]\n",
+            ..Build::default()
+        };
+        succeeded(&b.run(dir.path()).status)
+    };
+    let native = build(
+        "arm64-native",
+        &dockerfile("echo \"$TARGETARCH from $BUILDARCH on $(uname -m)\""),
+    );
+    let config = Layout::from_registry(&native).config();
+    assert_eq!(config["architecture"], "arm64", "{config}");
+    let out = check(podman().args([
+        "run",
+        "--rm",
+        "--quiet",
+        "--platform",
+        "linux/arm64",
+        "--tls-verify=false",
+        &native,
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "arm64 from amd64 on x86_64\naarch64\n"
+    );
+
+    let compared = dockerfile("echo \"$TARGETARCH from $BUILDARCH\"");
+    let image = build("arm64", &compared);
+    assert_same_as_buildah_with(
+        &image,
+        &[("Dockerfile", compared.as_str())],
+        &[],
+        None,
+        &["--platform".to_string(), "linux/arm64".to_string()],
+        "localhost/stagecoach-e2e/arm64:buildah",
+    );
+}

@@ -344,6 +344,7 @@ fn options(ws: &Path, url: String, revision: &str) -> SourceOptions {
         target: None,
         build_args: Default::default(),
         platform: Platform::default(),
+        build_platform: None,
         private_tmp: ws.to_path_buf(),
         registry: stagecoach_builder::oci::Settings {
             insecure: vec![registry()],

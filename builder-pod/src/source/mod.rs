@@ -158,6 +158,8 @@ pub struct SourceOptions {
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,
     pub platform: Platform,
+    /// The platform the build pods run on (BUILDPLATFORM; none: `platform`).
+    pub build_platform: Option<Platform>,
     /// A private scratch directory outside the workspace (`/tmp`, an emptyDir).
     pub private_tmp: PathBuf,
     /// How registries are reached to pin base images.
@@ -320,7 +322,7 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
             target: opts.target.clone(),
             build_args: opts.build_args.clone(),
             platform: opts.platform.clone(),
-            build_platform: None,
+            build_platform: opts.build_platform.clone(),
         },
     )?;
     pin_base_images(&mut plan, ws, &pull.settings)?;
@@ -803,6 +805,7 @@ mod tests {
             target: None,
             build_args: BTreeMap::new(),
             platform: Platform::default(),
+            build_platform: None,
             private_tmp: dir.path().to_path_buf(),
             registry: oci::Settings::default(),
             pull_secrets: pull.clone(),

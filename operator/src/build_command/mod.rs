@@ -56,7 +56,8 @@ pub struct BuildArgs {
     /// `KEY=VALUE`, or `KEY` to take the value from the environment (repeatable).
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     pub build_args: Vec<String>,
-    /// The platform to build for; this version builds for linux/amd64 only.
+    /// The platform to build for, `os/arch[/variant]` (default linux/amd64); a foreign
+    /// platform's RUN steps run under emulation (qemu-user-static). One per build.
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Option<String>,
     /// A label of the image (repeatable).
@@ -241,10 +242,10 @@ fn prepare(
     scratch: &Path,
 ) -> Result<(ImageBuild, LocalOptions), Usage> {
     if let Some(platform) = &args.platform
-        && platform != "linux/amd64"
+        && platform.contains(',')
     {
         return Err(Usage(format!(
-            "--platform {platform}: this version builds linux/amd64 images only"
+            "--platform {platform}: one platform per build in this version"
         )));
     }
     if !args.cluster {
@@ -407,6 +408,7 @@ fn prepare(
             build_args,
             secrets: build_secrets,
             ssh,
+            platforms: args.platform.iter().cloned().collect(),
             output: Output {
                 image,
                 tags,
