@@ -5,7 +5,7 @@
 # compiled in a tcc stage and shipped in a runtime stage, in a context of FILES files of
 # 4 KiB (the source tree a COPY takes) and a .dockerignore'd build directory of BIG_MB
 # that neither Stagecoach nor buildah may carry. Every build starts without a stage
-# cache. Also prints the context artifact's size and the time of packing alone.
+# cache. Also prints the context's entries and its packed size.
 #
 # usage: bench/build-command.sh   (after `make demo` or `make test` set things up)
 #        FILES=2000 BIG_MB=50 RUNS=3
