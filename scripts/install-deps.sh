@@ -33,21 +33,25 @@ apt_packages=(
 sudo=()
 if ((EUID != 0)); then sudo=(sudo); fi
 
-# Ask dpkg first (what `dpkg -s` reports, without a pipe that pipefail could trip on), so
-# that a second run neither touches the network nor takes apt's lock.
-missing=()
-for pkg in "${apt_packages[@]}"; do
-  if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) != "ii " ]]; then
-    missing+=("$pkg")
+# Installs the packages dpkg does not have. It asks dpkg first (what `dpkg -s` reports,
+# without a pipe that pipefail could trip on), so that a second run neither touches the
+# network nor takes apt's lock.
+install_missing() {
+  local pkg missing=()
+  for pkg in "$@"; do
+    if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) != "ii " ]]; then
+      missing+=("$pkg")
+    fi
+  done
+  if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
-done
+}
 
-if ((${#missing[@]})); then
-  echo "install-deps: installing ${missing[*]}"
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+install_missing "${apt_packages[@]}"
 
 # Without a policy podman and skopeo refuse to pull. The package above provides it;
 # this is the permissive fallback should it ever be missing.
@@ -62,35 +66,13 @@ fi
 # Lua from Debian runs the Argo CD health check: lua5.1 is the dialect Argo CD's
 # gopher-lua speaks, lua5.4 the current one; the check runs under both. jq builds the
 # argocd-cm patch docs/gitops.md shows.
-chart_missing=()
-for pkg in lua5.1 lua5.4 jq; do
-  if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) != "ii " ]]; then
-    chart_missing+=("$pkg")
-  fi
-done
-if ((${#chart_missing[@]})); then
-  echo "install-deps: installing ${chart_missing[*]}"
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${chart_missing[@]}"
-fi
+install_missing lua5.1 lua5.4 jq
 
 # --- Other platforms under emulation (the arm64 base images) ---------------------------
 # qemu-user-static registers its interpreters with binfmt_misc with the F flag, so arm64
 # programs run inside containers too (the static x86-64 builder runs natively beside
 # them). binfmt_misc is mounted where it is not; arm64 .debs make the arm64 images.
-emu_missing=()
-for pkg in qemu-user-static binfmt-support; do
-  if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) != "ii " ]]; then
-    emu_missing+=("$pkg")
-  fi
-done
-if ((${#emu_missing[@]})); then
-  echo "install-deps: installing ${emu_missing[*]}"
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${emu_missing[@]}"
-fi
+install_missing qemu-user-static binfmt-support
 if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
   echo "install-deps: mounting binfmt_misc"
   "${sudo[@]}" mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc

@@ -238,24 +238,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(result) => {
-                    let failure = result.status.failure.unwrap_or_else(|| {
-                        stagecoach_operator::api::Failure {
-                            reason: "Unknown".into(),
-                            message: "the build failed".into(),
-                            stage: None,
-                            pod: None,
-                            line: None,
-                            log_tail: vec![],
-                        }
-                    });
-                    if !failure.log_tail.is_empty() {
-                        let pod = failure.pod.as_deref().unwrap_or("the failed pod");
-                        eprintln!("last lines of {pod}'s log:");
-                        for line in &failure.log_tail {
-                            eprintln!("  {line}");
-                        }
-                    }
-                    eprintln!("build failed: {}: {}", failure.reason, failure.message);
+                    stagecoach_operator::progress::print_failure(result.status.failure.as_ref());
                     ExitCode::FAILURE
                 }
                 Err(e) => {

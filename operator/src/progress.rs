@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::api::{ImageBuildStatus, Phase, StagePhase};
+use crate::api::{Failure, ImageBuildStatus, Phase, StagePhase};
 
 /// How the build's progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,4 +171,21 @@ impl Progress {
     pub fn log_line(&mut self, label: &str, line: &str) {
         let _ = writeln!(self.out(), "{label} | {line}");
     }
+}
+
+/// Tells people why a build failed, on stderr: the failed pod's last log lines, then the
+/// reason and message (`Dockerfile:N: ...`).
+pub fn print_failure(failure: Option<&Failure>) {
+    let Some(failure) = failure else {
+        eprintln!("build failed: Unknown: the build failed");
+        return;
+    };
+    if !failure.log_tail.is_empty() {
+        let pod = failure.pod.as_deref().unwrap_or("the failed pod");
+        eprintln!("last lines of {pod}'s log:");
+        for line in &failure.log_tail {
+            eprintln!("  {line}");
+        }
+    }
+    eprintln!("build failed: {}: {}", failure.reason, failure.message);
 }

@@ -259,6 +259,26 @@ mod tests {
         b
     }
 
+    /// A LIST answer holding `items` at resource version `rv`.
+    fn list(rv: &str, items: Vec<serde_json::Value>) -> Response<Body> {
+        json(
+            200,
+            &serde_json::json!({"apiVersion": "stagecoach.dev/v1alpha1",
+                "kind": "ImageBuildList", "metadata": {"resourceVersion": rv}, "items": items}),
+        )
+    }
+
+    /// A WATCH answer: one MODIFIED event per (resource version, status), a line each.
+    fn modified(events: Vec<(&str, serde_json::Value)>) -> Response<Body> {
+        let mut body = Vec::new();
+        for (rv, status) in events {
+            let event = serde_json::json!({"type": "MODIFIED", "object": stored(rv, status)});
+            body.extend(serde_json::to_vec(&event).expect("json"));
+            body.push(b'\n');
+        }
+        respond(200, body)
+    }
+
     fn running() -> serde_json::Value {
         serde_json::json!({"observedGeneration": 1, "phase": "Building", "stages": [
             {"name": "build", "pod": "app-x7k2p-build-g1", "phase": "Running", "attempts": 0}]})
@@ -301,14 +321,7 @@ mod tests {
                         "message": "too old resource version"}});
                     send.send_response(respond(200, serde_json::to_vec(&gone).expect("json")));
                 } else {
-                    let mut body = Vec::new();
-                    for (rv, status) in [("3", running()), ("4", succeeded())] {
-                        let event =
-                            serde_json::json!({"type": "MODIFIED", "object": stored(rv, status)});
-                        body.extend(serde_json::to_vec(&event).expect("json"));
-                        body.push(b'\n');
-                    }
-                    send.send_response(respond(200, body));
+                    send.send_response(modified(vec![("3", running()), ("4", succeeded())]));
                 }
             } else {
                 assert!(
@@ -324,9 +337,7 @@ mod tests {
                 } else {
                     vec![stored("3", running())]
                 };
-                let list = serde_json::json!({"apiVersion": "stagecoach.dev/v1alpha1",
-                    "kind": "ImageBuildList", "metadata": {"resourceVersion": "3"}, "items": items});
-                send.send_response(json(200, &list));
+                send.send_response(list("3", items));
             }
         }
         seen
@@ -358,16 +369,9 @@ mod tests {
                             }
                             None => running(),
                         };
-                        let event =
-                            serde_json::json!({"type": "MODIFIED", "object": stored("3", status)});
-                        send.send_response(respond(200, serde_json::to_vec(&event).expect("json")));
+                        send.send_response(modified(vec![("3", status)]));
                     }
-                    _ => {
-                        let list = serde_json::json!({"apiVersion": "stagecoach.dev/v1alpha1",
-                            "kind": "ImageBuildList", "metadata": {"resourceVersion": "2"},
-                            "items": [stored("2", running())]});
-                        send.send_response(json(200, &list));
-                    }
+                    _ => send.send_response(list("2", vec![stored("2", running())])),
                 }
             }
             patched

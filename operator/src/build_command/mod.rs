@@ -185,22 +185,7 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
         }
     };
     if status.phase != Some(Phase::Succeeded) {
-        let failure = status.failure.unwrap_or_else(|| crate::api::Failure {
-            reason: "Unknown".into(),
-            message: "the build failed".into(),
-            stage: None,
-            pod: None,
-            line: None,
-            log_tail: vec![],
-        });
-        if !failure.log_tail.is_empty() {
-            let pod = failure.pod.as_deref().unwrap_or("the failed pod");
-            eprintln!("last lines of {pod}'s log:");
-            for line in &failure.log_tail {
-                eprintln!("  {line}");
-            }
-        }
-        eprintln!("build failed: {}: {}", failure.reason, failure.message);
+        crate::progress::print_failure(status.failure.as_ref());
         return EXIT_FAILED;
     }
     let Some(image) = status.image.clone() else {
