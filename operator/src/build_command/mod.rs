@@ -147,41 +147,15 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
             return EXIT_USAGE;
         }
     };
-    // The cluster is found before anything is pushed for it.
-    let cluster = match args.cluster.then(kube_config).transpose() {
-        Ok(config) => config,
+    let Ended {
+        status,
+        stage_layers,
+        opts,
+    } = match build_and_follow(args, stdin, scratch.path()) {
+        Ok(ended) => ended,
         Err(Usage(message)) => {
             eprintln!("error: {message}");
             return EXIT_USAGE;
-        }
-    };
-    let (build, opts) = match prepare(args, stdin, scratch.path()) {
-        Ok(prepared) => prepared,
-        Err(Usage(message)) => {
-            eprintln!("error: {message}");
-            return EXIT_USAGE;
-        }
-    };
-    let mut stage_layers = BTreeMap::new();
-    let status = if let Some(config) = cluster {
-        match in_cluster(args, config, &build, &opts) {
-            Ok(status) => status,
-            Err(Usage(message)) => {
-                eprintln!("error: {message}");
-                return EXIT_USAGE;
-            }
-        }
-    } else {
-        match local::run(build, &opts) {
-            Ok(result) => {
-                stage_layers = result.stage_layers;
-                result.status
-            }
-            // podman failing under the build: the environment's fault, not the build's.
-            Err(e) => {
-                eprintln!("error: {}", chain(&e));
-                return EXIT_USAGE;
-            }
         }
     };
     if status.phase != Some(Phase::Succeeded) {
@@ -220,6 +194,42 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
     EXIT_BUILT
 }
 
+/// A build that ran to its end.
+struct Ended {
+    status: ImageBuildStatus,
+    /// The layers each stage made, known locally only ([`local::LocalResult`]).
+    stage_layers: BTreeMap<String, Vec<(String, u64)>>,
+    opts: LocalOptions,
+}
+
+/// Runs the build locally or in the cluster; a usage or environment error before or
+/// around it.
+fn build_and_follow(
+    args: &BuildArgs,
+    stdin: &mut dyn Read,
+    scratch: &Path,
+) -> Result<Ended, Usage> {
+    // The cluster is found before anything is pushed for it.
+    let cluster = args.cluster.then(kube_config).transpose()?;
+    let (build, opts) = prepare(args, stdin, scratch)?;
+    match cluster {
+        Some(config) => Ok(Ended {
+            status: in_cluster(args, config, &build, &opts)?,
+            stage_layers: BTreeMap::new(),
+            opts,
+        }),
+        // podman failing under the build: the environment's fault, not the build's.
+        None => match local::run(build, &opts) {
+            Ok(result) => Ok(Ended {
+                status: result.status,
+                stage_layers: result.stage_layers,
+                opts,
+            }),
+            Err(e) => Err(Usage(chain(&e))),
+        },
+    }
+}
+
 /// The flags as an ImageBuild and runner options; a directory context is pushed here.
 fn prepare(
     args: &BuildArgs,
@@ -243,13 +253,12 @@ fn prepare(
     let (image, tags) = tags(&args.tags)?;
     let mut secrets = BTreeMap::new();
     let auth = registry_auth_file();
-    let local_auth = auth.as_ref().filter(|_| !args.cluster);
     let named = |secret: &Option<String>| secret.clone().map(|name| LocalObjectReference { name });
     // A cluster gets no credentials from this machine, only the Secrets it names.
     let (push_secret, pull_secret) = if args.cluster {
         (named(&args.push_secret), named(&args.pull_secret))
     } else {
-        let secret = local_auth_secret(local_auth, scratch, &mut secrets)?;
+        let secret = local_auth_secret(auth.as_ref(), scratch, &mut secrets)?;
         (secret.clone(), secret)
     };
     let stdin_dockerfile = match args.file.as_deref() {
