@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use stagecoach_e2e::git_server::{commit, git};
 use stagecoach_e2e::podman::{builder_image, check, podman, registry, tool};
+use stagecoach_e2e::rootfs::{Layout, buildah_bud_with, differences};
 
 fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -195,6 +196,29 @@ fn a_directory_builds_as_its_repository_does_and_reports_like_buildx() {
         our_source.and_then(|s| s.as_str().map(String::from)),
         Some(image.clone()),
         "the source label names the context artifact's repository, the image's own"
+    );
+    // And the same files as buildah builds from the directory itself.
+    let tag = "localhost/stagecoach-e2e/cli-dir:buildah";
+    let theirs = Layout::from_buildah(&buildah_bud_with(
+        &dir.join("Dockerfile"),
+        &dir,
+        None,
+        &[],
+        &[],
+        tag,
+    ));
+    let _ = tool("buildah").args(["rmi", "-f", tag]).output();
+    let diffs = differences(
+        &Layout::from_registry(&dir_image)
+            .unpack()
+            .path()
+            .join("b/rootfs"),
+        &theirs.unpack().path().join("b/rootfs"),
+    );
+    assert!(
+        diffs.is_empty(),
+        "differs from buildah:\n{}",
+        diffs.join("\n")
     );
     let run_out = check(podman().args(["run", "--rm", "--tls-verify=false", &dir_image]));
     assert_eq!(text(&run_out.stdout), "hello from a directory\n");
