@@ -263,6 +263,10 @@ struct StageArgs {
     pod: String,
     #[arg(long, default_value = "/workspace")]
     workspace: PathBuf,
+    /// In a build for several platforms, the platform whose part of the workspace holds
+    /// the pod's plan and stages: its own, or the first for a pod they all share.
+    #[arg(long, value_name = "OS/ARCH")]
+    part: Option<Platform>,
     /// The context directory inside the checkout (`spec.source.contextDir`).
     #[arg(long, default_value = "")]
     context_dir: String,
@@ -344,8 +348,8 @@ struct PlanningArgs {
     /// A build argument, `NAME=value` (repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_key_value)]
     build_args: Vec<(String, String)>,
-    /// The platform of the image, `os/arch[/variant]`; `plan` takes several, separated
-    /// by commas, and shows which pods they share.
+    /// The platform of the image, `os/arch[/variant]`, or several separated by commas:
+    /// `plan` shows which pods they share, `source` plans a build of an image index.
     #[arg(
         long = "platform",
         default_value = "linux/amd64",
@@ -365,14 +369,6 @@ impl PlanningArgs {
             build_args: self.build_args.iter().cloned().collect(),
             platform: self.platforms[0].clone(),
             build_platform: self.build_platform.clone(),
-        }
-    }
-
-    /// The one platform a pod builds for.
-    fn platform(&self) -> anyhow::Result<Platform> {
-        match self.platforms.as_slice() {
-            [one] => Ok(one.clone()),
-            _ => anyhow::bail!("--platform: a build pod takes one platform; `plan` takes several"),
         }
     }
 }
@@ -458,12 +454,16 @@ fn install(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run_stage(args: StageArgs) -> anyhow::Result<()> {
-    let workspace = Workspace::new(&args.workspace);
+    let mut workspace = Workspace::new(&args.workspace);
+    if let Some(platform) = &args.part {
+        workspace = workspace.for_platform(&platform.to_string());
+    }
     let opts = StageOptions {
         context: workspace
             .source()
             .join(args.context_dir.trim_start_matches('/')),
         workspace,
+        part: args.part,
         pod: args.pod,
         root: args.root,
         tools: args.tools,
@@ -520,7 +520,7 @@ fn run_source(args: SourceArgs) -> anyhow::Result<()> {
             Some(text) => Dockerfile::Inline(text),
             None => Dockerfile::Path(args.dockerfile),
         },
-        platform: args.planning.platform()?,
+        platforms: args.planning.platforms,
         build_platform: args.planning.build_platform,
         target: args.planning.target,
         build_args: args.planning.build_args.into_iter().collect(),

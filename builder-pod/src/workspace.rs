@@ -9,20 +9,46 @@ use stagecoach_plan::layout;
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    /// Where this platform's plan, bases, stages and pods are: the root, or in a build
+    /// for several platforms its [`layout::platform_dir`].
+    part: PathBuf,
 }
 
 impl Workspace {
     pub fn new(root: impl Into<PathBuf>) -> Workspace {
-        Workspace { root: root.into() }
+        let root = root.into();
+        Workspace {
+            part: root.clone(),
+            root,
+        }
+    }
+
+    /// The same volume seen from one target platform's part (`os/arch[/variant]`, see
+    /// [`layout::platform_dir`]); the checkout stays the root's.
+    pub fn for_platform(&self, platform: &str) -> Workspace {
+        Workspace {
+            root: self.root.clone(),
+            part: self.root.join(layout::platform_dir(platform)),
+        }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// This workspace's part of the volume: the root, or one platform's directory.
+    pub fn part(&self) -> &Path {
+        &self.part
+    }
+
+    /// The target platforms of a build for several ([`stagecoach_plan::PlatformsFile`]).
+    pub fn platforms(&self) -> PathBuf {
+        self.root.join(layout::PLATFORMS)
+    }
+
     /// The plan the source pod wrote.
     pub fn plan(&self) -> PathBuf {
-        self.root.join("plan.json")
+        self.part.join("plan.json")
     }
 
     /// The git checkout; the context is `source/<contextDir>`.
@@ -33,11 +59,11 @@ impl Workspace {
     /// The config of the image a stage starts from, written by the source pod when it
     /// resolved the image (stages that start from another stage read that stage's).
     pub fn base_config(&self, stage: &str) -> PathBuf {
-        self.root.join("bases").join(format!("{stage}.json"))
+        self.part.join("bases").join(format!("{stage}.json"))
     }
 
     pub fn stage_dir(&self, stage: &str) -> PathBuf {
-        self.root.join(layout::stage_dir(stage))
+        self.part.join(layout::stage_dir(stage))
     }
 
     pub fn layers_dir(&self, stage: &str) -> PathBuf {
@@ -75,7 +101,7 @@ impl Workspace {
     }
 
     fn pod_dir(&self, pod: &str) -> PathBuf {
-        self.root.join(layout::pod_dir(pod))
+        self.part.join(layout::pod_dir(pod))
     }
 
     /// Creates the directories later pods write into, owned by the source pod's user:
@@ -89,11 +115,11 @@ impl Workspace {
         stage_pods: impl IntoIterator<Item = &'a str>,
     ) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
-        let mut dirs = vec![self.root.join(layout::PODS)];
+        let mut dirs = vec![self.part.join(layout::PODS)];
         dirs.extend(stages.into_iter().map(|s| self.stage_dir(s)));
         for stage in stage_pods {
             dirs.push(self.pod_dir(&layout::stage_pod(stage)));
-            dirs.push(self.root.join(layout::scratch_root(stage)));
+            dirs.push(self.part.join(layout::scratch_root(stage)));
         }
         for dir in dirs {
             std::fs::create_dir_all(&dir)?;

@@ -31,6 +31,8 @@ fn outcome_for(role: &Role) -> PodOutcome {
         secrets: Vec::new(),
         run_cache: false,
         ssh: Vec::new(),
+        platform: None,
+        runs_on: None,
     };
     match role {
         Role::Source => PodOutcome {
@@ -69,6 +71,8 @@ fn main() {
         insecure_registries: Vec::new(),
         cache_repository: None,
         run_cache: None,
+        build_platform: stagecoach_operator::render::DEFAULT_BUILD_PLATFORM.into(),
+        emulated_platforms: Vec::new(),
     };
     let mut builds: Vec<(ImageBuild, Vec<ObservedPod>, bool)> =
         (0..1000).map(|n| (build(n), Vec::new(), false)).collect();

@@ -68,13 +68,16 @@ pub struct ImageBuildSpec {
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.id == s.id))").message("each ssh id at most once"))]
     pub ssh: Vec<BuildSsh>,
     pub output: Output,
-    /// The platform to build the image for, `os/arch[/variant]` (default: the build
-    /// platform, linux/amd64, the builder's). TARGETPLATFORM and its parts are its,
-    /// BUILDPLATFORM stays linux/amd64, and base images are pinned to its manifests: a
-    /// foreign platform's RUN steps need nodes that run its programs (qemu-user-static
-    /// registered with binfmt_misc). One platform per build in this version.
+    /// The platforms to build the image for, `os/arch[/variant]` (default: the build
+    /// platform, the operator's, linux/amd64 unless set). With several, the image is an
+    /// index of one image per platform; stages that read no TARGET value and start from
+    /// no platform's own image run once for all. TARGETPLATFORM and its parts are each
+    /// platform's, BUILDPLATFORM the operator's. Each stage pod goes to a node of its
+    /// image's platform (`kubernetes.io/os`, `kubernetes.io/arch`), or to a build
+    /// platform node that emulates it when the operator emulates that platform.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1))]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q == p))").message("each platform at most once"))]
     #[x_kube(validation = Rule::new("self.all(p, p.matches('^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$'))").message("os/arch or os/arch/variant, such as linux/arm64"))]
     pub platforms: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -386,8 +389,15 @@ pub struct SourceStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageStatus {
-    /// The stage the pod is named after (the last one it runs).
+    /// The stage the pod is named after (the last one it runs); in a build for several
+    /// platforms, a pod that runs once per platform has `@<platform>` after it.
     pub name: String,
+    /// The target platform the pod builds for, when it runs once per platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The platform of the image it runs on (its node's, unless emulated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
     /// Every stage the pod runs, fused ancestors first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<String>,
@@ -444,6 +454,20 @@ pub struct ImageStatus {
     pub digest: String,
     /// The first 12 hex digits of the digest, for `kubectl get`.
     pub short_digest: String,
+    /// In a build for several platforms `digest` is the image index's, and each
+    /// platform's image is here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub platforms: Vec<PlatformImageStatus>,
+}
+
+/// One platform's image in the pushed index.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformImageStatus {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    pub digest: String,
 }
 
 /// Why a build failed, and where.

@@ -678,6 +678,8 @@ mod tests {
             insecure_registries: Vec::new(),
             cache_repository: None,
             run_cache: None,
+            build_platform: render::DEFAULT_BUILD_PLATFORM.into(),
+            emulated_platforms: Vec::new(),
         };
         let ctx = Arc::new(Context::new(client, config, Arc::new(Metrics::default())));
         holding(&ctx, &[], false);
@@ -980,6 +982,8 @@ mod tests {
             secrets: Vec::new(),
             run_cache: false,
             ssh: Vec::new(),
+            platform: None,
+            runs_on: None,
         };
         PodOutcome {
             succeeded: true,

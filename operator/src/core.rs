@@ -12,8 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 use stagecoach_plan::contract::{PlanSummary, PodOutcome, PodSummary};
 
 use crate::api::{
-    Failure, ImageBuild, ImageBuildStatus, ImageStatus, Phase, SourceStatus, StagePhase,
-    StageStatus,
+    Failure, ImageBuild, ImageBuildStatus, ImageStatus, Phase, PlatformImageStatus, SourceStatus,
+    StagePhase, StageStatus,
 };
 use crate::render::{self, OperatorConfig, Role};
 
@@ -41,6 +41,10 @@ pub mod reason {
     /// while no other pod of the build runs): the node of a ReadWriteOnce workspace is
     /// full, cordoned or gone, or no node fits the requests.
     pub const UNSCHEDULABLE: &str = "Unschedulable";
+    /// A stage pod needs a node of another platform than the build platform's while the
+    /// workspace is ReadWriteOnce (every pod on the source pod's node) and the operator
+    /// does not emulate that platform: known as soon as the plan is.
+    pub const PLATFORM_UNSCHEDULABLE: &str = "PlatformUnschedulable";
     /// Failures of a pod whose container never ran: there is no log to read.
     pub const START_FAILURES: [&str; 5] = [
         IMAGE_PULL_FAILED,
@@ -666,6 +670,10 @@ impl<'a> Step<'a, '_> {
             Progress::Done(pod) => match pod.outcome.as_ref().and_then(|o| o.summary.clone()) {
                 Some(summary) => {
                     self.record_plan(&summary);
+                    if let Some(message) = self.platform_out_of_reach() {
+                        self.fail(reason::PLATFORM_UNSCHEDULABLE, message, None, None);
+                        return false;
+                    }
                     return true;
                 }
                 None => {
@@ -682,6 +690,27 @@ impl<'a> Step<'a, '_> {
         false
     }
 
+    /// With a ReadWriteOnce workspace every pod runs on the source pod's node, one of the
+    /// build platform: a stage pod that needs a node of another platform (one the
+    /// operator does not emulate) could never start.
+    fn platform_out_of_reach(&self) -> Option<String> {
+        let (build, config) = (self.observed.build, self.config);
+        if !render::workspace_is_node_local(build) {
+            return None;
+        }
+        let os_arch = |p: &str| p.split('/').take(2).collect::<Vec<_>>().join("/");
+        let build_node = os_arch(&config.build_platform);
+        let stage = self.status.stages.iter().find(|s| {
+            let runs_on = s.runs_on.as_deref().unwrap_or(&config.build_platform);
+            os_arch(config.node_platform(runs_on)) != build_node
+        })?;
+        let runs_on = stage.runs_on.as_deref().unwrap_or_default();
+        Some(format!(
+            "stage {} runs on {runs_on} but the workspace is ReadWriteOnce, so every pod of the build runs on one {build_node} node: give spec.workspace.accessModes [ReadWriteMany] so that each stage pod goes to a node of its platform, or have the operator emulate {runs_on} (--emulate-platform, chart emulatedPlatforms) on nodes with qemu-user-static",
+            stage.name
+        ))
+    }
+
     fn record_plan(&mut self, summary: &PlanSummary) {
         if let Some(source) = &mut self.status.source {
             source.commit = summary.commit.clone().or_else(|| Some(String::new()));
@@ -695,6 +724,8 @@ impl<'a> Step<'a, '_> {
                 let cache = p.cache.clone().unwrap_or_default();
                 StageStatus {
                     name: p.id.clone(),
+                    platform: p.platform.clone(),
+                    runs_on: p.runs_on.clone(),
                     runs: p.stages.clone(),
                     image: p.image.clone(),
                     waits_for: p.waits_for.clone(),
@@ -760,6 +791,8 @@ impl<'a> Step<'a, '_> {
             let role = Role::Stage(stage.name.clone());
             let summary = PodSummary {
                 id: stage.name.clone(),
+                platform: stage.platform.clone(),
+                runs_on: stage.runs_on.clone(),
                 stages: stage.runs.clone(),
                 image: stage.image.clone(),
                 waits_for: stage.waits_for.clone(),
@@ -953,10 +986,20 @@ impl<'a> Step<'a, '_> {
                     .chars()
                     .take(12)
                     .collect();
+                let platforms = pod
+                    .outcome
+                    .iter()
+                    .flat_map(|o| &o.platforms)
+                    .map(|p| PlatformImageStatus {
+                        platform: p.platform.clone(),
+                        digest: p.digest.clone(),
+                    })
+                    .collect();
                 self.status.image = Some(ImageStatus {
                     reference,
                     digest: digest.clone(),
                     short_digest: short,
+                    platforms,
                 });
                 self.status.phase = Some(Phase::Succeeded);
                 self.status.completion_time = Some(Time(self.observed.now));
@@ -1308,6 +1351,8 @@ spec:
             insecure_registries: Vec::new(),
             cache_repository: None,
             run_cache: None,
+            build_platform: render::DEFAULT_BUILD_PLATFORM.into(),
+            emulated_platforms: Vec::new(),
         }
     }
 
@@ -1437,6 +1482,8 @@ spec:
             run_cache: false,
             ssh: Vec::new(),
             cache: None,
+            platform: None,
+            runs_on: None,
         };
         Some(PodOutcome {
             succeeded: true,

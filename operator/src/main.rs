@@ -90,6 +90,20 @@ struct OperatorArgs {
     /// 80% of --run-cache-size).
     #[arg(long)]
     run_cache_max_bytes: Option<u64>,
+    /// The platform of the nodes the builder image's pods (source, assemble) run on:
+    /// BUILDPLATFORM of every build.
+    #[arg(long, env = "STAGECOACH_BUILD_PLATFORM", default_value = stagecoach_operator::render::DEFAULT_BUILD_PLATFORM, value_parser = parse_platform)]
+    build_platform: String,
+    /// A platform whose stage pods go to build-platform nodes that emulate it
+    /// (qemu-user-static registered with binfmt_misc), for clusters without native
+    /// nodes of it; `all` for every platform (repeatable).
+    #[arg(
+        long = "emulate-platform",
+        value_name = "OS/ARCH",
+        env = "STAGECOACH_EMULATED_PLATFORMS",
+        value_delimiter = ','
+    )]
+    emulated_platforms: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
@@ -271,6 +285,8 @@ fn render(args: RenderArgs) -> anyhow::Result<String> {
         insecure_registries: args.insecure_registries,
         cache_repository: None,
         run_cache: Some(RunCacheConfig::default()),
+        build_platform: render::DEFAULT_BUILD_PLATFORM.into(),
+        emulated_platforms: Vec::new(),
     };
     let mut objects = vec![
         serde_json::to_value(render::render_claim(&build, &config))?,
@@ -380,6 +396,8 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
                 storage_class: args.run_cache_storage_class,
                 access_mode: args.run_cache_access_mode,
             }),
+            build_platform: args.build_platform,
+            emulated_platforms: args.emulated_platforms,
         };
         let elector = args.leader_election.then(|| Elector {
             api: kube::Api::namespaced(client.clone(), &args.lease_namespace),
@@ -427,4 +445,10 @@ fn identity() -> String {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         })
+}
+
+/// `os/arch[/variant]`, normalised as the planner reads it.
+fn parse_platform(text: &str) -> Result<String, String> {
+    text.parse::<stagecoach_plan::Platform>()
+        .map(|p| p.to_string())
 }

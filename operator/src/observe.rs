@@ -852,6 +852,8 @@ mod tests {
             insecure_registries: Vec::new(),
             cache_repository: None,
             run_cache: None,
+            build_platform: render::DEFAULT_BUILD_PLATFORM.into(),
+            emulated_platforms: Vec::new(),
         };
         let stage = stagecoach_plan::contract::PodSummary {
             id: "build".into(),
@@ -862,6 +864,8 @@ mod tests {
             secrets: Vec::new(),
             run_cache: false,
             ssh: Vec::new(),
+            platform: None,
+            runs_on: None,
         };
         for (role, pod) in [
             (Role::Source, render::render_source_pod(&build, &config, 0)),

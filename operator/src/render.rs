@@ -64,6 +64,27 @@ pub struct OperatorConfig {
     /// namespace; without it (and without `spec.runCache.claimName`) cache mounts start
     /// empty.
     pub run_cache: Option<RunCacheConfig>,
+    /// The platform of the nodes the builder image's pods run on, `BUILDPLATFORM`.
+    pub build_platform: String,
+    /// Platforms whose stage pods go to build-platform nodes that emulate them
+    /// (qemu-user-static registered with binfmt_misc), for clusters without native
+    /// nodes of theirs; `all` for every platform.
+    pub emulated_platforms: Vec<String>,
+}
+
+impl OperatorConfig {
+    /// The platform of the node a pod whose image is for `platform` goes to: its own,
+    /// or the build platform's when the operator emulates it.
+    pub fn node_platform<'a>(&'a self, platform: &'a str) -> &'a str {
+        let emulated = self
+            .emulated_platforms
+            .iter()
+            .any(|p| p == platform || p == "all");
+        match emulated {
+            true => &self.build_platform,
+            false => platform,
+        }
+    }
 }
 
 /// The operator's run cache claim, made in a build's namespace when a stage pod first
@@ -535,10 +556,26 @@ pub fn timeout_seconds(build: &ImageBuild) -> i64 {
         .map_or(3600, |ns| (ns / 1_000_000_000).max(1) as i64)
 }
 
+/// The ImageBuild's node selector with the node's OS and architecture (Kubernetes'
+/// well-known labels) for `platform`; the ImageBuild's own values for those keys win.
+fn node_selector(build: &ImageBuild, platform: &str) -> BTreeMap<String, String> {
+    let mut selector = build.spec.node_selector.clone().unwrap_or_default();
+    let mut parts = platform.split('/');
+    for key in ["kubernetes.io/os", "kubernetes.io/arch"] {
+        if let Some(value) = parts.next() {
+            selector
+                .entry(key.to_string())
+                .or_insert_with(|| value.to_string());
+        }
+    }
+    selector
+}
+
 fn pod(
     build: &ImageBuild,
     role: &Role,
     attempt: u32,
+    node_platform: &str,
     containers: Vec<Container>,
     init_containers: Vec<Container>,
     volumes: Vec<Volume>,
@@ -551,7 +588,7 @@ fn pod(
             active_deadline_seconds: Some(timeout_seconds(build)),
             service_account_name: build.spec.service_account_name.clone(),
             image_pull_secrets: build.spec.image_pull_secrets.clone(),
-            node_selector: build.spec.node_selector.clone(),
+            node_selector: Some(node_selector(build, node_platform)),
             tolerations: build.spec.tolerations.clone(),
             affinity: build.spec.affinity.clone(),
             // OnRootMismatch: the kubelet walks the volume only while its root is not
@@ -608,9 +645,9 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
     if let Some(target) = &spec.target {
         args.extend(["--target".into(), target.clone()]);
     }
-    if let Some(platform) = spec.platforms.first() {
-        args.extend(["--platform".into(), platform.clone()]);
-        args.extend(["--build-platform".into(), BUILD_PLATFORM.into()]);
+    if !spec.platforms.is_empty() {
+        args.extend(["--platform".into(), spec.platforms.join(",")]);
+        args.extend(["--build-platform".into(), config.build_platform.clone()]);
     }
     for arg in &spec.build_args {
         args.extend(["--build-arg".into(), format!("{}={}", arg.name, arg.value)]);
@@ -658,7 +695,16 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
     c.volume_mounts = Some(mounts);
     c.security_context = Some(restricted());
     c.resources = resources_for(build, None);
-    pod(build, &Role::Source, attempt, vec![c], vec![], volumes)
+    let platform = &config.build_platform;
+    pod(
+        build,
+        &Role::Source,
+        attempt,
+        platform,
+        vec![c],
+        vec![],
+        volumes,
+    )
 }
 
 /// A stage pod: the builder installed by an init container, then run as root on the
@@ -681,19 +727,38 @@ pub fn render_stage_pod(
     );
     install.volume_mounts = Some(vec![mount(tools, TOOLS, false)]);
     install.security_context = Some(restricted());
-    let mut args = vec!["stage".to_string(), stage.id.clone()];
+    let id = stage.stage_id();
+    let mut args = vec!["stage".to_string(), id.to_string()];
+    // In a build for several platforms, its stages are in its platform's part of the
+    // workspace, or the first platform's for a pod they all share.
+    let platforms = &build.spec.platforms;
+    let part = stage
+        .platform
+        .as_ref()
+        .or(platforms.first().filter(|_| platforms.len() > 1));
+    let in_part = |path: String| match part {
+        Some(p) => format!("{}/{path}", layout::platform_dir(p)),
+        None => path,
+    };
+    if let Some(platform) = part {
+        args.extend(["--part".into(), platform.clone()]);
+    }
     if let Some(dir) = &build.spec.source.context_dir {
         args.extend(["--context-dir".into(), dir.clone()]);
     }
     args.extend(compression_args(build));
     // The workspace is read-only to the stage pod (RUN steps run in its container),
     // but for the directories of its own stages and its own pod directory.
-    let mut writable: Vec<String> = stage.stages.iter().map(|s| layout::stage_dir(s)).collect();
-    writable.push(layout::pod_dir(&layout::stage_pod(&stage.id)));
+    let mut writable: Vec<String> = stage
+        .stages
+        .iter()
+        .map(|s| in_part(layout::stage_dir(s)))
+        .collect();
+    writable.push(in_part(layout::pod_dir(&layout::stage_pod(id))));
     let image = match &stage.image {
         Some(image) => image.clone(),
         None => {
-            let root = layout::scratch_root(&stage.id);
+            let root = in_part(layout::scratch_root(id));
             args.extend(["--root".into(), format!("{WORKSPACE}/{root}")]);
             writable.push(root);
             config.builder_image.clone()
@@ -749,7 +814,7 @@ pub fn render_stage_pod(
     mounts.extend(extra_mounts);
     c.volume_mounts = Some(mounts);
     c.security_context = Some(stage_security());
-    c.resources = resources_for(build, Some(&stage.id));
+    c.resources = resources_for(build, Some(id));
     c.env = source_date_epoch.map(|t| {
         vec![EnvVar {
             name: "SOURCE_DATE_EPOCH".into(),
@@ -758,7 +823,17 @@ pub fn render_stage_pod(
         }]
     });
     let containers = std::iter::once(c).chain(agent).collect();
-    pod(build, &role, attempt, containers, vec![install], volumes)
+    let runs_on = stage.runs_on.as_deref().unwrap_or(&config.build_platform);
+    let platform = config.node_platform(runs_on);
+    pod(
+        build,
+        &role,
+        attempt,
+        platform,
+        containers,
+        vec![install],
+        volumes,
+    )
 }
 
 /// A volume of one key of a Secret, at `path`, with `mode`.
@@ -876,8 +951,9 @@ fn compression_args(build: &ImageBuild) -> Vec<String> {
     }
 }
 
-/// The platform build pods run on (BUILDPLATFORM): the builder image's.
-pub const BUILD_PLATFORM: &str = "linux/amd64";
+/// The platform build pods run on (BUILDPLATFORM) unless the operator is told another:
+/// the builder image's.
+pub const DEFAULT_BUILD_PLATFORM: &str = "linux/amd64";
 
 /// The builder's arguments for the stage cache.
 fn cache_args(build: &ImageBuild, config: &OperatorConfig) -> Vec<String> {
@@ -1038,7 +1114,8 @@ fn assemble_pod(
     c.volume_mounts = Some(mounts);
     c.security_context = Some(restricted());
     c.resources = resources_for(build, None);
-    pod(build, &role, attempt, vec![c], vec![], volumes)
+    let platform = &config.build_platform;
+    pod(build, &role, attempt, platform, vec![c], vec![], volumes)
 }
 
 #[cfg(test)]
@@ -1060,6 +1137,8 @@ mod tests {
             insecure_registries: Vec::new(),
             cache_repository: None,
             run_cache: None,
+            build_platform: DEFAULT_BUILD_PLATFORM.into(),
+            emulated_platforms: Vec::new(),
         }
     }
 
@@ -1091,6 +1170,8 @@ spec:
             secrets: vec![],
             run_cache: false,
             ssh: Vec::new(),
+            platform: None,
+            runs_on: None,
         }
     }
 

@@ -413,6 +413,23 @@ pub struct PodSummary {
     /// Ids of the ssh agents the pod's stages mount: its keys, and no others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh: Vec<String>,
+    /// The target platform the pod builds for, in a build for several platforms when
+    /// the pod runs once per platform; none for a pod they all share, or with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The platform of the image the pod runs on, so of the node it needs: its chain's
+    /// `FROM --platform`, else the target's; the build platform for a chain from
+    /// `scratch` (it runs on the builder image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
+}
+
+impl PodSummary {
+    /// The id of the stage the pod is named after, in its platform's plan (the id
+    /// without the `@platform` of a pod that runs once per platform).
+    pub fn stage_id(&self) -> &str {
+        self.id.split('@').next().unwrap_or(&self.id)
+    }
 }
 
 impl Plan {
@@ -442,6 +459,34 @@ impl Plan {
     }
 
     /// The summary the source pod reports to the operator.
+    /// The platform a stage runs on: its chain's image's `FROM --platform` or, without
+    /// one, the target platform; the build platform (`BUILDPLATFORM`) from `scratch`.
+    pub fn runs_on(&self, stage: &str) -> Option<Platform> {
+        let mut current = self.stage(stage)?;
+        loop {
+            match &current.base {
+                Base::Image { .. } => {
+                    return match &current.platform {
+                        Some(p) => p.parse().ok(),
+                        None => Some(self.platform.clone()),
+                    };
+                }
+                Base::Stage { id } => current = self.stage(id)?,
+                Base::Scratch => {
+                    let build = self
+                        .global_args
+                        .iter()
+                        .rev()
+                        .find(|v| v.name == "BUILDPLATFORM");
+                    return match build {
+                        Some(v) => v.value.parse().ok(),
+                        None => Some(self.platform.clone()),
+                    };
+                }
+            }
+        }
+    }
+
     pub fn summary(&self, commit: Option<String>, commit_time: Option<i64>) -> PlanSummary {
         let pod_of = |id: &str| -> Option<String> {
             let mut current = self.stage(id)?;
@@ -485,6 +530,8 @@ impl Plan {
                         .iter()
                         .any(|r| self.stage(r).is_some_and(|s| s.run_cache)),
                     ssh: stage.ssh.clone(),
+                    platform: None,
+                    runs_on: self.runs_on(id).map(|p| p.to_string()),
                 })
             })
             .collect();
@@ -539,9 +586,19 @@ pub struct PodOutcome {
     /// The pushed image, `reference@digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// In a build for several platforms, each one's image in the pushed index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformImage>,
     /// What went wrong without failing the pod (the stage cache), for people.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
+}
+
+/// One platform's image in an image index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformImage {
+    pub platform: String,
+    pub digest: String,
 }
 
 /// The most of a termination message Kubernetes keeps.

@@ -26,3 +26,14 @@ pub fn stage_pod(stage: &str) -> String {
 pub fn scratch_root(stage: &str) -> String {
     format!("roots/{stage}")
 }
+
+/// The file naming the target platforms of a build for several: each has the plan, the
+/// bases, the stage and pod directories and the scratch roots of a one-platform build
+/// under its [`platform_dir`]; the checkout stays at the root, shared.
+pub const PLATFORMS: &str = "platforms.json";
+
+/// Where one target platform's part of the workspace is, in a build for several:
+/// `platforms/linux-arm64` for `linux/arm64`.
+pub fn platform_dir(platform: &str) -> String {
+    format!("platforms/{}", platform.replace('/', "-"))
+}

@@ -21,4 +21,4 @@ pub mod syntax;
 
 pub use contract::{Base, Execution, PLAN_VERSION, Plan, Platform, Stage, Warning, WarningKind};
 pub use planner::{PlanError, PlanOptions, plan};
-pub use platforms::{PlatformPlans, plan_platforms};
+pub use platforms::{PlatformPlans, PlatformsFile, plan_platforms};

@@ -11,9 +11,9 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::contract::{Base, Execution, Plan, Platform, Stage};
+use crate::contract::{Base, Execution, Plan, PlanSummary, Platform, Stage, Warning};
 use crate::instruction::Kind;
 use crate::planner::{PlanError, PlanOptions, plan};
 
@@ -150,7 +150,86 @@ fn declared_args(stage: &Stage) -> impl Iterator<Item = &str> {
     })
 }
 
+/// `platforms.json` at the workspace root of a build for several platforms (see
+/// [`crate::layout::PLATFORMS`]), for the pods that read every platform's part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformsFile {
+    pub version: String,
+    pub build_platform: Platform,
+    /// The target platforms in the order asked for: the image index lists them so.
+    pub platforms: Vec<Platform>,
+    /// Stages run once, by the shared pods, in the first platform's part; the other
+    /// platforms read them there.
+    pub shared_stages: BTreeSet<String>,
+}
+
 impl PlatformPlans {
+    /// The id of a pod in the build's summary: a pod every platform shares keeps its
+    /// stage's id, the others get their platform after an `@`, which no stage name has.
+    pub fn pod_id(&self, pod: &str, platform: &Platform) -> String {
+        match self.shared_pods.contains(pod) {
+            true => pod.to_string(),
+            false => format!("{pod}@{platform}"),
+        }
+    }
+
+    /// The stages the shared pods run.
+    pub fn shared_stages(&self) -> BTreeSet<String> {
+        self.plans[0]
+            .stages
+            .iter()
+            .filter(|s| self.shared_pods.contains(&s.id))
+            .flat_map(|s| match &s.execution {
+                Execution::Pod { runs } => runs.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    pub fn file(&self) -> PlatformsFile {
+        PlatformsFile {
+            version: crate::PLAN_VERSION.to_string(),
+            build_platform: self.build_platform.clone(),
+            platforms: self.plans.iter().map(|p| p.platform.clone()).collect(),
+            shared_stages: self.shared_stages(),
+        }
+    }
+
+    /// One summary for the operator: the shared pods once, the others once per
+    /// platform, each waiting for its own platform's pods (or the shared ones).
+    pub fn summary(&self, commit: Option<String>, commit_time: Option<i64>) -> PlanSummary {
+        let mut pods = Vec::new();
+        let mut warnings: Vec<Warning> = Vec::new();
+        for (i, plan) in self.plans.iter().enumerate() {
+            let summary = plan.summary(commit.clone(), commit_time);
+            for mut pod in summary.pods {
+                let shared = self.shared_pods.contains(&pod.id);
+                if shared && i > 0 {
+                    continue;
+                }
+                for wait in &mut pod.waits_for {
+                    *wait = self.pod_id(wait, &plan.platform);
+                }
+                pod.id = self.pod_id(&pod.id, &plan.platform);
+                pod.platform = (!shared).then(|| plan.platform.to_string());
+                pods.push(pod);
+            }
+            for warning in summary.warnings {
+                if !warnings.contains(&warning) {
+                    warnings.push(warning);
+                }
+            }
+        }
+        PlanSummary {
+            commit,
+            commit_time,
+            target: self.plans[0].target.clone(),
+            pods,
+            warnings,
+        }
+    }
+
     /// What runs where, for people: each pod once or per platform.
     pub fn to_text(&self) -> String {
         let platforms: Vec<String> = self.plans.iter().map(|p| p.platform.to_string()).collect();
@@ -252,6 +331,61 @@ mod tests {
         assert_eq!(value(1, "TARGETARCH").as_deref(), Some("arm64"));
         assert_eq!(value(1, "TARGETPLATFORM").as_deref(), Some("linux/arm64"));
         assert_eq!(value(1, "BUILDARCH").as_deref(), Some("amd64"));
+    }
+
+    #[test]
+    fn the_summary_runs_shared_pods_once_and_the_others_per_platform_waiting_for_their_own() {
+        let dockerfile = "FROM --platform=$BUILDPLATFORM busybox AS assets\nRUN echo a > /a\n\
+                          FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETARCH\n\
+                          RUN echo $TARGETARCH > /b\n\
+                          FROM busybox\nCOPY --from=assets /a /a\nCOPY --from=build /b /b\n\
+                          RUN cat /a /b\n";
+        let plans =
+            plan_platforms(dockerfile, &PlanOptions::default(), &platforms()).expect("plans");
+        let summary = plans.summary(None, None);
+        type Pod<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Vec<&'a str>);
+        let pods: Vec<Pod> = summary
+            .pods
+            .iter()
+            .map(|p| {
+                (
+                    p.id.as_str(),
+                    p.platform.as_deref(),
+                    p.runs_on.as_deref(),
+                    p.waits_for.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let amd = Some("linux/amd64");
+        let arm = Some("linux/arm64");
+        assert_eq!(
+            pods,
+            [
+                ("assets", None, amd, vec![]),
+                ("build@linux/amd64", amd, amd, vec![]),
+                (
+                    "stage-2@linux/amd64",
+                    amd,
+                    amd,
+                    vec!["assets", "build@linux/amd64"]
+                ),
+                // The cross-compiler fans out (it reads TARGETARCH) but runs on the build
+                // platform; the last stage runs on each platform's busybox.
+                ("build@linux/arm64", arm, amd, vec![]),
+                (
+                    "stage-2@linux/arm64",
+                    arm,
+                    arm,
+                    vec!["assets", "build@linux/arm64"]
+                ),
+            ]
+        );
+        let file = plans.file();
+        assert_eq!(
+            file.shared_stages.into_iter().collect::<Vec<_>>(),
+            ["assets"]
+        );
+        assert_eq!(file.platforms, platforms());
     }
 
     #[test]

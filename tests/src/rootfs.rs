@@ -158,6 +158,75 @@ impl Layout {
         Layout { dir }
     }
 
+    /// Copies a manifest list from buildah's local storage with every image it lists.
+    pub fn from_buildah_manifest(list: &str) -> Layout {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check(tool("buildah").args([
+            "manifest",
+            "push",
+            "--all",
+            "--quiet",
+            list,
+            &format!("oci:{}:img", dir.path().display()),
+        ]));
+        Layout { dir }
+    }
+
+    /// Copies an image index from the registry with every image it lists.
+    pub fn index_from_registry(reference: &str) -> Layout {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check(tool("skopeo").args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &format!("oci:{}:img", dir.path().display()),
+        ]));
+        Layout { dir }
+    }
+
+    /// The platforms (`os/arch`) of the image index the layout holds, in its order.
+    pub fn platforms(&self) -> Vec<String> {
+        let index = self.read_json(self.top()["digest"].as_str().expect("digest"));
+        index["manifests"]
+            .as_array()
+            .expect("an image index")
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap_or_default(),
+                    m["platform"]["architecture"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// Makes the layout's `img` the image the index lists for `arch`, so that the
+    /// other methods read that platform's image.
+    pub fn select_platform(&self, arch: &str) {
+        let digest = self.top()["digest"].as_str().expect("digest").to_string();
+        let index = self.read_json(&digest);
+        let entry = index["manifests"]
+            .as_array()
+            .expect("an image index")
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .unwrap_or_else(|| panic!("no {arch} image in {index}"))
+            .clone();
+        let mut top = entry;
+        top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "img"});
+        let layout = serde_json::json!({"schemaVersion": 2, "manifests": [top]});
+        fs::write(self.dir.path().join("index.json"), layout.to_string()).expect("index.json");
+    }
+
+    fn top(&self) -> serde_json::Value {
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.dir.path().join("index.json")).expect("index"))
+                .expect("json");
+        index["manifests"][0].clone()
+    }
+
     /// The image's config blob, as stored (Docker's extensions included).
     pub fn config(&self) -> serde_json::Value {
         let index: serde_json::Value =

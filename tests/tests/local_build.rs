@@ -2093,3 +2093,158 @@ fn a_build_for_arm64_runs_its_target_stages_under_emulation_as_buildah_does() {
         "localhost/stagecoach-e2e/arm64:buildah",
     );
 }
+
+/// A build for linux/amd64 and linux/arm64 at once. The stage that reads no TARGET value
+/// runs in one pod for both, the cross stage (on the build platform) and the runtime
+/// stage (on each platform's base, arm64's under qemu) in a pod per platform. The tag
+/// names an image index; each platform's image runs, and equals buildah's image of that
+/// platform (`buildah bud --platform linux/amd64,linux/arm64 --manifest`) file by file
+/// and config by config. Built again with the stage cache, no stage pod runs: a shared
+/// stage has one key in both platforms' plans.
+#[test]
+fn a_build_for_two_platforms_shares_what_it_can_and_pushes_an_index_equal_to_buildahs() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM --platform=$BUILDPLATFORM {r}/stagecoach/busybox:1 AS assets\n\
+         RUN echo shared > /assets\n\
+         FROM --platform=$BUILDPLATFORM {r}/stagecoach/busybox:1 AS gen\n\
+         ARG TARGETARCH BUILDARCH\n\
+         RUN echo \"$TARGETARCH from $BUILDARCH\" > /arch\n\
+         FROM {r}/stagecoach/busybox:1\n\
+         COPY --from=assets /assets /assets\n\
+         COPY --from=gen /arch /arch\n\
+         RUN uname -m > /machine\n\
+         CMD [\"cat\", \"/assets\", \"/arch\", \"/machine\"]\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    // A repository of its own: no earlier run's entries decide what runs.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_nanos();
+    let cache_repository = format!("{r}/e2e/two-platforms-cache-{nanos:x}");
+    let cached = LocalOptions {
+        no_cache: false,
+        cache_repository: Some(cache_repository),
+        ..options()
+    };
+    let b = Build {
+        name: "two-platforms",
+        files: &files,
+        extra: "  platforms: [linux/amd64, linux/arm64]\n",
+        ..Build::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = b.manifest(dir.path());
+    let run = || local::build(&manifest, &cached).expect("the runner runs");
+    let status = run().status;
+    let image = succeeded(&status);
+    let pods: Vec<(&str, Option<&str>, Option<&str>, bool)> = status
+        .stages
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.platform.as_deref(),
+                s.runs_on.as_deref(),
+                s.cached,
+            )
+        })
+        .collect();
+    let (amd, arm) = (Some("linux/amd64"), Some("linux/arm64"));
+    assert_eq!(
+        pods,
+        [
+            ("assets", None, amd, false),
+            ("gen@linux/amd64", amd, amd, false),
+            ("stage-2@linux/amd64", amd, amd, false),
+            ("gen@linux/arm64", arm, amd, false),
+            ("stage-2@linux/arm64", arm, arm, false),
+        ]
+    );
+    let mut pod_names: Vec<&str> = status
+        .stages
+        .iter()
+        .filter_map(|s| s.pod.as_deref())
+        .collect();
+    pod_names.dedup();
+    assert_eq!(pod_names.len(), 5, "a pod each: {pod_names:?}");
+    let pushed = status.image.clone().expect("image");
+    let platforms: Vec<&str> = pushed
+        .platforms
+        .iter()
+        .map(|p| p.platform.as_str())
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    assert_eq!(
+        Layout::index_from_registry(&image).platforms(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    for (platform, arch, machine) in [
+        ("linux/amd64", "amd64", "x86_64"),
+        ("linux/arm64", "arm64", "aarch64"),
+    ] {
+        let out = check(podman().args([
+            "run",
+            "--rm",
+            "--quiet",
+            "--platform",
+            platform,
+            "--tls-verify=false",
+            &image,
+        ]));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("shared\n{arch} from amd64\n{machine}\n")
+        );
+    }
+
+    let context = tempfile::tempdir().expect("tempdir");
+    std::fs::write(context.path().join("Dockerfile"), &dockerfile).expect("write");
+    let list = "localhost/stagecoach-e2e/two-platforms:list";
+    let tag = "localhost/stagecoach-e2e/two-platforms:buildah";
+    let extra = [
+        "--platform".to_string(),
+        "linux/amd64,linux/arm64".to_string(),
+        "--manifest".to_string(),
+        list.to_string(),
+    ];
+    buildah_bud_with(
+        &context.path().join("Dockerfile"),
+        context.path(),
+        None,
+        &[],
+        &extra,
+        tag,
+    );
+    for arch in ["amd64", "arm64"] {
+        let ours = Layout::index_from_registry(&image);
+        ours.select_platform(arch);
+        let theirs = Layout::from_buildah_manifest(list);
+        theirs.select_platform(arch);
+        let diffs = differences(
+            &ours.unpack().path().join("b/rootfs"),
+            &theirs.unpack().path().join("b/rootfs"),
+        );
+        assert!(
+            diffs.is_empty(),
+            "{arch}: differs from buildah:\n{}",
+            diffs.join("\n")
+        );
+        assert_eq!(
+            dockerfile_config(&ours.config()),
+            dockerfile_config(&theirs.config()),
+            "{arch}: config differs from buildah's"
+        );
+    }
+    let _ = tool("buildah").args(["manifest", "rm", list]).output();
+    let _ = tool("buildah").args(["rmi", "-f", tag]).output();
+
+    let status = run().status;
+    assert_eq!(succeeded(&status), image, "the same index again");
+    assert!(
+        status.stages.iter().all(|s| s.cached),
+        "{:#?}",
+        status.stages
+    );
+}

@@ -343,7 +343,7 @@ fn options(ws: &Path, url: String, revision: &str) -> SourceOptions {
         dockerfile: Dockerfile::Path("Dockerfile".into()),
         target: None,
         build_args: Default::default(),
-        platform: Platform::default(),
+        platforms: vec![Platform::default()],
         build_platform: None,
         private_tmp: ws.to_path_buf(),
         registry: stagecoach_builder::oci::Settings {

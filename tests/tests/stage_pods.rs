@@ -47,6 +47,8 @@ fn operator_config() -> OperatorConfig {
         insecure_registries: Vec::new(),
         cache_repository: None,
         run_cache: None,
+        build_platform: stagecoach_operator::render::DEFAULT_BUILD_PLATFORM.into(),
+        emulated_platforms: vec!["all".into()],
     }
 }
 

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use oci_client::manifest::{
     IMAGE_CONFIG_MEDIA_TYPE, IMAGE_DOCKER_CONFIG_MEDIA_TYPE, IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE,
     IMAGE_DOCKER_LAYER_TAR_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE, IMAGE_LAYER_MEDIA_TYPE,
-    IMAGE_LAYER_NONDISTRIBUTABLE_GZIP_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
-    OciDescriptor, OciImageManifest,
+    IMAGE_LAYER_NONDISTRIBUTABLE_GZIP_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+    OciImageManifest,
 };
-use stagecoach_plan::contract::Plan;
+use stagecoach_plan::contract::{Plan, Platform};
 
 use super::base::ImageLayer;
 use super::{AssembleOptions, Error, MediaTypes, Result, workspace_err};
@@ -151,6 +152,49 @@ pub fn manifest(
     let bytes =
         serde_json::to_vec(&manifest).map_err(|e| workspace_err(format!("manifest: {e}")))?;
     Ok((Bytes::from(bytes), manifest_type.to_string()))
+}
+
+/// One platform's pushed manifest, as an image index lists it.
+#[derive(Debug, Clone)]
+pub struct PlatformManifest {
+    pub platform: Platform,
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The image index over one manifest per platform, in the order given (OCI's, or a
+/// Docker manifest list in Docker's vocabulary, as the manifests are).
+pub fn index(manifests: &[PlatformManifest], types: MediaTypes) -> Result<(Bytes, String)> {
+    let media_type = match types {
+        MediaTypes::Oci => OCI_IMAGE_INDEX_MEDIA_TYPE,
+        MediaTypes::Docker => IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    };
+    let entries: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|m| {
+            let mut platform = serde_json::json!({
+                "architecture": m.platform.architecture,
+                "os": m.platform.os,
+            });
+            if let Some(variant) = &m.platform.variant {
+                platform["variant"] = variant.clone().into();
+            }
+            serde_json::json!({
+                "mediaType": m.media_type,
+                "digest": m.digest,
+                "size": m.size,
+                "platform": platform,
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": entries,
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|e| workspace_err(format!("index: {e}")))?;
+    Ok((Bytes::from(bytes), media_type.to_string()))
 }
 
 /// A layer's media type in the manifest's vocabulary (BuildKit converts the same way).

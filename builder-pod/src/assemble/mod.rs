@@ -24,7 +24,10 @@ use crate::workspace::{self, Workspace};
 use base::{BaseImage, ImageLayer};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use stagecoach_plan::contract::{Base, Execution, Plan, PodOutcome, Stage, Warning, WarningKind};
+use stagecoach_plan::PlatformsFile;
+use stagecoach_plan::contract::{
+    Base, Execution, Plan, PlatformImage, PodOutcome, Stage, Warning, WarningKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,6 +47,12 @@ pub enum Error {
     PushByDigest(String),
     #[error("an assemble task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// What went wrong with one platform's image of an index.
+    #[error("{platform}: {source}")]
+    Platform {
+        platform: String,
+        source: Box<Error>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -58,6 +67,7 @@ impl Error {
             Error::BaseImage { .. } | Error::History { .. } => "BaseImageInvalid",
             Error::Tag(_) | Error::PushByDigest(_) => "InvalidReference",
             Error::Task(_) => "Internal",
+            Error::Platform { source, .. } => source.reason(),
         }
     }
 }
@@ -127,6 +137,10 @@ pub struct AssembleReport {
     pub manifest_size: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// In a build for several platforms, each one's image in the index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformImage>,
+    /// Layers of the image (of every platform's image).
     pub layers: usize,
     pub blobs: BlobCounts,
     pub timings: Timings,
@@ -189,6 +203,7 @@ pub fn outcome(report: &AssembleReport) -> PodOutcome {
         reason: report.error.as_ref().map(|e| e.reason.clone()),
         message: report.error.as_ref().map(|e| e.message.clone()),
         image: report.image.clone(),
+        platforms: report.platforms.clone(),
         warnings: report
             .warnings
             .iter()
@@ -204,12 +219,23 @@ pub fn outcome(report: &AssembleReport) -> PodOutcome {
 
 /// The pod's pipeline, each step timed into the report.
 async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result<()> {
-    let ws = &opts.workspace;
-    let plan = read_plan(ws)?;
+    let (parts, platforms) = platform_parts(&opts.workspace)?;
     let target_ref = destination(opts)?;
     let registry = Registry::new(&opts.registry)?;
     if !opts.cache_only {
-        build_and_push(opts, &registry, &plan, &target_ref, report).await?;
+        match &platforms {
+            None => {
+                let (ws, plan) = &parts[0];
+                let (pushed, media_type) =
+                    build_and_push(opts, &registry, ws, plan, &target_ref, true, report).await?;
+                report.media_type = Some(media_type);
+                report.manifest_size = Some(pushed.manifest_size);
+                report.image = Some(format!("{}@{}", target_ref.whole(), pushed.digest));
+                report.digest = Some(pushed.digest);
+            }
+            Some(_) => push_index(opts, &registry, &parts, &target_ref, report).await?,
+        }
+        report.tags = opts.tags.clone();
     }
     if let Some(cache) = opts
         .cache
@@ -217,24 +243,104 @@ async fn assemble(opts: &AssembleOptions, report: &mut AssembleReport) -> Result
         .filter(|c| c.mode == cache::Mode::ReadWrite)
     {
         let started = Instant::now();
-        let stored = cache::store(&plan, ws, &registry, cache, &target_ref).await;
-        report.cached = stored.stages;
-        report.warnings = stored.warnings;
+        for (i, (ws, plan)) in parts.iter().enumerate() {
+            // A stage the platforms share ran once, in the first platform's part.
+            let mut plan = plan.clone();
+            if let Some(file) = platforms.as_ref().filter(|_| i > 0) {
+                for stage in &mut plan.stages {
+                    if file.shared_stages.contains(&stage.id) {
+                        stage.cache = None;
+                    }
+                }
+            }
+            let stored = cache::store(&plan, ws, &registry, cache, &target_ref).await;
+            report.cached.extend(stored.stages);
+            report.warnings.extend(stored.warnings);
+        }
         report.timings.cache_ms = millis(started);
     }
     Ok(())
 }
 
-/// The target's layers (built here when it only copies) over its base's, pushed as the
-/// image.
-async fn build_and_push(
+/// Each target platform's part of the workspace with its plan.
+type Parts = Vec<(Workspace, Plan)>;
+
+/// The parts of the build: the root alone, or every platform of `platforms.json`, in
+/// its order.
+fn platform_parts(ws: &Workspace) -> Result<(Parts, Option<PlatformsFile>)> {
+    let file: Option<PlatformsFile> = match workspace::read_json(&ws.platforms()) {
+        Ok(file) => Some(file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(workspace_err(format!("the platforms of the build: {e}"))),
+    };
+    let parts = match &file {
+        None => vec![ws.clone()],
+        Some(file) => file
+            .platforms
+            .iter()
+            .map(|p| ws.for_platform(&p.to_string()))
+            .collect(),
+    };
+    let parts = parts
+        .into_iter()
+        .map(|part| read_plan(&part).map(|plan| (part, plan)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((parts, file))
+}
+
+/// One image per platform, named by its digest, then the index over them under every
+/// tag: nothing is tagged before every platform's image is in.
+async fn push_index(
     opts: &AssembleOptions,
     registry: &Registry,
-    plan: &Plan,
+    parts: &[(Workspace, Plan)],
     target_ref: &Reference,
     report: &mut AssembleReport,
 ) -> Result<()> {
-    let ws = &opts.workspace;
+    let mut manifests = Vec::new();
+    for (ws, plan) in parts {
+        let (pushed, media_type) =
+            build_and_push(opts, registry, ws, plan, target_ref, false, report)
+                .await
+                .map_err(|e| Error::Platform {
+                    platform: plan.platform.to_string(),
+                    source: Box::new(e),
+                })?;
+        report.platforms.push(PlatformImage {
+            platform: plan.platform.to_string(),
+            digest: pushed.digest.clone(),
+        });
+        manifests.push(image::PlatformManifest {
+            platform: plan.platform.clone(),
+            digest: pushed.digest,
+            size: pushed.manifest_size,
+            media_type,
+        });
+    }
+    let (index, media_type) = image::index(&manifests, opts.media_types)?;
+    let started = Instant::now();
+    let pushed = registry
+        .push(target_ref, &[], &index, &media_type, &opts.tags, opts.jobs)
+        .await?;
+    report.timings.push_ms += millis(started);
+    report.image = Some(format!("{}@{}", target_ref.whole(), pushed.digest));
+    report.digest = Some(pushed.digest);
+    report.media_type = Some(media_type);
+    report.manifest_size = Some(pushed.manifest_size);
+    Ok(())
+}
+
+/// The target's layers (built here when it only copies) over its base's, pushed as the
+/// image: under the build's tags, or (`tagged` false) under its digest alone.
+async fn build_and_push(
+    opts: &AssembleOptions,
+    registry: &Registry,
+    ws: &Workspace,
+    plan: &Plan,
+    target_ref: &Reference,
+    tagged: bool,
+    report: &mut AssembleReport,
+) -> Result<(oci::Pushed, String)> {
     let chain = exec::from_chain(plan, &plan.target)?;
     let target = stage(plan, &plan.target)?.clone();
     let started = Instant::now();
@@ -244,17 +350,30 @@ async fn build_and_push(
         }
         Base::Scratch | Base::Stage { .. } => None,
     };
-    report.timings.base_ms = millis(started);
+    report.timings.base_ms += millis(started);
     if !matches!(target.execution, Execution::Pod { .. }) {
         let below = &chain[..chain.len() - 1];
-        build_target(opts, registry, plan, &target, below, base.as_ref(), report).await?;
+        build_target(
+            opts,
+            registry,
+            ws,
+            plan,
+            &target,
+            below,
+            base.as_ref(),
+            report,
+        )
+        .await?;
     }
 
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
     for id in &chain {
         layers.extend(base::stage_layers(ws, stage(plan, id)?)?);
     }
-    push_image(opts, registry, plan, target_ref, &layers, report).await
+    push_image(
+        opts, registry, ws, plan, target_ref, &layers, tagged, report,
+    )
+    .await
 }
 
 fn read_plan(ws: &Workspace) -> Result<Plan> {
@@ -280,16 +399,17 @@ fn destination(opts: &AssembleOptions) -> Result<Reference> {
 /// its layers, config and scope go to the workspace in the same form. Its COPY
 /// destinations resolve against the tree of the image below it (`below`: the stages of
 /// its FROM chain), which only a target that changes files needs.
+#[allow(clippy::too_many_arguments)]
 async fn build_target(
     opts: &AssembleOptions,
     registry: &Registry,
+    ws: &Workspace,
     plan: &Plan,
     target: &Stage,
     below: &[String],
     base: Option<&BaseImage>,
     report: &mut AssembleReport,
 ) -> Result<()> {
-    let ws = &opts.workspace;
     let started = Instant::now();
     let tree = if base::touches_filesystem(target) {
         base::image_tree(registry, base, below, ws, opts.jobs).await?
@@ -326,7 +446,7 @@ async fn build_target(
     })
     .await
     .map_err(Error::Task)??;
-    report.timings.layers_ms = millis(started);
+    report.timings.layers_ms += millis(started);
     Ok(())
 }
 
@@ -357,16 +477,18 @@ impl Pod for AssemblePod {
 }
 
 /// The image config and manifest over `layers`, pushed with every blob the registry
-/// lacks, then the tags; the report gets what was pushed.
+/// lacks, under the tags or (`tagged` false) its digest alone; the report counts it.
+#[allow(clippy::too_many_arguments)]
 async fn push_image(
     opts: &AssembleOptions,
     registry: &Registry,
+    ws: &Workspace,
     plan: &Plan,
     target_ref: &Reference,
     layers: &[ImageLayer],
+    tagged: bool,
     report: &mut AssembleReport,
-) -> Result<()> {
-    let ws = &opts.workspace;
+) -> Result<(oci::Pushed, String)> {
     let stage_config: ImageConfig = workspace::read_json(&ws.config(&plan.target))
         .map_err(|e| workspace_err(format!("the config of stage {}: {e}", plan.target)))?;
     let config = image::config(stage_config, layers, opts, plan)?;
@@ -389,25 +511,29 @@ async fn push_image(
         size: config_bytes.len() as u64,
         source: BlobSource::Bytes(config_bytes.clone()),
     });
-    let pushed = registry
-        .push(
-            target_ref,
-            &blobs,
-            &manifest,
-            &media_type,
-            &opts.tags,
-            opts.jobs,
-        )
-        .await?;
-    report.timings.push_ms = millis(started);
-    report.image = Some(format!("{}@{}", target_ref.whole(), pushed.digest));
-    report.digest = Some(pushed.digest);
-    report.media_type = Some(media_type);
-    report.manifest_size = Some(pushed.manifest_size);
-    report.tags = opts.tags.clone();
-    report.layers = layers.len();
-    report.blobs = pushed.blobs;
-    Ok(())
+    let pushed = match tagged {
+        true => {
+            registry
+                .push(
+                    target_ref,
+                    &blobs,
+                    &manifest,
+                    &media_type,
+                    &opts.tags,
+                    opts.jobs,
+                )
+                .await?
+        }
+        false => {
+            registry
+                .push_untagged(target_ref, &blobs, &manifest, &media_type, opts.jobs)
+                .await?
+        }
+    };
+    report.timings.push_ms += millis(started);
+    report.layers += layers.len();
+    report.blobs.add(&pushed.blobs);
+    Ok((pushed, media_type))
 }
 
 fn stage<'a>(plan: &'a Plan, id: &str) -> Result<&'a Stage> {

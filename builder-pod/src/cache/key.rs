@@ -1,7 +1,7 @@
 //! Stage cache keys. A stage's key is a hash chain over everything its result depends
 //! on, so the same key always means the same layers, config, scope and export:
 //!
-//! the key format, the platform, the escape character; the base (its manifest digest,
+//! the key format, the platform it runs on, the escape character; the base (its manifest digest,
 //! or the parent stage's key); the key of every stage it reads with `--from`; for each
 //! instruction (the base's ONBUILD triggers first) the variables in scope and the
 //! instruction as planned (its line left out: moving a stage down the file is no
@@ -104,12 +104,13 @@ impl<'a> Keyer<'a> {
             .ok_or_else(|| format!("no stage {id:?} in the plan"))?;
         let mut parts = Parts::new();
         parts.add("format", FORMAT);
+        // Where it runs, not the target: a stage every target platform shares has one
+        // key in each platform's plan, so they find one cache entry.
         parts.add(
             "platform",
-            stage
-                .platform
-                .clone()
-                .unwrap_or_else(|| plan.platform.to_string()),
+            plan.runs_on(id)
+                .unwrap_or_else(|| plan.platform.clone())
+                .to_string(),
         );
         parts.add("escape", plan.escape.to_string());
         let lexer = Lexer::new(plan.escape);

@@ -89,7 +89,7 @@ impl Error {
 /// pods report, so it is data: the message is the whole error chain, rendered once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "camelCase")]
-#[error("{}", self.render())]
+#[error("{}", self.render(None))]
 pub struct StageError {
     /// The stage id, when the failure belongs to one.
     pub stage: Option<String>,
@@ -104,10 +104,14 @@ pub struct StageError {
 }
 
 impl StageError {
-    fn render(&self) -> String {
+    /// The error for people; `platform`, in a build for several, is the target
+    /// platform of the pod that failed (`stage build (linux/arm64): ...`).
+    pub fn render(&self, platform: Option<&str>) -> String {
         let mut out = String::new();
-        if let Some(stage) = &self.stage {
-            out.push_str(&format!("stage {stage}: "));
+        match (&self.stage, platform) {
+            (Some(stage), Some(platform)) => out.push_str(&format!("stage {stage} ({platform}): ")),
+            (Some(stage), None) => out.push_str(&format!("stage {stage}: ")),
+            _ => {}
         }
         if let (Some(file), Some(line)) = (&self.dockerfile, self.line) {
             out.push_str(&format!("{file}:{line}: "));

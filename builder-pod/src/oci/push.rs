@@ -58,6 +58,15 @@ pub struct Pushed {
     pub blobs: BlobCounts,
 }
 
+impl BlobCounts {
+    pub fn add(&mut self, other: &BlobCounts) {
+        self.pushed += other.pushed;
+        self.skipped += other.skipped;
+        self.mounted += other.mounted;
+        self.bytes_pushed += other.bytes_pushed;
+    }
+}
+
 enum BlobOutcome {
     Skipped,
     Mounted,
@@ -77,6 +86,54 @@ impl Registry {
         tags: &[String],
         jobs: usize,
     ) -> Result<Pushed> {
+        let blobs = self.push_blobs(target, blobs, jobs).await?;
+        let digest = sha256(manifest);
+        self.put_manifest(
+            target,
+            target.tag().unwrap_or("latest"),
+            manifest,
+            media_type,
+            &digest,
+        )
+        .await?;
+        for tag in tags {
+            self.put_manifest(target, tag, manifest, media_type, &digest)
+                .await?;
+        }
+        Ok(Pushed {
+            digest,
+            manifest_size: manifest.len() as u64,
+            blobs,
+        })
+    }
+
+    /// Pushes an image under its digest alone, for an image index to name.
+    pub async fn push_untagged(
+        &self,
+        target: &Reference,
+        blobs: &[Blob],
+        manifest: &Bytes,
+        media_type: &str,
+        jobs: usize,
+    ) -> Result<Pushed> {
+        let blobs = self.push_blobs(target, blobs, jobs).await?;
+        let digest = sha256(manifest);
+        self.put_manifest(target, &digest, manifest, media_type, &digest)
+            .await?;
+        Ok(Pushed {
+            digest,
+            manifest_size: manifest.len() as u64,
+            blobs,
+        })
+    }
+
+    /// Every blob the repository lacks, `jobs` at a time.
+    async fn push_blobs(
+        &self,
+        target: &Reference,
+        blobs: &[Blob],
+        jobs: usize,
+    ) -> Result<BlobCounts> {
         let mut seen = BTreeSet::new();
         let unique: Vec<&Blob> = blobs
             .iter()
@@ -98,24 +155,7 @@ impl Registry {
                 }
             }
         }
-        let digest = sha256(manifest);
-        self.put_manifest(
-            target,
-            target.tag().unwrap_or("latest"),
-            manifest,
-            media_type,
-            &digest,
-        )
-        .await?;
-        for tag in tags {
-            self.put_manifest(target, tag, manifest, media_type, &digest)
-                .await?;
-        }
-        Ok(Pushed {
-            digest,
-            manifest_size: manifest.len() as u64,
-            blobs: counts,
-        })
+        Ok(counts)
     }
 
     async fn push_blob(&self, target: &Reference, blob: &Blob) -> Result<BlobOutcome> {

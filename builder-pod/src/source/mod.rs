@@ -157,8 +157,10 @@ pub struct SourceOptions {
     pub dockerfile: Dockerfile,
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,
-    pub platform: Platform,
-    /// The platform the build pods run on (BUILDPLATFORM; none: `platform`).
+    /// The target platforms, at least one: with several, each gets its part of the
+    /// workspace and the pods they all share run once.
+    pub platforms: Vec<Platform>,
+    /// The platform the build pods run on (BUILDPLATFORM; none: the first target).
     pub build_platform: Option<Platform>,
     /// A private scratch directory outside the workspace (`/tmp`, an emptyDir).
     pub private_tmp: PathBuf,
@@ -315,32 +317,88 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
         report.ignored_dirs = removed.dirs;
     }
 
-    let mut plan = stagecoach_plan::plan(
-        &text,
-        &PlanOptions {
-            dockerfile_name: report.dockerfile.clone(),
-            target: opts.target.clone(),
-            build_args: opts.build_args.clone(),
-            platform: opts.platform.clone(),
-            build_platform: opts.build_platform.clone(),
-        },
-    )?;
-    pin_base_images(&mut plan, ws, &pull.settings)?;
+    let options = PlanOptions {
+        dockerfile_name: report.dockerfile.clone(),
+        target: opts.target.clone(),
+        build_args: opts.build_args.clone(),
+        platform: opts.platforms[0].clone(),
+        build_platform: opts.build_platform.clone(),
+    };
+    let summary = if opts.platforms.len() == 1 {
+        let mut plan = stagecoach_plan::plan(&text, &options)?;
+        prepare(&mut plan, ws, &context, &pull.settings, opts, report)?;
+        plan.summary(Some(commit), Some(commit_time))
+    } else {
+        let mut plans = stagecoach_plan::plan_platforms(&text, &options, &opts.platforms)?;
+        let file = plans.file();
+        let first = ws.for_platform(&opts.platforms[0].to_string());
+        for (i, plan) in plans.plans.iter_mut().enumerate() {
+            let part = ws.for_platform(&plan.platform.to_string());
+            prepare(plan, &part, &context, &pull.settings, opts, report)?;
+            if i > 0 {
+                link_shared_stages(plan, &file.shared_stages, &part, &first)?;
+            }
+        }
+        workspace::write_json(&ws.platforms(), &file).map_err(|source| SourceError::Workspace {
+            path: ws.platforms(),
+            source,
+        })?;
+        plans.summary(Some(commit), Some(commit_time))
+    };
+    report.summary = Some(summary);
+    Ok(())
+}
+
+/// A plan made ready to run in its part of the workspace: base images pinned, the
+/// directories the pods write made, the stage cache looked up, `plan.json` written.
+fn prepare(
+    plan: &mut Plan,
+    ws: &Workspace,
+    context: &Path,
+    pull: &oci::Settings,
+    opts: &SourceOptions,
+    report: &mut SourceReport,
+) -> Result<()> {
+    pin_base_images(plan, ws, pull)?;
     ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), plan.pod_stages())
         .map_err(|source| SourceError::Workspace {
-            path: ws.root().to_path_buf(),
+            path: ws.part().to_path_buf(),
             source,
         })?;
     if let Some(cache) = &opts.cache {
-        let found = crate::cache::prepare(&mut plan, ws, &context, &pull.settings, cache);
-        report.cache_hits = found.hits;
-        report.cache_misses = found.misses;
+        let found = crate::cache::prepare(plan, ws, context, pull, cache);
+        report.cache_hits.extend(found.hits);
+        report.cache_misses.extend(found.misses);
     }
-    workspace::write_json(&ws.plan(), &plan).map_err(|source| SourceError::Workspace {
+    workspace::write_json(&ws.plan(), &*plan).map_err(|source| SourceError::Workspace {
         path: ws.plan(),
         source,
-    })?;
-    report.summary = Some(plan.summary(Some(commit), Some(commit_time)));
+    })
+}
+
+/// In a build for several platforms the shared stages run once, in the first
+/// platform's part: another platform's directory of such a stage becomes a link there,
+/// unless the stage cache restored what this platform reads of it into its own.
+fn link_shared_stages(
+    plan: &Plan,
+    shared: &std::collections::BTreeSet<String>,
+    part: &Workspace,
+    first: &Workspace,
+) -> Result<()> {
+    let restored = |id: &str| {
+        plan.stage(id)
+            .and_then(|s| s.cache.as_ref())
+            .is_some_and(|c| c.hit)
+    };
+    for id in shared.iter().filter(|id| !restored(id)) {
+        let dir = part.stage_dir(id);
+        let relative = Path::new("../..")
+            .join(first.part().file_name().unwrap_or_default())
+            .join(stagecoach_plan::layout::stage_dir(id));
+        fs::remove_dir_all(&dir)
+            .and_then(|()| std::os::unix::fs::symlink(&relative, &dir))
+            .map_err(|source| SourceError::Workspace { path: dir, source })?;
+    }
     Ok(())
 }
 
@@ -706,6 +764,8 @@ mod tests {
                         secrets: Vec::new(),
                         run_cache: false,
                         ssh: Vec::new(),
+                        platform: None,
+                        runs_on: None,
                     })
                     .collect(),
             }),
@@ -804,7 +864,7 @@ mod tests {
             dockerfile: Dockerfile::Path("Dockerfile".into()),
             target: None,
             build_args: BTreeMap::new(),
-            platform: Platform::default(),
+            platforms: vec![Platform::default()],
             build_platform: None,
             private_tmp: dir.path().to_path_buf(),
             registry: oci::Settings::default(),

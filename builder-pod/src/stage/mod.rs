@@ -83,6 +83,9 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct StageOptions {
     pub workspace: Workspace,
+    /// In a build for several platforms, the platform whose part of the workspace
+    /// `workspace` is.
+    pub part: Option<stagecoach_plan::Platform>,
     /// The id of the stage whose pod this is.
     pub pod: String,
     /// The filesystem the stage builds on: `/` in a pod.
@@ -121,6 +124,10 @@ pub struct PodReport {
     pub stages: Vec<StageReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StageError>,
+    /// In a build for several platforms, the one the pod builds for (none for a pod
+    /// they all share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     pub duration_ms: u64,
 }
 
@@ -144,9 +151,19 @@ pub fn run_pod(opts: &StageOptions) -> PodReport {
     }
     report.succeeded = result.is_ok();
     report.error = result.err();
+    report.platform = target_platform(opts);
     report.duration_ms = started.elapsed().as_millis() as u64;
     let _ = std::fs::remove_dir_all(opts.workspace.scratch(&opts.pod_name()));
     report
+}
+
+/// The platform a pod of a build for several builds for, to name in its failure: none
+/// for a pod they all share.
+fn target_platform(opts: &StageOptions) -> Option<String> {
+    let part = opts.part.as_ref()?;
+    let file: stagecoach_plan::PlatformsFile =
+        crate::workspace::read_json(&opts.workspace.platforms()).ok()?;
+    (!file.shared_stages.contains(&opts.pod)).then(|| part.to_string())
 }
 
 /// The termination message of a stage pod: success, or `StageFailed` with the place.
@@ -154,7 +171,10 @@ pub fn outcome(report: &PodReport) -> stagecoach_plan::contract::PodOutcome {
     stagecoach_plan::contract::PodOutcome {
         succeeded: report.succeeded,
         reason: report.error.as_ref().map(|_| "StageFailed".to_string()),
-        message: report.error.as_ref().map(ToString::to_string),
+        message: report
+            .error
+            .as_ref()
+            .map(|e| e.render(report.platform.as_deref())),
         stage: report.error.as_ref().and_then(|e| e.stage.clone()),
         line: report.error.as_ref().and_then(|e| e.line),
         ..Default::default()

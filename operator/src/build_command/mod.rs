@@ -56,8 +56,9 @@ pub struct BuildArgs {
     /// `KEY=VALUE`, or `KEY` to take the value from the environment (repeatable).
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     pub build_args: Vec<String>,
-    /// The platform to build for, `os/arch[/variant]` (default linux/amd64); a foreign
-    /// platform's RUN steps run under emulation (qemu-user-static). One per build.
+    /// The platforms to build for, `os/arch[/variant]`, separated by commas (default
+    /// linux/amd64); several make an image index. Foreign platforms' RUN steps run
+    /// under emulation (qemu-user-static).
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Option<String>,
     /// A label of the image (repeatable).
@@ -186,7 +187,10 @@ pub fn run(args: &BuildArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8
         let cached = status.stages.len() - pods;
         eprintln!(
             "pushed {pushed}\n  {}\n  {pods} stage pod(s) ran, {cached} stage(s) from the cache, {:.1}s in all",
-            sizes(manifests, descriptor, &status, &stage_layers),
+            match status.image.iter().flat_map(|i| &i.platforms).count() {
+                0 => sizes(manifests, descriptor, &status, &stage_layers),
+                _ => platform_sizes(manifests, &image),
+            },
             started.elapsed().as_secs_f64()
         );
     }
@@ -230,17 +234,37 @@ fn build_and_follow(
     }
 }
 
+/// As the CRD bounds `spec.platforms`.
+const MAX_PLATFORMS: usize = 8;
+
 /// The flags as an ImageBuild and runner options; a directory context is pushed here.
 fn prepare(
     args: &BuildArgs,
     stdin: &mut dyn Read,
     scratch: &Path,
 ) -> Result<(ImageBuild, LocalOptions), Usage> {
-    if let Some(platform) = &args.platform
-        && platform.contains(',')
+    let platforms: Vec<String> = args
+        .platform
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<stagecoach_plan::Platform>()
+                .map(|p| p.to_string())
+                .map_err(|e| Usage(format!("--platform: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if let Some((_, twice)) = platforms
+        .iter()
+        .enumerate()
+        .find(|(i, p)| platforms[..*i].contains(p))
     {
+        return Err(Usage(format!("--platform: {twice} is named twice")));
+    }
+    if platforms.len() > MAX_PLATFORMS {
         return Err(Usage(format!(
-            "--platform {platform}: one platform per build in this version"
+            "--platform: at most {MAX_PLATFORMS} platforms, as spec.platforms"
         )));
     }
     if !args.cluster {
@@ -402,7 +426,7 @@ fn prepare(
             build_args,
             secrets: build_secrets,
             ssh,
-            platforms: args.platform.iter().cloned().collect(),
+            platforms,
             output: Output {
                 image,
                 tags,
@@ -851,6 +875,30 @@ impl Manifests {
     }
 }
 
+/// Each platform's runtime image size, for an image index.
+fn platform_sizes(manifests: &Manifests, image: &crate::api::ImageStatus) -> String {
+    let each: Vec<String> = image
+        .platforms
+        .iter()
+        .map(|p| {
+            let reference = format!("{}@{}", image.reference, p.digest);
+            match manifests.describe(&reference) {
+                Ok(d) => format!(
+                    "{} {:.1} MB",
+                    p.platform,
+                    d["layers"].as_u64().unwrap_or(0) as f64 / 1e6
+                ),
+                Err(_) => format!("{} (size unknown)", p.platform),
+            }
+        })
+        .collect();
+    format!(
+        "an index of {} runtime images: {}",
+        each.len(),
+        each.join(", ")
+    )
+}
+
 /// What multi-stage saved: the runtime image's compressed size beside the largest stage
 /// left behind (one whose layers the image does not ship: its base image and the layers
 /// it made), when this run made its layers.
@@ -902,14 +950,11 @@ fn write_results(
     digest: &str,
     descriptor: &serde_json::Value,
 ) -> Result<(), String> {
-    let config = descriptor["config"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // An image index has no config: buildx then writes the index's digest as the id.
+    let config = descriptor["config"].as_str().unwrap_or(digest).to_string();
     if let Some(path) = &args.metadata_file {
-        let metadata = serde_json::json!({
+        let mut metadata = serde_json::json!({
             "containerimage.digest": digest,
-            "containerimage.config.digest": config,
             "containerimage.descriptor": {
                 "mediaType": descriptor["mediaType"],
                 "digest": descriptor["digest"],
@@ -917,6 +962,9 @@ fn write_results(
             },
             "image.name": args.tags.join(","),
         });
+        if let Some(config) = descriptor["config"].as_str() {
+            metadata["containerimage.config.digest"] = config.into();
+        }
         let text = serde_json::to_string_pretty(&metadata).expect("JSON serialises");
         std::fs::write(path, text)
             .map_err(|e| format!("--metadata-file {}: {e}", path.display()))?;

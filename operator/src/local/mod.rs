@@ -171,6 +171,8 @@ impl<'a> Runner<'a> {
                     claim,
                     ..RunCacheConfig::default()
                 }),
+                build_platform: render::DEFAULT_BUILD_PLATFORM.into(),
+                emulated_platforms: vec!["all".into()],
             },
             pods: BTreeMap::new(),
             claim: None,
@@ -194,7 +196,12 @@ impl<'a> Runner<'a> {
         let stages = self.build.status.iter().flat_map(|s| &s.stages);
         stages
             .filter_map(|stage| {
-                let index = std::fs::read(workspace.layer_index(&stage.name)).ok()?;
+                let part = match &stage.platform {
+                    Some(platform) => workspace.for_platform(platform),
+                    None => workspace.clone(),
+                };
+                let id = stage.name.split('@').next().unwrap_or(&stage.name);
+                let index = std::fs::read(part.layer_index(id)).ok()?;
                 let layers: Vec<stagecoach_builder::workspace::LayerRecord> =
                     serde_json::from_slice(&index).ok()?;
                 let layers = layers.into_iter().map(|l| (l.digest, l.size)).collect();
