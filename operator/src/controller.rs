@@ -1356,6 +1356,173 @@ mod tests {
         );
     }
 
+    /// A plan for linux/amd64 and linux/arm64: a pod both share, and a pod per platform
+    /// on that platform's image.
+    fn planned_for_two_platforms() -> PodOutcome {
+        let pod = |id: &str, platform: Option<&str>, runs_on: &str, waits: &[&str]| PodSummary {
+            id: id.into(),
+            stages: vec![id.split('@').next().unwrap_or(id).into()],
+            image: Some(format!("registry.example/busybox@sha256:{}", runs_on.len())),
+            waits_for: waits.iter().map(|s| s.to_string()).collect(),
+            cache: None,
+            secrets: Vec::new(),
+            run_cache: false,
+            ssh: Vec::new(),
+            platform: platform.map(str::to_string),
+            runs_on: Some(runs_on.into()),
+        };
+        let (amd, arm) = ("linux/amd64", "linux/arm64");
+        PodOutcome {
+            succeeded: true,
+            summary: Some(PlanSummary {
+                commit: Some("c".repeat(40)),
+                commit_time: Some(1_700_000_000),
+                target: "final".into(),
+                pods: vec![
+                    pod("assets", None, amd, &[]),
+                    pod("final@linux/amd64", Some(amd), amd, &["assets"]),
+                    pod("final@linux/arm64", Some(arm), arm, &["assets"]),
+                ],
+                warnings: Vec::new(),
+            }),
+            ..PodOutcome::default()
+        }
+    }
+
+    /// A build for two platforms on ReadWriteMany storage: its pods go to nodes of their
+    /// platform, each platform's pod in its part of the workspace, and the status says
+    /// which platform each stage pod is for; the pushed index and each platform's image
+    /// end in `status.image`.
+    #[tokio::test]
+    async fn a_two_platform_build_places_pods_by_platform_and_reports_the_index() {
+        let (ctx, handle) = context();
+        let config = ctx.config.clone();
+        let mut b = build();
+        b.spec.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        b.spec.workspace = Some(crate::api::WorkspaceSpec {
+            access_modes: vec!["ReadWriteMany".into()],
+            storage_class_name: None,
+            size: None,
+        });
+        let decide = |b: &ImageBuild, pods: &[serde_json::Value]| {
+            core::decide(
+                &Observed {
+                    build: b,
+                    pods: &pods
+                        .iter()
+                        .filter_map(|p| observed(b, p))
+                        .collect::<Vec<_>>(),
+                    claim_exists: true,
+                    now: Timestamp::now(),
+                },
+                &config,
+            )
+        };
+        b.status = Some(decide(&b, &[]).status);
+        let plan = planned_for_two_platforms();
+        let mut pods = vec![pod_in(
+            &render::render_source_pod(&b, &config, 0),
+            "Succeeded",
+            Some(&plan),
+        )];
+        let server = api_server(&ctx, handle, pods.clone(), "");
+        reconcile(Arc::new(b.clone()), ctx)
+            .await
+            .expect("reconcile");
+        let seen = server.await.expect("server");
+        let created: Vec<&serde_json::Value> = seen
+            .iter()
+            .filter(|r| r.method == "POST" && r.uri.starts_with("/api/v1/namespaces/team/pods"))
+            .map(|r| &r.body)
+            .collect();
+        assert_eq!(created.len(), 1, "only the shared pod is ready to start");
+        assert_eq!(
+            created[0]["spec"]["nodeSelector"]["kubernetes.io/arch"],
+            "amd64"
+        );
+        let status = status_patch(&seen);
+        assert_eq!(status["stages"][2]["name"], "final@linux/arm64");
+        assert_eq!(status["stages"][2]["platform"], "linux/arm64");
+        assert_eq!(status["stages"][2]["runsOn"], "linux/arm64");
+        assert!(status["stages"][0].get("platform").is_none());
+
+        // The shared pod done, both platforms' pods start, each on its platform's node.
+        b.status = Some(decide(&b, &pods).status);
+        let summary = plan.summary.clone().expect("summary");
+        let spec_only = b.clone();
+        let stage = |id: &str| {
+            let pod = summary.pods.iter().find(|p| p.id == id).expect("pod");
+            render::render_stage_pod(&spec_only, &config, pod, Some(1_700_000_000), 0)
+        };
+        pods.push(pod_in(
+            &stage("assets"),
+            "Succeeded",
+            Some(&PodOutcome {
+                succeeded: true,
+                ..PodOutcome::default()
+            }),
+        ));
+        let next = decide(&b, &pods);
+        let archs: Vec<String> = next
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                core::Action::CreatePod(p) => p
+                    .spec
+                    .as_ref()?
+                    .node_selector
+                    .as_ref()?
+                    .get("kubernetes.io/arch")
+                    .cloned(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(archs, ["amd64", "arm64"]);
+        b.status = Some(next.status);
+        for id in ["final@linux/amd64", "final@linux/arm64"] {
+            pods.push(pod_in(
+                &stage(id),
+                "Succeeded",
+                Some(&PodOutcome {
+                    succeeded: true,
+                    ..PodOutcome::default()
+                }),
+            ));
+        }
+        b.status = Some(decide(&b, &pods).status);
+        let index = format!("sha256:{}", "e".repeat(64));
+        let pushed = PodOutcome {
+            succeeded: true,
+            image: Some(format!("registry.example/app:1@{index}")),
+            platforms: ["linux/amd64", "linux/arm64"]
+                .iter()
+                .zip(["a", "b"])
+                .map(|(p, d)| stagecoach_plan::contract::PlatformImage {
+                    platform: p.to_string(),
+                    digest: format!("sha256:{}", d.repeat(64)),
+                })
+                .collect(),
+            ..PodOutcome::default()
+        };
+        let commit = "c".repeat(40);
+        let assemble =
+            render::render_assemble_pod(&b, &config, Some(&commit), Some(1_700_000_000), 0);
+        pods.push(pod_in(&assemble, "Succeeded", Some(&pushed)));
+
+        let (ctx, handle) = context();
+        let server = api_server(&ctx, handle, pods, "");
+        reconcile(Arc::new(b), ctx).await.expect("reconcile");
+        let seen = server.await.expect("server");
+        let status = status_patch(&seen);
+        assert_eq!(status["phase"], "Succeeded");
+        assert_eq!(status["image"]["digest"], index);
+        assert_eq!(status["image"]["platforms"][1]["platform"], "linux/arm64");
+        assert_eq!(
+            status["image"]["platforms"][1]["digest"],
+            format!("sha256:{}", "b".repeat(64))
+        );
+    }
+
     #[tokio::test]
     async fn stages_found_in_the_cache_get_no_pod_and_their_status_says_cached() {
         let (ctx, handle) = context();

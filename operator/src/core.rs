@@ -1403,7 +1403,14 @@ spec:
                     Action::CreateClaim(_) => self.claim = true,
                     Action::CreatePod(p) => {
                         let labels = p.metadata.labels.clone().unwrap_or_default();
-                        let role = Role::from_labels(&labels, &[]).expect("our labels");
+                        let names: Vec<String> = self
+                            .build
+                            .status
+                            .iter()
+                            .flat_map(|s| &s.stages)
+                            .map(|s| s.name.clone())
+                            .collect();
+                        let role = Role::from_labels(&labels, &names).expect("our labels");
                         self.pods.push(ObservedPod {
                             name: p.metadata.name.clone().expect("name"),
                             role,
@@ -1854,6 +1861,185 @@ spec:
         assert_eq!(image.short_digest, "ffffffffffff");
         assert_eq!(sim.condition("Ready"), ("True".into(), "Succeeded".into()));
         assert!(sim.status().completion_time.is_some());
+    }
+
+    /// A plan for linux/amd64 and linux/arm64: a shared pod, a cross-compiler per
+    /// platform on the build platform, and the final stage on each platform's image.
+    fn two_platform_summary() -> Option<PodOutcome> {
+        let pod = |id: &str, platform: Option<&str>, runs_on: &str, waits: &[&str]| PodSummary {
+            id: id.into(),
+            stages: vec![id.split('@').next().unwrap_or(id).into()],
+            image: Some(format!("busybox@sha256:{}", runs_on.len())),
+            waits_for: waits.iter().map(|s| s.to_string()).collect(),
+            secrets: Vec::new(),
+            run_cache: false,
+            ssh: Vec::new(),
+            cache: None,
+            platform: platform.map(str::to_string),
+            runs_on: Some(runs_on.into()),
+        };
+        let (amd, arm) = ("linux/amd64", "linux/arm64");
+        Some(PodOutcome {
+            succeeded: true,
+            summary: Some(PlanSummary {
+                commit: Some("abc123".into()),
+                commit_time: Some(1_700_000_000),
+                target: "final".into(),
+                pods: vec![
+                    pod("assets", None, amd, &[]),
+                    pod("gen@linux/amd64", Some(amd), amd, &[]),
+                    pod(
+                        "final@linux/amd64",
+                        Some(amd),
+                        amd,
+                        &["assets", "gen@linux/amd64"],
+                    ),
+                    pod("gen@linux/arm64", Some(arm), amd, &[]),
+                    pod(
+                        "final@linux/arm64",
+                        Some(arm),
+                        arm,
+                        &["assets", "gen@linux/arm64"],
+                    ),
+                ],
+                warnings: Vec::new(),
+            }),
+            ..PodOutcome::default()
+        })
+    }
+
+    fn two_platforms(access_mode: &str, emulated: &[&str]) -> Sim {
+        let mut sim = Sim::new();
+        sim.build.spec.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        sim.build.spec.workspace = Some(crate::api::WorkspaceSpec {
+            access_modes: vec![access_mode.into()],
+            storage_class_name: None,
+            size: None,
+        });
+        sim.config.emulated_platforms = emulated.iter().map(|p| p.to_string()).collect();
+        sim.step(0);
+        sim.set(Role::Source, PodState::Succeeded, two_platform_summary());
+        sim
+    }
+
+    fn arch_of(pod: &Pod) -> String {
+        let spec = pod.spec.as_ref().expect("spec");
+        spec.node_selector.as_ref().expect("selector")["kubernetes.io/arch"].clone()
+    }
+
+    #[test]
+    fn a_two_platform_build_runs_each_pod_on_its_platform_and_reports_the_index() {
+        let mut sim = two_platforms("ReadWriteMany", &[]);
+        let actions = sim.step(10);
+        let pods: Vec<(String, String)> = created_pods(&actions)
+            .iter()
+            .map(|p| (p.metadata.name.clone().expect("name"), arch_of(p)))
+            .collect();
+        let names: Vec<&str> = pods.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names[0] == "app-stage-assets-g1" && names[1] != names[2],
+            "{names:?}"
+        );
+        // The cross-compilers run on amd64 nodes, for either platform.
+        assert!(pods.iter().all(|(_, arch)| arch == "amd64"), "{pods:?}");
+        let stages = &sim.status().stages;
+        assert_eq!(stages[3].platform.as_deref(), Some("linux/arm64"));
+        assert_eq!(stages[0].platform, None);
+        for id in ["assets", "gen@linux/amd64", "gen@linux/arm64"] {
+            sim.set(Role::Stage(id.into()), PodState::Succeeded, ok());
+        }
+        let finals = sim.step(20);
+        let archs: Vec<String> = created_pods(&finals).iter().map(|p| arch_of(p)).collect();
+        assert_eq!(archs, ["amd64", "arm64"]);
+        sim.set(
+            Role::Stage("final@linux/amd64".into()),
+            PodState::Succeeded,
+            ok(),
+        );
+        assert!(
+            created(&sim.step(30)).is_empty(),
+            "assemble waits for every platform"
+        );
+        sim.set(
+            Role::Stage("final@linux/arm64".into()),
+            PodState::Succeeded,
+            ok(),
+        );
+        assert_eq!(created(&sim.step(40)), ["app-assemble-g1"]);
+        let mut outcome = pushed().expect("pushed");
+        outcome.platforms = ["linux/amd64", "linux/arm64"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| stagecoach_plan::contract::PlatformImage {
+                platform: p.to_string(),
+                digest: format!("sha256:{}", i.to_string().repeat(64)),
+            })
+            .collect();
+        sim.set(Role::Assemble, PodState::Succeeded, Some(outcome));
+        sim.step(50);
+        assert_eq!(sim.phase(), Phase::Succeeded);
+        let image = sim.status().image.clone().expect("image");
+        assert_eq!(image.digest, format!("sha256:{}", "f".repeat(64)));
+        let platforms: Vec<(&str, &str)> = image
+            .platforms
+            .iter()
+            .map(|p| (p.platform.as_str(), &p.digest[..8]))
+            .collect();
+        assert_eq!(
+            platforms,
+            [("linux/amd64", "sha256:0"), ("linux/arm64", "sha256:1")]
+        );
+    }
+
+    #[test]
+    fn a_read_write_once_workspace_fails_a_foreign_platform_at_once_unless_it_is_emulated() {
+        let mut sim = two_platforms("ReadWriteOnce", &[]);
+        let actions = sim.step(10);
+        assert_eq!(sim.phase(), Phase::Failed);
+        assert!(created(&actions).is_empty(), "{:?}", created(&actions));
+        let f = failure(&sim);
+        assert_eq!(f.reason, reason::PLATFORM_UNSCHEDULABLE);
+        for part in ["final@linux/arm64", "ReadWriteMany", "--emulate-platform"] {
+            assert!(f.message.contains(part), "{part}: {}", f.message);
+        }
+        // Emulated, the arm64 pods go to the build platform's node, pinned to the first.
+        let mut sim = two_platforms("ReadWriteOnce", &["linux/arm64"]);
+        sim.step(10);
+        for id in ["assets", "gen@linux/amd64", "gen@linux/arm64"] {
+            sim.set(Role::Stage(id.into()), PodState::Succeeded, ok());
+        }
+        let actions = sim.step(20);
+        let finals = created_pods(&actions);
+        assert_eq!(finals.len(), 2);
+        for pod in finals {
+            assert_eq!(arch_of(pod), "amd64");
+            assert_eq!(render::pinned_node(pod), Some("node-1"));
+        }
+    }
+
+    #[test]
+    fn a_failed_platform_pod_is_named_with_its_platform() {
+        let mut sim = two_platforms("ReadWriteMany", &[]);
+        sim.step(10);
+        sim.set(
+            Role::Stage("gen@linux/arm64".into()),
+            PodState::Failed,
+            failed(
+                "StageFailed",
+                "stage gen (linux/arm64): Dockerfile:5: RUN make: exit code 2",
+                Some(5),
+            ),
+        );
+        sim.step(20);
+        let f = failure(&sim);
+        assert_eq!(f.stage.as_deref(), Some("gen@linux/arm64"));
+        assert!(
+            f.message
+                .starts_with("stage gen (linux/arm64): Dockerfile:5:"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]

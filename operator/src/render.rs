@@ -1457,6 +1457,133 @@ spec:
         );
     }
 
+    fn selector(pod: &Pod) -> Vec<(String, String)> {
+        let spec = pod.spec.as_ref().expect("spec");
+        spec.node_selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn stage_mounts(pod: &Pod) -> Vec<(String, Option<String>)> {
+        let spec = pod.spec.as_ref().expect("spec");
+        let stage = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "stage")
+            .expect("stage");
+        stage
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name == "workspace")
+            .map(|m| (m.mount_path.clone(), m.sub_path.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn pods_of_several_platforms_go_to_nodes_of_their_image_in_their_part_of_the_workspace() {
+        let mut b = build(FULL);
+        b.spec.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        b.spec.node_selector = Some([("pool".to_string(), "builds".to_string())].into());
+        let source = render_source_pod(&b, &config(), 0);
+        assert!(
+            args(&source)
+                .windows(2)
+                .any(|w| w == ["--platform", "linux/amd64,linux/arm64"])
+        );
+        let node = |arch: &str| {
+            vec![
+                ("kubernetes.io/arch".to_string(), arch.to_string()),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+                ("pool".to_string(), "builds".to_string()),
+            ]
+        };
+        // The builder image's pods run on the build platform.
+        assert_eq!(selector(&source), node("amd64"));
+        assert_eq!(
+            selector(&render_assemble_pod(&b, &config(), None, None, 0)),
+            node("amd64")
+        );
+        // A per-platform pod: its platform's part, on a node of its image's platform.
+        let arm = PodSummary {
+            id: "run@linux/arm64".into(),
+            stages: vec!["deps".into(), "run".into()],
+            platform: Some("linux/arm64".into()),
+            runs_on: Some("linux/arm64".into()),
+            ..stage_named("run")
+        };
+        let pod = render_stage_pod(&b, &config(), &arm, None, 0);
+        assert_eq!(selector(&pod), node("arm64"));
+        let a = args(&pod);
+        assert_eq!(a[..2], ["stage", "run"]);
+        assert!(
+            a.windows(2).any(|w| w == ["--part", "linux/arm64"]),
+            "{a:?}"
+        );
+        let mounts = stage_mounts(&pod);
+        for dir in [
+            "platforms/linux-arm64/stages/deps",
+            "platforms/linux-arm64/stages/run",
+            "platforms/linux-arm64/pods/stage-run",
+        ] {
+            assert!(
+                mounts.contains(&(format!("{WORKSPACE}/{dir}"), Some(dir.to_string()))),
+                "{dir}: {mounts:?}"
+            );
+        }
+        assert_ne!(
+            pod_name(&b, &Role::Stage(arm.id.clone()), 0),
+            pod_name(&b, &Role::Stage("run@linux/amd64".into()), 0)
+        );
+        // A cross-compiler of arm64's that runs on the build platform's image.
+        let cross = PodSummary {
+            runs_on: Some("linux/amd64".into()),
+            ..arm.clone()
+        };
+        assert_eq!(
+            selector(&render_stage_pod(&b, &config(), &cross, None, 0)),
+            node("amd64")
+        );
+        // A pod every platform shares is in the first platform's part.
+        let shared = PodSummary {
+            runs_on: Some("linux/amd64".into()),
+            ..stage_named("assets")
+        };
+        let a = args(&render_stage_pod(&b, &config(), &shared, None, 0));
+        assert!(
+            a.windows(2).any(|w| w == ["--part", "linux/amd64"]),
+            "{a:?}"
+        );
+        // With arm64 emulated, its pods go to build-platform nodes.
+        let emulating = OperatorConfig {
+            emulated_platforms: vec!["linux/arm64".into()],
+            ..config()
+        };
+        let pod = render_stage_pod(&b, &emulating, &arm, None, 0);
+        assert_eq!(selector(&pod), node("amd64"));
+        // The ImageBuild's own value for a key wins.
+        b.spec.node_selector =
+            Some([("kubernetes.io/arch".to_string(), "arm64".to_string())].into());
+        let pod = render_stage_pod(&b, &config(), &cross, None, 0);
+        assert_eq!(
+            selector(&pod)[0],
+            ("kubernetes.io/arch".into(), "arm64".into())
+        );
+    }
+
+    #[test]
+    fn a_one_platform_build_keeps_its_workspace_layout() {
+        let b = build(FULL);
+        let pod = render_stage_pod(&b, &config(), &stage_named("run"), None, 0);
+        assert!(!args(&pod).contains(&"--part".to_string()));
+        assert!(
+            stage_mounts(&pod)
+                .contains(&(format!("{WORKSPACE}/stages/run"), Some("stages/run".into())))
+        );
+    }
+
     #[test]
     fn a_context_artifact_is_pulled_by_the_source_pod_alone_with_its_secret() {
         let digest = format!("sha256:{}", "a".repeat(64));

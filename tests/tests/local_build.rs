@@ -2248,3 +2248,41 @@ fn a_build_for_two_platforms_shares_what_it_can_and_pushes_an_index_equal_to_bui
         status.stages
     );
 }
+
+/// One platform's RUN fails: the build fails naming the stage, its platform and the
+/// line, and nothing is under the tag (the index is pushed last).
+#[test]
+fn a_failure_on_one_platform_names_it_and_pushes_no_index() {
+    let r = registry();
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/busybox:1 AS check\n\
+         RUN echo checking\n\
+         RUN test \"$(uname -m)\" != aarch64\n\
+         FROM scratch\nCOPY --from=check /bin/busybox /busybox\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Build {
+        name: "two-platforms-failing",
+        files: &files,
+        extra: "  platforms: [linux/amd64, linux/arm64]\n",
+        ..Build::default()
+    };
+    let status = b.run(dir.path()).status;
+    let (reason, message, line) = failure(&status);
+    assert_eq!((reason.as_str(), line), ("StageFailed", Some(3)));
+    assert!(
+        message.starts_with("stage check (linux/arm64): Dockerfile:3: RUN test"),
+        "{message}"
+    );
+    let out = tool("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}", b.image()))
+        .output()
+        .expect("skopeo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("manifest unknown"),
+        "nothing is under the tag: {stderr}"
+    );
+}
