@@ -7,9 +7,10 @@
 #   docker build -f images/builder.Dockerfile -t registry.example.com/stagecoach/builder:0.1.0 .
 #   buildah bud -f images/builder.Dockerfile -t registry.example.com/stagecoach/builder:0.1.0 .
 #
-# or with Stagecoach itself (examples/stagecoach-images.imagebuild.yaml). linux/amd64
-# only: the toolchain here targets x86_64-unknown-linux-gnu (glibc, statically linked;
-# no musl needed).
+# or with Stagecoach itself (examples/stagecoach-images.imagebuild.yaml), for every
+# platform at once: `--platform linux/amd64,linux/arm64` (buildx, buildah) or
+# `spec.platforms`. The build stage runs on each platform's Rust image, natively, and
+# links for that platform (glibc, statically linked; no musl, no cross linker needed).
 ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
 
 FROM ${RUST_IMAGE} AS build
@@ -20,15 +21,20 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+ARG TARGETARCH
 # Cache mounts keep the crate registry and the target directory between builds (Docker,
 # buildah and Stagecoach all honour them); the binary leaves the cache in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    RUSTFLAGS='-C target-feature=+crt-static' \
-      cargo build --release --locked -p stagecoach-builder --bin stagecoach-builder \
-      --target x86_64-unknown-linux-gnu \
+    case "$TARGETARCH" in \
+      amd64) triple=x86_64-unknown-linux-gnu ;; \
+      arm64) triple=aarch64-unknown-linux-gnu ;; \
+      *) echo "no Rust target for $TARGETARCH" >&2; exit 1 ;; \
+    esac \
+ && RUSTFLAGS='-C target-feature=+crt-static' \
+      cargo build --release --locked -p stagecoach-builder --bin stagecoach-builder --target "$triple" \
  && mkdir -p /out/etc/ssl/certs \
- && install -m 0755 target/x86_64-unknown-linux-gnu/release/stagecoach-builder /out/stagecoach-builder \
+ && install -m 0755 "target/$triple/release/stagecoach-builder" /out/stagecoach-builder \
  && install -m 0644 /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt \
  && if readelf -l /out/stagecoach-builder | grep -q 'program interpreter'; then \
       echo "stagecoach-builder is not static" >&2; exit 1; \

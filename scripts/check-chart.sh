@@ -544,7 +544,9 @@ problems = []
 check = lambda ok, msg: ok or problems.append(msg)
 check(final["base"]["kind"] == "scratch", "the image must end FROM scratch")
 check(len(plan["stages"]) >= 2, "multi-stage")
-check("target-feature=+crt-static" in text and "--target x86_64-unknown-linux-gnu" in text, "a fully static build")
+check("target-feature=+crt-static" in text and "--target \"$triple\"" in text
+      and all(f"{arch}) triple={t}" in text for arch, t in [("amd64", "x86_64-unknown-linux-gnu"), ("arm64", "aarch64-unknown-linux-gnu")]),
+      "a fully static build for the TARGETARCH of each platform, amd64 and arm64")
 inst = {i["instruction"]: i for i in final["instructions"]}
 copies = [i for i in final["instructions"] if i["instruction"] == "copy"]
 check(any(i.get("from") for i in copies), "the final stage copies from a build stage")
@@ -555,7 +557,7 @@ if problems:
     sys.exit(f"check-chart: {path}: " + "; ".join(problems))
 waves = " | ".join(", ".join(w) if isinstance(w, list) else str(w) for w in plan["waves"])
 print(f"   {path}: {len(plan['stages'])} stages ({', '.join(s['id'] + ' from ' + (s['base'].get('reference') or s['base']['kind']) for s in plan['stages'])}); "
-      f"final FROM scratch, static {binary}, CA bundle, ENTRYPOINT, USER 65532")
+      f"final FROM scratch, static {binary} for amd64 and arm64, CA bundle, ENTRYPOINT, USER 65532")
 PY
 done
 # The examples whose Dockerfile lives in this repository, planned as the ImageBuild asks
@@ -594,11 +596,12 @@ PY
 done <"$work/example-plans.tsv"
 
 echo "== 9. the build pods the operator renders for every example, validated by kubernetes-validate --strict"
-# A source pod's outcome as it leaves it: a plan of two stage pods (one waits for the
-# other; the first mounts a secret, an ssh agent and a cache) and the commit, so every
-# kind of pod, volume and container gets rendered.
+# A source pod's outcome as it leaves it: a plan of stage pods (the others wait for the
+# first, which mounts a secret, an ssh agent and a cache; the last is one platform's pod
+# of a build for several, on its platform's node) and the commit, so every kind of pod,
+# volume, container and placement gets rendered.
 cat >"$work/source-outcome.json" <<'JSON'
-{"succeeded":true,"summary":{"commit":"3f9c2a1e0b7d4c5f8a6e9d2b1c0f3e4a5b6c7d8e","commitTime":1793610000,"target":"runtime","pods":[{"id":"build","stages":["deps","build"],"image":"docker.io/library/golang:1.23@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","waitsFor":[],"secrets":["npmrc"],"ssh":["default"],"runCache":true},{"id":"runtime","stages":["runtime"],"image":"gcr.io/distroless/static@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","waitsFor":["build"]}]}}
+{"succeeded":true,"summary":{"commit":"3f9c2a1e0b7d4c5f8a6e9d2b1c0f3e4a5b6c7d8e","commitTime":1793610000,"target":"runtime","pods":[{"id":"build","stages":["deps","build"],"image":"docker.io/library/golang:1.23@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","waitsFor":[],"secrets":["npmrc"],"ssh":["default"],"runCache":true},{"id":"runtime","stages":["runtime"],"image":"gcr.io/distroless/static@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","waitsFor":["build"],"runsOn":"linux/amd64"},{"id":"runtime@linux/arm64","stages":["runtime"],"image":"gcr.io/distroless/static@sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","waitsFor":["build"],"platform":"linux/arm64","runsOn":"linux/arm64"}]}}
 JSON
 for example in examples/*.imagebuild.yaml; do
   # Some files hold more than one ImageBuild: render each.

@@ -1,6 +1,6 @@
 //! The two images `make` packages with Stagecoach's own image code (scripts/image.sh):
 //! FROM scratch, one static binary and a CA bundle (the builder adds an ssh client for
-//! ssh:// sources), non-root, and they run.
+//! ssh:// sources), non-root, image indexes of their platform, and they run.
 
 use std::path::Path;
 
@@ -34,6 +34,18 @@ fn paths(image: &str) -> Vec<String> {
     }
     found.sort();
     found
+}
+
+/// Both images are indexes of the platforms their binaries can be made for here:
+/// linux/amd64 (the arm64 ones are built by a cluster from images/*.Dockerfile).
+#[test]
+fn the_images_are_indexes_of_their_platforms() {
+    for image in [operator_image(), builder_image()] {
+        assert_eq!(
+            Layout::index_from_registry(&image).platforms(),
+            ["linux/amd64"]
+        );
+    }
 }
 
 #[test]
