@@ -394,6 +394,75 @@ fn stdin_dockerfiles_secrets_and_exit_codes() {
     assert!(stderr.contains("no cluster to build on"), "{stderr}");
 }
 
+/// `--platform linux/amd64,linux/arm64`: an image index under the tag, reported as
+/// buildx reports one (the index's digest, no config), each platform's image running.
+#[test]
+fn several_platforms_make_an_index_reported_like_buildx() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("ctx");
+    let dockerfile = format!(
+        "FROM {r}/stagecoach/runtime:1\nCOPY which.txt /which.txt\nCMD [\"cat\", \"/which.txt\"]\n",
+        r = registry()
+    );
+    write_tree(
+        &dir,
+        &[("Dockerfile", &dockerfile), ("which.txt", "both\n")],
+    );
+    let image = format!("{}/e2e/cli-platforms:1", registry());
+    let metadata = work.path().join("metadata.json");
+    let iid = work.path().join("iid");
+    let out = run(
+        &mut stagecoach(&[
+            "build",
+            "-t",
+            &image,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--metadata-file",
+            metadata.to_str().expect("utf-8"),
+            "--iidfile",
+            iid.to_str().expect("utf-8"),
+            dir.to_str().expect("utf-8"),
+        ]),
+        "",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.contains("an index of 2 runtime images: linux/amd64 ")
+            && stderr.contains("linux/arm64 "),
+        "{stderr}"
+    );
+    let pushed = by_digest(&text(&out.stdout));
+    let index = inspect(&pushed, false);
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let digest = pushed.split_once('@').expect("digest").1;
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metadata).expect("metadata")).expect("JSON");
+    assert_eq!(meta["containerimage.digest"], digest);
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        index["mediaType"]
+    );
+    assert!(meta.get("containerimage.config.digest").is_none(), "{meta}");
+    assert_eq!(std::fs::read_to_string(&iid).expect("iid"), digest);
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let ran = check(podman().args([
+            "run",
+            "--rm",
+            "--quiet",
+            "--platform",
+            platform,
+            "--tls-verify=false",
+            &pushed,
+        ]));
+        assert_eq!(text(&ran.stdout), "both\n");
+    }
+}
+
 #[test]
 fn a_git_url_builds_its_revision_and_subdirectory() {
     let work = tempfile::tempdir().expect("tempdir");
