@@ -76,7 +76,7 @@ pub struct ImageBuildSpec {
     /// image's platform (`kubernetes.io/os`, `kubernetes.io/arch`), or to a build
     /// platform node that emulates it when the operator emulates that platform.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(length(max = stagecoach_plan::limits::PLATFORMS))]
     #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q == p))").message("each platform at most once"))]
     #[x_kube(validation = Rule::new("self.all(p, p.matches('^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$'))").message("os/arch or os/arch/variant, such as linux/arm64"))]
     pub platforms: Vec<String>,
@@ -457,7 +457,7 @@ pub struct ImageStatus {
     /// In a build for several platforms `digest` is the image index's, and each
     /// platform's image is here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(length(max = stagecoach_plan::limits::PLATFORMS))]
     pub platforms: Vec<PlatformImageStatus>,
 }
 

@@ -390,7 +390,8 @@ pub struct PlanSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSummary {
-    /// The id of the stage the pod is named after (the last it runs).
+    /// The id of the stage the pod is named after (the last it runs); in a build for
+    /// several platforms, a pod that runs once per platform is [`platform_pod`]'s.
     pub id: String,
     /// The stages it runs, in order (fused ancestors first).
     pub stages: Vec<String>,
@@ -425,11 +426,21 @@ pub struct PodSummary {
 }
 
 impl PodSummary {
-    /// The id of the stage the pod is named after, in its platform's plan (the id
-    /// without the `@platform` of a pod that runs once per platform).
+    /// The id of the stage the pod is named after, in its platform's plan.
     pub fn stage_id(&self) -> &str {
-        self.id.split('@').next().unwrap_or(&self.id)
+        pod_stage(&self.id)
     }
+}
+
+/// The id of a pod that runs once per platform in a build for several: the stage's id,
+/// then its platform after an `@`, which no stage name has (`build@linux/arm64`).
+pub fn platform_pod(stage: &str, platform: &Platform) -> String {
+    format!("{stage}@{platform}")
+}
+
+/// The stage a pod id ([`platform_pod`]'s or a stage's own) is named after.
+pub fn pod_stage(pod: &str) -> &str {
+    pod.split('@').next().unwrap_or(pod)
 }
 
 impl Plan {

@@ -45,6 +45,9 @@ pub const DOCKERIGNORE_BYTES: usize = 1 << 20;
 /// Patterns in one `.dockerignore` (each is tried on every path of the context).
 pub const DOCKERIGNORE_PATTERNS: usize = 10_000;
 
+/// Target platforms of one build: each is a whole plan, and its pods and image.
+pub const PLATFORMS: usize = 8;
+
 /// A size for messages: `1 MiB`, `256 KiB`, `1000 bytes`.
 pub fn human(bytes: usize) -> String {
     match bytes {

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{Base, Execution, Plan, PlanSummary, Platform, Stage, Warning};
+use crate::contract::{Base, Execution, Plan, PlanSummary, Platform, Stage, Warning, platform_pod};
 use crate::instruction::Kind;
 use crate::planner::{PlanError, PlanOptions, plan};
 
@@ -44,6 +44,13 @@ pub fn plan_platforms(
     let Some(first) = platforms.first() else {
         return Err(refuse("no target platform".into()));
     };
+    if platforms.len() > crate::limits::PLATFORMS {
+        return Err(refuse(format!(
+            "{} target platforms: at most {} (limit)",
+            platforms.len(),
+            crate::limits::PLATFORMS
+        )));
+    }
     for (i, p) in platforms.iter().enumerate() {
         if platforms[..i].contains(p) {
             return Err(refuse(format!("the platform {p} is asked for twice")));
@@ -166,11 +173,11 @@ pub struct PlatformsFile {
 
 impl PlatformPlans {
     /// The id of a pod in the build's summary: a pod every platform shares keeps its
-    /// stage's id, the others get their platform after an `@`, which no stage name has.
+    /// stage's id, the others are [`platform_pod`]'s.
     pub fn pod_id(&self, pod: &str, platform: &Platform) -> String {
         match self.shared_pods.contains(pod) {
             true => pod.to_string(),
-            false => format!("{pod}@{platform}"),
+            false => platform_pod(pod, platform),
         }
     }
 
@@ -435,6 +442,12 @@ mod tests {
         )
         .expect_err("twice");
         assert!(err.message.contains("twice"), "{err}");
+        let many: Vec<Platform> = (0..=crate::limits::PLATFORMS)
+            .map(|n| format!("linux/arch{n}").parse().expect("p"))
+            .collect();
+        let err =
+            plan_platforms("FROM busybox\n", &PlanOptions::default(), &many).expect_err("too many");
+        assert!(err.message.contains("at most 8"), "{err}");
         // A build platform of its own: BUILDARCH follows it, not the first target.
         let options = PlanOptions {
             build_platform: Some("linux/arm64".parse().expect("p")),

@@ -234,9 +234,6 @@ fn build_and_follow(
     }
 }
 
-/// As the CRD bounds `spec.platforms`.
-const MAX_PLATFORMS: usize = 8;
-
 /// The flags as an ImageBuild and runner options; a directory context is pushed here.
 fn prepare(
     args: &BuildArgs,
@@ -262,9 +259,10 @@ fn prepare(
     {
         return Err(Usage(format!("--platform: {twice} is named twice")));
     }
-    if platforms.len() > MAX_PLATFORMS {
+    if platforms.len() > stagecoach_plan::limits::PLATFORMS {
         return Err(Usage(format!(
-            "--platform: at most {MAX_PLATFORMS} platforms, as spec.platforms"
+            "--platform: at most {} platforms, as spec.platforms",
+            stagecoach_plan::limits::PLATFORMS
         )));
     }
     if !args.cluster {

@@ -200,7 +200,7 @@ impl<'a> Runner<'a> {
                     Some(platform) => workspace.for_platform(platform),
                     None => workspace.clone(),
                 };
-                let id = stage.name.split('@').next().unwrap_or(&stage.name);
+                let id = stagecoach_plan::contract::pod_stage(&stage.name);
                 let index = std::fs::read(part.layer_index(id)).ok()?;
                 let layers: Vec<stagecoach_builder::workspace::LayerRecord> =
                     serde_json::from_slice(&index).ok()?;
