@@ -64,14 +64,6 @@ spec:
 YAML
 
 results=$work/results
-seconds() {
-  local label=$1 start end
-  shift
-  start=$(date +%s.%N)
-  "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; echo "bench: failed: $*" >&2; exit 1; }
-  end=$(date +%s.%N)
-  echo "$label $(python3 -c "print(round($end - $start, 3))")" >>"$results"
-}
 from_directory() {
   ./target/release/stagecoach build --no-cache --insecure-registry "$registry" \
     -t "$registry/bench/build-command:dir" "$dir"
@@ -88,10 +80,10 @@ buildah_build() {
 }
 
 for _ in $(seq "$runs"); do
-  seconds stagecoach-build-dir from_directory
+  timed stagecoach-build-dir from_directory
   grep '^context ' "$work/last.log" >"$work/context.txt" || true
-  seconds stagecoach-local-build-git from_git
-  seconds buildah-bud-dir buildah_build
+  timed stagecoach-local-build-git from_git
+  timed buildah-bud-dir buildah_build
 done
 
 python3 - "$runs" "$files" "$big_mb" "$results" "$work/context.txt" <<'PY'

@@ -67,14 +67,6 @@ CMD ["/usr/local/bin/hello"]
 DOCKERFILE
 
 results=$work/results
-seconds() {
-  local label=$1 start end
-  shift
-  start=$(date +%s.%N)
-  "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; echo "bench: failed: $*" >&2; exit 1; }
-  end=$(date +%s.%N)
-  echo "$label $(python3 -c "print(round($end - $start, 3))")" >>"$results"
-}
 stagecoach_build() {
   ./target/release/stagecoach build --no-cache --insecure-registry "$registry" \
     --platform linux/amd64,linux/arm64 -t "$registry/bench/multi-platform:stagecoach" "$dir"
@@ -88,9 +80,9 @@ buildah_build() {
 }
 
 for _ in $(seq "$runs"); do
-  seconds stagecoach-build stagecoach_build
+  timed stagecoach-build stagecoach_build
   grep 'stage pod(s) ran' "$work/last.log" >"$work/pods.txt" || true
-  seconds buildah-bud-jobs-1 buildah_build
+  timed buildah-bud-jobs-1 buildah_build
 done
 cargo run -q --release --locked -p stagecoach-builder -- plan -f "$dir/Dockerfile" \
   --platform linux/amd64,linux/arm64 >"$work/plan.txt"

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use stagecoach_e2e::git_server::{commit, git};
-use stagecoach_e2e::podman::{builder_image, check, podman, registry, tool};
+use stagecoach_e2e::podman::{builder_image, check, podman, registry, run_on, tool};
 use stagecoach_e2e::rootfs::{Layout, buildah_bud_with, differences};
 
 fn repo_root() -> &'static Path {
@@ -450,16 +450,7 @@ fn several_platforms_make_an_index_reported_like_buildx() {
     assert!(meta.get("containerimage.config.digest").is_none(), "{meta}");
     assert_eq!(std::fs::read_to_string(&iid).expect("iid"), digest);
     for platform in ["linux/amd64", "linux/arm64"] {
-        let ran = check(podman().args([
-            "run",
-            "--rm",
-            "--quiet",
-            "--platform",
-            platform,
-            "--tls-verify=false",
-            &pushed,
-        ]));
-        assert_eq!(text(&ran.stdout), "both\n");
+        assert_eq!(run_on(platform, &pushed), "both\n");
     }
 }
 

@@ -58,6 +58,20 @@ pub fn platform_digest(reference: &str, arch: &str) -> String {
     }
 }
 
+/// What `image` prints run on `platform` (`os/arch`; a foreign one under qemu).
+pub fn run_on(platform: &str, image: &str) -> String {
+    let out = check(podman().args([
+        "run",
+        "--rm",
+        "--quiet",
+        "--platform",
+        platform,
+        "--tls-verify=false",
+        image,
+    ]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn check(cmd: &mut Command) -> Output {
     let out = cmd

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use stagecoach_e2e::git_server::{SshServer, commit, git};
-use stagecoach_e2e::podman::{builder_image, check, platform_digest, podman, registry, tool};
+use stagecoach_e2e::podman::{
+    builder_image, check, platform_digest, podman, registry, run_on, tool,
+};
 use stagecoach_e2e::registry::{RegistryServer, auth_file};
 use stagecoach_e2e::rootfs::{Layout, buildah_bud_with, differences};
 use stagecoach_operator::api::{ImageBuildStatus, Phase};
@@ -2068,17 +2070,8 @@ fn a_build_for_arm64_runs_its_target_stages_under_emulation_as_buildah_does() {
     );
     let config = Layout::from_registry(&native).config();
     assert_eq!(config["architecture"], "arm64", "{config}");
-    let out = check(podman().args([
-        "run",
-        "--rm",
-        "--quiet",
-        "--platform",
-        "linux/arm64",
-        "--tls-verify=false",
-        &native,
-    ]));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        run_on("linux/arm64", &native),
         "arm64 from amd64 on x86_64\naarch64\n"
     );
 
@@ -2184,17 +2177,8 @@ fn a_build_for_two_platforms_shares_what_it_can_and_pushes_an_index_equal_to_bui
         ("linux/amd64", "amd64", "x86_64"),
         ("linux/arm64", "arm64", "aarch64"),
     ] {
-        let out = check(podman().args([
-            "run",
-            "--rm",
-            "--quiet",
-            "--platform",
-            platform,
-            "--tls-verify=false",
-            &image,
-        ]));
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            run_on(platform, &image),
             format!("shared\n{arch} from amd64\n{machine}\n")
         );
     }
