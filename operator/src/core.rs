@@ -700,13 +700,14 @@ impl<'a> Step<'a, '_> {
         }
         let os_arch = |p: &str| p.split('/').take(2).collect::<Vec<_>>().join("/");
         let build_node = os_arch(&config.build_platform);
-        let stage = self.status.stages.iter().find(|s| {
+        // A stage found in the cache needs no pod, so no node.
+        let stage = self.status.stages.iter().filter(|s| !s.cached).find(|s| {
             let runs_on = s.runs_on.as_deref().unwrap_or(&config.build_platform);
             os_arch(config.node_platform(runs_on)) != build_node
         })?;
         let runs_on = stage.runs_on.as_deref().unwrap_or_default();
         Some(format!(
-            "stage {} runs on {runs_on} but the workspace is ReadWriteOnce, so every pod of the build runs on one {build_node} node: give spec.workspace.accessModes [ReadWriteMany] so that each stage pod goes to a node of its platform, or have the operator emulate {runs_on} (--emulate-platform, chart emulatedPlatforms) on nodes with qemu-user-static",
+            "stage {} runs on {runs_on} but the workspace is ReadWriteOnce, so every pod of the build runs on one {build_node} node: give spec.workspace.accessModes [ReadWriteMany] so that each stage pod goes to a node of its platform, or have the operator emulate {runs_on} (--emulate-platform, chart value platforms.emulated) on nodes with qemu-user-static",
             stage.name
         ))
     }
@@ -2003,6 +2004,21 @@ spec:
         for part in ["final@linux/arm64", "ReadWriteMany", "--emulate-platform"] {
             assert!(f.message.contains(part), "{part}: {}", f.message);
         }
+        // A foreign pod found in the stage cache needs no node.
+        let mut sim = Sim::new();
+        sim.build.spec.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        sim.step(0);
+        let mut plan = two_platform_summary().expect("plan");
+        for pod in &mut plan.summary.as_mut().expect("summary").pods {
+            pod.cache = Some(stagecoach_plan::contract::StageCache {
+                key: Some(format!("key-of-{}", pod.id)),
+                hit: pod.runs_on.as_deref() == Some("linux/arm64"),
+                uncacheable: None,
+            });
+        }
+        sim.set(Role::Source, PodState::Succeeded, Some(plan));
+        sim.step(10);
+        assert_eq!(sim.phase(), Phase::Building, "{:?}", sim.status().failure);
         // Emulated, the arm64 pods go to the build platform's node, pinned to the first.
         let mut sim = two_platforms("ReadWriteOnce", &["linux/arm64"]);
         sim.step(10);

@@ -101,7 +101,8 @@ struct OperatorArgs {
         long = "emulate-platform",
         value_name = "OS/ARCH",
         env = "STAGECOACH_EMULATED_PLATFORMS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_emulated
     )]
     emulated_platforms: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
@@ -451,4 +452,12 @@ fn identity() -> String {
 fn parse_platform(text: &str) -> Result<String, String> {
     text.parse::<stagecoach_plan::Platform>()
         .map(|p| p.to_string())
+}
+
+/// A platform, or `all`.
+fn parse_emulated(text: &str) -> Result<String, String> {
+    match text {
+        "all" => Ok(text.to_string()),
+        _ => parse_platform(text),
+    }
 }

@@ -645,10 +645,13 @@ pub fn render_source_pod(build: &ImageBuild, config: &OperatorConfig, attempt: u
     if let Some(target) = &spec.target {
         args.extend(["--target".into(), target.clone()]);
     }
-    if !spec.platforms.is_empty() {
-        args.extend(["--platform".into(), spec.platforms.join(",")]);
-        args.extend(["--build-platform".into(), config.build_platform.clone()]);
-    }
+    // Without platforms, the image is the build platform's.
+    let platforms = match spec.platforms.is_empty() {
+        true => config.build_platform.clone(),
+        false => spec.platforms.join(","),
+    };
+    args.extend(["--platform".into(), platforms]);
+    args.extend(["--build-platform".into(), config.build_platform.clone()]);
     for arg in &spec.build_args {
         args.extend(["--build-arg".into(), format!("{}={}", arg.name, arg.value)]);
     }
@@ -1442,7 +1445,22 @@ spec:
     #[test]
     fn a_target_platform_reaches_the_source_pod_with_the_build_platform() {
         let mut b = build(FULL);
-        assert!(!args(&render_source_pod(&b, &config(), 0)).contains(&"--platform".to_string()));
+        // Without platforms, the operator's build platform's image.
+        let arm_builder = OperatorConfig {
+            build_platform: "linux/arm64".into(),
+            ..config()
+        };
+        let source = args(&render_source_pod(&b, &arm_builder, 0));
+        assert!(
+            source.windows(4).any(|w| w
+                == [
+                    "--platform",
+                    "linux/arm64",
+                    "--build-platform",
+                    "linux/arm64"
+                ]),
+            "{source:?}"
+        );
         b.spec.platforms = vec!["linux/arm64".into()];
         let source = args(&render_source_pod(&b, &config(), 0));
         assert!(

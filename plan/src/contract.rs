@@ -469,7 +469,6 @@ impl Plan {
         }
     }
 
-    /// The summary the source pod reports to the operator.
     /// The platform a stage runs on: its chain's image's `FROM --platform` or, without
     /// one, the target platform; the build platform (`BUILDPLATFORM`) from `scratch`.
     pub fn runs_on(&self, stage: &str) -> Option<Platform> {
@@ -498,6 +497,7 @@ impl Plan {
         }
     }
 
+    /// The summary the source pod reports to the operator.
     pub fn summary(&self, commit: Option<String>, commit_time: Option<i64>) -> PlanSummary {
         let pod_of = |id: &str| -> Option<String> {
             let mut current = self.stage(id)?;

@@ -260,10 +260,9 @@ impl PlatformPlans {
                 format!("pod {}", stage.id)
             };
             if self.shared_pods.contains(&stage.id) {
-                let on = stage
-                    .platform
-                    .clone()
-                    .unwrap_or_else(|| self.build_platform.to_string());
+                let on = first
+                    .runs_on(&stage.id)
+                    .unwrap_or_else(|| self.build_platform.clone());
                 out.push_str(&format!("  {what:<40} once, on {on} (shared)\n"));
                 pods += 1;
             } else {

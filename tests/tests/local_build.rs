@@ -2270,3 +2270,40 @@ fn a_failure_on_one_platform_names_it_and_pushes_no_index() {
         "nothing is under the tag: {stderr}"
     );
 }
+
+/// A chain from scratch, shared by both platforms (no base image says a platform, no
+/// TARGET value is read): each platform's image still says its own platform, and holds
+/// the same files.
+#[test]
+fn a_scratch_image_for_two_platforms_says_each_platform() {
+    let files = [
+        (
+            "Dockerfile",
+            "FROM scratch AS files\nCOPY a.txt /a.txt\nFROM files\nCOPY b.txt /b.txt\n",
+        ),
+        ("a.txt", "a\n"),
+        ("b.txt", "b\n"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Build {
+        name: "two-platforms-scratch",
+        files: &files,
+        extra: "  platforms: [linux/amd64, linux/arm64]\n",
+        ..Build::default()
+    };
+    let status = b.run(dir.path()).status;
+    let image = succeeded(&status);
+    let names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["files"], "the scratch stage runs once");
+    for arch in ["amd64", "arm64"] {
+        let layout = Layout::index_from_registry(&image);
+        layout.select_platform(arch);
+        assert_eq!(layout.config()["architecture"], arch);
+        let root = layout.unpack();
+        let read = |f: &str| std::fs::read_to_string(root.path().join("b/rootfs").join(f));
+        assert_eq!(
+            (read("a.txt").ok(), read("b.txt").ok()),
+            (Some("a\n".into()), Some("b\n".into()))
+        );
+    }
+}

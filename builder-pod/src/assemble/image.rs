@@ -12,7 +12,7 @@ use oci_client::manifest::{
     IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
     OciImageManifest,
 };
-use stagecoach_plan::contract::{Plan, Platform};
+use stagecoach_plan::contract::{Base, Plan, Platform};
 
 use super::base::ImageLayer;
 use super::{AssembleOptions, Error, MediaTypes, Result, workspace_err};
@@ -47,7 +47,13 @@ pub fn config(
             .get_or_insert_with(Default::default)
             .insert(key, value);
     }
-    if config.os.is_empty() {
+    // A chain from scratch has no base image to say its platform (and its stages may be
+    // shared, built once for every platform): the image is the target platform's.
+    let from_scratch = crate::exec::from_chain(plan, &plan.target)
+        .ok()
+        .and_then(|chain| plan.stage(&chain[0]).cloned())
+        .is_some_and(|root| root.base == Base::Scratch);
+    if config.os.is_empty() || from_scratch {
         config.os = plan.platform.os.clone();
         config.architecture = plan.platform.architecture.clone();
         config.variant = plan.platform.variant.clone();

@@ -46,8 +46,9 @@ pub struct Prepared {
     pub misses: Vec<String>,
 }
 
-/// Keys the plan's stages, looks them up, restores what the build reads from the hits,
-/// and records all of it in `plan` (`stage.cache`). What goes wrong with the cache
+/// Keys the plan's stages, looks them up, restores what the build reads from the hits
+/// (all of it for the stages in `whole`: other platforms' parts of the workspace read
+/// them here), and records all of it in `plan` (`stage.cache`). What goes wrong with the cache
 /// becomes a warning in the plan and the build goes on without it.
 pub fn prepare(
     plan: &mut Plan,
@@ -55,6 +56,7 @@ pub fn prepare(
     context: &Path,
     registry: &oci::Settings,
     cache: &Settings,
+    whole: &BTreeSet<String>,
 ) -> Prepared {
     let warn = |plan: &mut Plan, message: String| {
         plan.warnings.push(Warning {
@@ -78,7 +80,7 @@ pub fn prepare(
         });
     }
     let (skipped, warnings) = match oci::runtime() {
-        Ok(runtime) => runtime.block_on(look_up_and_restore(plan, ws, registry, cache)),
+        Ok(runtime) => runtime.block_on(look_up_and_restore(plan, ws, registry, cache, whole)),
         Err(e) => (BTreeSet::new(), vec![crate::error::chain(&e)]),
     };
     for message in warnings {
@@ -141,6 +143,7 @@ async fn look_up_and_restore(
     ws: &Workspace,
     settings: &oci::Settings,
     cache: &Settings,
+    whole: &BTreeSet<String>,
 ) -> (BTreeSet<String>, Vec<String>) {
     let mut warnings = Vec::new();
     let registry = match Registry::new(settings) {
@@ -180,7 +183,7 @@ async fn look_up_and_restore(
     loop {
         let skipped = skipped_pods(plan, &entries);
         let mut failed = false;
-        for (id, need) in restores(plan, &skipped) {
+        for (id, need) in restores(plan, &skipped, whole) {
             let done = restored.get(&id).copied().unwrap_or_default();
             let filesystem = need.filesystem && !done.filesystem;
             let export = need.export && !done.export;
@@ -247,8 +250,13 @@ struct Need {
     export: bool,
 }
 
-/// The restores the stages that still run need from the skipped ones.
-fn restores(plan: &Plan, skipped: &BTreeSet<String>) -> BTreeMap<String, Need> {
+/// The restores the stages that still run need from the skipped ones, and all of the
+/// skipped stages in `whole`.
+fn restores(
+    plan: &Plan,
+    skipped: &BTreeSet<String>,
+    whole: &BTreeSet<String>,
+) -> BTreeMap<String, Need> {
     let mut needs: BTreeMap<String, Need> = BTreeMap::new();
     let filesystem_of = |id: &str, needs: &mut BTreeMap<String, Need>| {
         for s in exec::from_chain(plan, id).unwrap_or_default() {
@@ -278,6 +286,12 @@ fn restores(plan: &Plan, skipped: &BTreeSet<String>) -> BTreeMap<String, Need> {
     }
     if skipped.contains(&plan.target) {
         filesystem_of(&plan.target, &mut needs);
+    }
+    for id in whole.iter().filter(|id| skipped.contains(*id)) {
+        if plan.stage(id).is_some_and(runs_in_a_pod) {
+            filesystem_of(id, &mut needs);
+            needs.entry(id.clone()).or_default().export = true;
+        }
     }
     needs
 }
@@ -328,4 +342,28 @@ pub async fn store(
         }
     }
     stored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_stages_found_are_restored_whole_for_the_other_platforms() {
+        let plan = stagecoach_plan::plan(
+            "FROM --platform=$BUILDPLATFORM busybox AS assets\nRUN make\n\
+             FROM busybox AS app\nCOPY --from=assets /a /a\nRUN true\n",
+            &stagecoach_plan::PlanOptions::default(),
+        )
+        .expect("plans");
+        let all: BTreeSet<String> = ["assets", "app"].map(String::from).into();
+        // Everything found: this platform needs only its target, not what it copied.
+        let needs = restores(&plan, &all, &BTreeSet::new());
+        assert!(!needs.contains_key("assets"), "{needs:?}");
+        // The first platform's part holds the shared stage for the others: whole.
+        let shared: BTreeSet<String> = ["assets".to_string()].into();
+        let needs = restores(&plan, &all, &shared);
+        let assets = needs["assets"];
+        assert!(assets.filesystem && assets.export, "{needs:?}");
+    }
 }

@@ -13,7 +13,7 @@ pub mod artifact;
 pub mod dockerignore;
 pub mod git;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -326,17 +326,34 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     };
     let summary = if opts.platforms.len() == 1 {
         let mut plan = stagecoach_plan::plan(&text, &options)?;
-        prepare(&mut plan, ws, &context, &pull.settings, opts, report)?;
+        let whole = BTreeSet::new();
+        prepare(
+            &mut plan,
+            ws,
+            &context,
+            &pull.settings,
+            opts,
+            &whole,
+            report,
+        )?;
         plan.summary(Some(commit), Some(commit_time))
     } else {
         let mut plans = stagecoach_plan::plan_platforms(&text, &options, &opts.platforms)?;
         let file = plans.file();
         let first = ws.for_platform(&opts.platforms[0].to_string());
+        let nothing = BTreeSet::new();
         for (i, plan) in plans.plans.iter_mut().enumerate() {
             let part = ws.for_platform(&plan.platform.to_string());
-            prepare(plan, &part, &context, &pull.settings, opts, report)?;
+            // The first part holds the shared stages for all: whole, when found in
+            // the cache, whatever this platform reads of them.
+            let whole = if i == 0 {
+                &file.shared_stages
+            } else {
+                &nothing
+            };
+            prepare(plan, &part, &context, &pull.settings, opts, whole, report)?;
             if i > 0 {
-                link_shared_stages(plan, &file.shared_stages, &part, &first)?;
+                link_shared_stages(&file.shared_stages, &part, &first)?;
             }
         }
         workspace::write_json(&ws.platforms(), &file).map_err(|source| SourceError::Workspace {
@@ -350,13 +367,15 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
 }
 
 /// A plan made ready to run in its part of the workspace: base images pinned, the
-/// directories the pods write made, the stage cache looked up, `plan.json` written.
+/// directories the pods write made, the stage cache looked up (the stages in `whole`
+/// restored whole when found), `plan.json` written.
 fn prepare(
     plan: &mut Plan,
     ws: &Workspace,
     context: &Path,
     pull: &oci::Settings,
     opts: &SourceOptions,
+    whole: &BTreeSet<String>,
     report: &mut SourceReport,
 ) -> Result<()> {
     pin_base_images(plan, ws, pull)?;
@@ -366,7 +385,7 @@ fn prepare(
             source,
         })?;
     if let Some(cache) = &opts.cache {
-        let found = crate::cache::prepare(plan, ws, context, pull, cache);
+        let found = crate::cache::prepare(plan, ws, context, pull, cache, whole);
         report.cache_hits.extend(found.hits);
         report.cache_misses.extend(found.misses);
     }
@@ -377,20 +396,15 @@ fn prepare(
 }
 
 /// In a build for several platforms the shared stages run once, in the first
-/// platform's part: another platform's directory of such a stage becomes a link there,
-/// unless the stage cache restored what this platform reads of it into its own.
+/// platform's part (or are restored whole there from the stage cache): another
+/// platform's directory of such a stage becomes a link there, whatever its own plan
+/// found, so that every platform reads the one copy the summary accounts for.
 fn link_shared_stages(
-    plan: &Plan,
-    shared: &std::collections::BTreeSet<String>,
+    shared: &BTreeSet<String>,
     part: &Workspace,
     first: &Workspace,
 ) -> Result<()> {
-    let restored = |id: &str| {
-        plan.stage(id)
-            .and_then(|s| s.cache.as_ref())
-            .is_some_and(|c| c.hit)
-    };
-    for id in shared.iter().filter(|id| !restored(id)) {
+    for id in shared {
         let dir = part.stage_dir(id);
         let relative = Path::new("../..")
             .join(first.part().file_name().unwrap_or_default())
