@@ -1444,34 +1444,29 @@ spec:
 
     #[test]
     fn a_target_platform_reaches_the_source_pod_with_the_build_platform() {
+        let platforms = |b: &ImageBuild, config: &OperatorConfig| {
+            let a = args(&render_source_pod(b, config, 0));
+            let at = a
+                .iter()
+                .position(|x| x == "--platform")
+                .expect("--platform");
+            assert_eq!(a[at + 2], "--build-platform", "{a:?}");
+            (a[at + 1].clone(), a[at + 3].clone())
+        };
         let mut b = build(FULL);
         // Without platforms, the operator's build platform's image.
         let arm_builder = OperatorConfig {
             build_platform: "linux/arm64".into(),
             ..config()
         };
-        let source = args(&render_source_pod(&b, &arm_builder, 0));
-        assert!(
-            source.windows(4).any(|w| w
-                == [
-                    "--platform",
-                    "linux/arm64",
-                    "--build-platform",
-                    "linux/arm64"
-                ]),
-            "{source:?}"
+        assert_eq!(
+            platforms(&b, &arm_builder),
+            ("linux/arm64".into(), "linux/arm64".into())
         );
         b.spec.platforms = vec!["linux/arm64".into()];
-        let source = args(&render_source_pod(&b, &config(), 0));
-        assert!(
-            source.windows(4).any(|w| w
-                == [
-                    "--platform",
-                    "linux/arm64",
-                    "--build-platform",
-                    "linux/amd64"
-                ]),
-            "{source:?}"
+        assert_eq!(
+            platforms(&b, &config()),
+            ("linux/arm64".into(), "linux/amd64".into())
         );
     }
 
