@@ -47,8 +47,8 @@ pub struct Prepared {
 }
 
 /// Keys the plan's stages, looks them up, restores what the build reads from the hits
-/// (all of it for the stages in `whole`: other platforms' parts of the workspace read
-/// them here), and records all of it in `plan` (`stage.cache`). What goes wrong with the cache
+/// (of the stages several platforms share, as `shared` says), and records all of it in
+/// `plan` (`stage.cache`). What goes wrong with the cache
 /// becomes a warning in the plan and the build goes on without it.
 pub fn prepare(
     plan: &mut Plan,
@@ -56,7 +56,7 @@ pub fn prepare(
     context: &Path,
     registry: &oci::Settings,
     cache: &Settings,
-    whole: &BTreeSet<String>,
+    shared: Shared,
 ) -> Prepared {
     let warn = |plan: &mut Plan, message: String| {
         plan.warnings.push(Warning {
@@ -80,7 +80,7 @@ pub fn prepare(
         });
     }
     let (skipped, warnings) = match oci::runtime() {
-        Ok(runtime) => runtime.block_on(look_up_and_restore(plan, ws, registry, cache, whole)),
+        Ok(runtime) => runtime.block_on(look_up_and_restore(plan, ws, registry, cache, shared)),
         Err(e) => (BTreeSet::new(), vec![crate::error::chain(&e)]),
     };
     for message in warnings {
@@ -143,7 +143,7 @@ async fn look_up_and_restore(
     ws: &Workspace,
     settings: &oci::Settings,
     cache: &Settings,
-    whole: &BTreeSet<String>,
+    shared: Shared<'_>,
 ) -> (BTreeSet<String>, Vec<String>) {
     let mut warnings = Vec::new();
     let registry = match Registry::new(settings) {
@@ -183,7 +183,7 @@ async fn look_up_and_restore(
     loop {
         let skipped = skipped_pods(plan, &entries);
         let mut failed = false;
-        for (id, need) in restores(plan, &skipped, whole) {
+        for (id, need) in restores(plan, &skipped, shared) {
             let done = restored.get(&id).copied().unwrap_or_default();
             let filesystem = need.filesystem && !done.filesystem;
             let export = need.export && !done.export;
@@ -250,13 +250,21 @@ struct Need {
     export: bool,
 }
 
-/// The restores the stages that still run need from the skipped ones, and all of the
-/// skipped stages in `whole`.
-fn restores(
-    plan: &Plan,
-    skipped: &BTreeSet<String>,
-    whole: &BTreeSet<String>,
-) -> BTreeMap<String, Need> {
+/// In a build for several platforms, what a part of the workspace does with the stages
+/// the platforms share (run once, in the first platform's part).
+#[derive(Debug, Clone, Copy)]
+pub enum Shared<'a> {
+    /// A build for one platform.
+    None,
+    /// The first part holds them for all: found in the cache, they are restored whole.
+    Holds(&'a BTreeSet<String>),
+    /// Another part reads them through links to the first: nothing of them is restored.
+    Elsewhere(&'a BTreeSet<String>),
+}
+
+/// The restores the stages that still run need from the skipped ones; the shared
+/// stages as `shared` says.
+fn restores(plan: &Plan, skipped: &BTreeSet<String>, shared: Shared) -> BTreeMap<String, Need> {
     let mut needs: BTreeMap<String, Need> = BTreeMap::new();
     let filesystem_of = |id: &str, needs: &mut BTreeMap<String, Need>| {
         for s in exec::from_chain(plan, id).unwrap_or_default() {
@@ -287,11 +295,17 @@ fn restores(
     if skipped.contains(&plan.target) {
         filesystem_of(&plan.target, &mut needs);
     }
-    for id in whole.iter().filter(|id| skipped.contains(*id)) {
-        if plan.stage(id).is_some_and(runs_in_a_pod) {
-            filesystem_of(id, &mut needs);
-            needs.entry(id.clone()).or_default().export = true;
+    match shared {
+        Shared::None => {}
+        Shared::Holds(whole) => {
+            for id in whole.iter().filter(|id| skipped.contains(*id)) {
+                if plan.stage(id).is_some_and(runs_in_a_pod) {
+                    filesystem_of(id, &mut needs);
+                    needs.entry(id.clone()).or_default().export = true;
+                }
+            }
         }
+        Shared::Elsewhere(linked) => needs.retain(|id, _| !linked.contains(id)),
     }
     needs
 }
@@ -358,12 +372,17 @@ mod tests {
         .expect("plans");
         let all: BTreeSet<String> = ["assets", "app"].map(String::from).into();
         // Everything found: this platform needs only its target, not what it copied.
-        let needs = restores(&plan, &all, &BTreeSet::new());
+        let needs = restores(&plan, &all, Shared::None);
         assert!(!needs.contains_key("assets"), "{needs:?}");
         // The first platform's part holds the shared stage for the others: whole.
         let shared: BTreeSet<String> = ["assets".to_string()].into();
-        let needs = restores(&plan, &all, &shared);
+        let needs = restores(&plan, &all, Shared::Holds(&shared));
         let assets = needs["assets"];
         assert!(assets.filesystem && assets.export, "{needs:?}");
+        // Another part reads it through a link: it restores none of it, even when its
+        // own stages that copy from it run.
+        let only_assets: BTreeSet<String> = shared.clone();
+        assert!(restores(&plan, &only_assets, Shared::Elsewhere(&shared)).is_empty());
+        assert!(restores(&plan, &only_assets, Shared::None).contains_key("assets"));
     }
 }

@@ -326,14 +326,15 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     };
     let summary = if opts.platforms.len() == 1 {
         let mut plan = stagecoach_plan::plan(&text, &options)?;
-        let whole = BTreeSet::new();
+        pin_base_images(&mut [(&mut plan, ws.clone())], &pull.settings)?;
+        let shared = crate::cache::Shared::None;
         prepare(
             &mut plan,
             ws,
             &context,
             &pull.settings,
             opts,
-            &whole,
+            shared,
             report,
         )?;
         plan.summary(Some(commit), Some(commit_time))
@@ -341,17 +342,24 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
         let mut plans = stagecoach_plan::plan_platforms(&text, &options, &opts.platforms)?;
         let file = plans.file();
         let first = ws.for_platform(&opts.platforms[0].to_string());
-        let nothing = BTreeSet::new();
-        for (i, plan) in plans.plans.iter_mut().enumerate() {
-            let part = ws.for_platform(&plan.platform.to_string());
-            // The first part holds the shared stages for all: whole, when found in
-            // the cache, whatever this platform reads of them.
-            let whole = if i == 0 {
-                &file.shared_stages
-            } else {
-                &nothing
+        let mut parts: Vec<(&mut Plan, Workspace)> = plans
+            .plans
+            .iter_mut()
+            .map(|plan| {
+                let part = ws.for_platform(&plan.platform.to_string());
+                (plan, part)
+            })
+            .collect();
+        // An image several platforms pin alike (a `$BUILDPLATFORM` base) is looked up once.
+        pin_base_images(&mut parts, &pull.settings)?;
+        for (i, (plan, part)) in parts.into_iter().enumerate() {
+            // The first part holds the shared stages for all (whole, when found in the
+            // cache); the others read them there, through links.
+            let shared = match i {
+                0 => crate::cache::Shared::Holds(&file.shared_stages),
+                _ => crate::cache::Shared::Elsewhere(&file.shared_stages),
             };
-            prepare(plan, &part, &context, &pull.settings, opts, whole, report)?;
+            prepare(plan, &part, &context, &pull.settings, opts, shared, report)?;
             if i > 0 {
                 link_shared_stages(&file.shared_stages, &part, &first)?;
             }
@@ -366,26 +374,25 @@ fn pipeline(opts: &SourceOptions, report: &mut SourceReport) -> Result<()> {
     Ok(())
 }
 
-/// A plan made ready to run in its part of the workspace: base images pinned, the
-/// directories the pods write made, the stage cache looked up (the stages in `whole`
-/// restored whole when found), `plan.json` written.
+/// A plan with its base images pinned made ready to run in its part of the workspace:
+/// the directories the pods write made, the stage cache looked up (`shared` says what
+/// to restore of the stages the platforms share), `plan.json` written.
 fn prepare(
     plan: &mut Plan,
     ws: &Workspace,
     context: &Path,
     pull: &oci::Settings,
     opts: &SourceOptions,
-    whole: &BTreeSet<String>,
+    shared: crate::cache::Shared,
     report: &mut SourceReport,
 ) -> Result<()> {
-    pin_base_images(plan, ws, pull)?;
     ws.create_dirs(plan.stages.iter().map(|s| s.id.as_str()), plan.pod_stages())
         .map_err(|source| SourceError::Workspace {
             path: ws.part().to_path_buf(),
             source,
         })?;
     if let Some(cache) = &opts.cache {
-        let found = crate::cache::prepare(plan, ws, context, pull, cache, whole);
+        let found = crate::cache::prepare(plan, ws, context, pull, cache, shared);
         report.cache_hits.extend(found.hits);
         report.cache_misses.extend(found.misses);
     }
@@ -462,41 +469,43 @@ fn plain_directory_modes(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Pins every registry image of the plan (each `FROM <image>` and `COPY --from=<image>`
+/// Pins every registry image of each plan (each `FROM <image>` and `COPY --from=<image>`
 /// source) to the digest of its manifest for the stage's platform, and writes the
-/// image's config to `bases/<stage-id>.json`, which the stage pod starts from. Each
-/// image is looked up once, all of them at the same time.
+/// image's config to `bases/<stage-id>.json` of the plan's part of the workspace, which
+/// the stage pod starts from. Each image is looked up once for all the plans, all of
+/// them at the same time.
 pub fn pin_base_images(
-    plan: &mut Plan,
-    workspace: &Workspace,
+    parts: &mut [(&mut Plan, Workspace)],
     settings: &oci::Settings,
 ) -> Result<()> {
-    // (stage index, reference, platform) of every image still to pin.
+    // (part, stage index, reference, platform) of every image still to pin.
     let mut wanted = Vec::new();
-    for (i, stage) in plan.stages.iter().enumerate() {
-        if let Base::Image {
-            reference,
-            digest: None,
-        } = &stage.base
-        {
-            let platform = match &stage.platform {
-                Some(p) => p.parse().map_err(|message: String| {
-                    SourceError::DockerfileInvalid(PlanError {
-                        file: plan.dockerfile.clone(),
-                        line: Some(stage.line),
-                        message,
-                    })
-                })?,
-                None => plan.platform.clone(),
-            };
-            wanted.push((i, reference.clone(), platform));
+    for (n, (plan, _)) in parts.iter().enumerate() {
+        for (i, stage) in plan.stages.iter().enumerate() {
+            if let Base::Image {
+                reference,
+                digest: None,
+            } = &stage.base
+            {
+                let platform = match &stage.platform {
+                    Some(p) => p.parse().map_err(|message: String| {
+                        SourceError::DockerfileInvalid(PlanError {
+                            file: plan.dockerfile.clone(),
+                            line: Some(stage.line),
+                            message,
+                        })
+                    })?,
+                    None => plan.platform.clone(),
+                };
+                wanted.push((n, i, reference.clone(), platform));
+            }
         }
     }
     if wanted.is_empty() {
         return Ok(());
     }
     let mut unique: Vec<(String, Platform)> = Vec::new();
-    for (_, reference, platform) in &wanted {
+    for (_, _, reference, platform) in &wanted {
         if !unique.iter().any(|(r, p)| r == reference && p == platform) {
             unique.push((reference.clone(), platform.clone()));
         }
@@ -513,7 +522,9 @@ pub fn pin_base_images(
         });
         Ok::<_, SourceError>(futures::future::join_all(lookups).await)
     })?;
-    for (i, reference, platform) in wanted {
+    for (n, i, reference, platform) in wanted {
+        let (plan, workspace) = &mut parts[n];
+        let dockerfile = plan.dockerfile.clone();
         let stage = &mut plan.stages[i];
         let at = found
             .iter()
@@ -524,7 +535,7 @@ pub fn pin_base_images(
             Err(_) => {
                 let (_, _, result) = found.swap_remove(at);
                 return Err(SourceError::BaseImage {
-                    dockerfile: plan.dockerfile.clone(),
+                    dockerfile,
                     line: stage.line,
                     reference,
                     source: Box::new(result.expect_err("a failed lookup")),
@@ -848,7 +859,7 @@ mod tests {
             },
             ..Default::default()
         };
-        pin_base_images(&mut plan, &Workspace::new(ws.path()), &settings).expect("pins");
+        pin_base_images(&mut [(&mut plan, Workspace::new(ws.path()))], &settings).expect("pins");
         assert_eq!(plan, before);
     }
 
